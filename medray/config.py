@@ -1,0 +1,169 @@
+"""The run config: one YAML schema, validated before Ray starts, overridable key by key.
+
+Every stage reads its settings from a `RunConfig`; nothing else is passed around. Validation
+errors name the dotted key, the bad value and what is allowed, in one line each.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from medray.errors import MedrayError
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos until proven otherwise.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(_Section):
+    """Random transforms applied to the training split only."""
+
+    flip: bool = True
+    rotation_degrees: float = Field(10.0, ge=0, le=180)
+
+
+class DataConfig(_Section):
+    source: Literal["parquet", "folders"] = "parquet"
+    path: Path
+    image_column: str = "image"
+    label_column: str = "label"
+    mask_column: str | None = "mask"
+    # Overrides the class names found in the data (Hugging Face metadata or folder names).
+    class_names: list[str] | None = None
+    max_image_pixels: int = Field(50_000_000, gt=0)
+    augment: AugmentConfig = AugmentConfig()
+
+
+class ModelConfig(_Section):
+    backbone: str = "baseline_cnn"
+    # Side of the square model input; None means the backbone's own default.
+    input_size: int | None = Field(None, ge=16, le=1024)
+    # Global max pooling finds a small lesion anywhere; average pooling dilutes it.
+    pooling: Literal["max", "avg"] = "max"
+    dropout: float = Field(0.3, ge=0, lt=1)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(10, ge=1, le=10_000)
+    # Global batch size: each of N workers gets batch_size / N rows per step.
+    batch_size: int = Field(64, ge=1, le=65_536)
+    lr: float = Field(1e-3, gt=0, le=10)
+    class_weight: Literal["none", "balanced"] = "balanced"
+
+
+class ScalingConfig(_Section):
+    num_workers: int = Field(2, ge=1, le=4096)
+    cpus_per_worker: float = Field(0.5, gt=0)
+    use_gpu: bool = False
+    # CPUs kept free of training workers so that Ray Data can decode and augment: without them
+    # the training workers wait for data that no task can run to produce, forever.
+    cpus_for_data: float = Field(1.0, ge=0)
+
+
+class ExplainConfig(_Section):
+    enabled: bool = True
+    method: Literal["gradcam"] = "gradcam"
+    target: Literal["predicted", "true"] = "predicted"
+    batch_size: int = Field(64, ge=1, le=65_536)
+    concurrency: int = Field(1, ge=1, le=1024)
+    overlays: bool = True
+
+
+class OutputConfig(_Section):
+    dir: Path = Path("results")
+    # None means "<name>-<UTC timestamp>".
+    run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class RunConfig(_Section):
+    name: str = Field("medray", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    seed: int = Field(0, ge=0, lt=2**32)
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    scaling: ScalingConfig = ScalingConfig()
+    explain: ExplainConfig = ExplainConfig()
+    output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _batch_covers_workers(self) -> RunConfig:
+        if self.train.batch_size < self.scaling.num_workers:
+            raise ValueError(
+                f"train.batch_size={self.train.batch_size} is smaller than "
+                f"scaling.num_workers={self.scaling.num_workers}; the global batch is split "
+                "across workers, so it needs at least one row per worker"
+            )
+        return self
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML config, apply `key.sub=value` overrides, validate; raise MedrayError if bad."""
+    path = Path(path)
+    if not path.is_file():
+        raise MedrayError(f"config file {path} does not exist; pass --config with a YAML file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise MedrayError(f"config file {path} is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise MedrayError(f"config file {path} must hold a mapping of keys, not {type(raw).__name__}")
+    for override in overrides:
+        apply_override(raw, override)
+    return validate_config(raw, source=str(path))
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as error:
+        lines = [describe_error(item) for item in error.errors()]
+        raise MedrayError(f"{source}: " + "; ".join(lines)) from None
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set one dotted key, e.g. `train.lr=3e-4`; the value is parsed as YAML (numbers, lists)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise MedrayError(f"--set {override!r}: expected KEY=VALUE, e.g. --set train.lr=3e-4")
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise MedrayError(f"--set {override!r}: {part} is a value, not a section")
+        node = child
+    node[leaf] = yaml.safe_load(text) if text.strip() else None
+
+
+def describe_error(item: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in item["loc"])
+    if item["type"] == "extra_forbidden":
+        return f"unknown key {key}{_suggestion(item['loc'])}"
+    if item["type"] == "missing":
+        return f"missing key {key}"
+    if not key:  # a cross-field check: its message names the keys itself
+        return item["msg"].removeprefix("Value error, ")
+    return f"{key}={item.get('input')!r} is not allowed: {item['msg']}"
+
+
+def _suggestion(loc: tuple) -> str:
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type):
+            return ""
+        model = field.annotation
+    known = list(model.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return f" ({hint}allowed: {', '.join(known)})"
+
+
+def to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
