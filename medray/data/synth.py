@@ -1,0 +1,127 @@
+"""Write the built-in demo dataset (brain-MRI phantoms) in both layouts medray reads.
+
+One generation, two views of the same PNG bytes:
+  parquet/{split}-00000-of-00001.parquet   Hugging Face style: image, mask, label
+  folders/{split}/{class}/{split}_00012.png  class folders, as Keras and most tools read them
+  masks/{split}/{class}/{split}_00012.png    ground-truth lesion masks (0/255), same names
+  dataset.json                              the summary and parameters, written last
+Everything is written into a hidden sibling directory that is renamed into place at the end, so a
+crashed run never leaves a directory that looks like a dataset.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from medray.data.phantoms import CLASS_NAMES, MIN_SIZE, make_phantoms
+from medray.errors import MedrayError
+
+SPLITS = ("train", "val", "test")
+ROW_GROUP_ROWS = 256
+IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def write_demo_dataset(out_dir, *, train: int, val: int, test: int, size: int, seed: int) -> dict:
+    """Generate phantoms for each split and write them; returns the summary also in dataset.json."""
+    out_dir = Path(out_dir)
+    split_sizes = {"train": train, "val": val, "test": test}
+    parameters = {**split_sizes, "size": size, "seed": seed}
+    existing = _same_dataset(out_dir, parameters)
+    if existing is not None:
+        return existing
+    _check_arguments(out_dir, split_sizes, size, seed)
+    staging = out_dir.parent / f".{out_dir.name}.incomplete-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)  # left by an earlier crash of a process with our id
+    staging.mkdir(parents=True)
+    try:
+        counts = {}
+        for split, rows in split_sizes.items():
+            images, masks, labels = make_phantoms(rows, size, split_seed(seed, split))
+            _write_split(staging, split, images, masks, labels)
+            counts[split] = {name: int(np.sum(labels == index)) for index, name in enumerate(CLASS_NAMES)}
+        summary = {"path": str(out_dir), "classes": list(CLASS_NAMES), "counts": counts}
+        record = {**summary, "parameters": parameters}
+        (staging / "dataset.json").write_text(json.dumps(record, indent=2) + "\n")
+        # Replaces an empty out_dir too; a non-empty one was refused above.
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return summary
+
+
+def _same_dataset(out_dir: Path, parameters: dict) -> dict | None:
+    """The summary of a finished dataset made with these very parameters, so that re-running
+    the README's demo command reuses it instead of failing on a non-empty folder."""
+    record_path = out_dir / "dataset.json"
+    if not record_path.is_file():
+        return None
+    record = json.loads(record_path.read_text())
+    if record.get("parameters") != parameters:
+        return None
+    return {key: record[key] for key in ("path", "classes", "counts")}
+
+
+def split_seed(seed: int, split: str) -> int:
+    """An independent, stable seed per split (Python's hash() of a string changes every run)."""
+    sequence = np.random.SeedSequence([seed, *split.encode("utf-8")])
+    return int(sequence.generate_state(1, dtype=np.uint64)[0])
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def huggingface_schema() -> pa.Schema:
+    """The parquet schema, with class names where Hugging Face `datasets` keeps its features."""
+    features = {
+        "image": {"_type": "Image"},
+        "mask": {"_type": "Image"},
+        "label": {"names": list(CLASS_NAMES), "_type": "ClassLabel"},
+    }
+    metadata = {b"huggingface": json.dumps({"info": {"features": features}}).encode("utf-8")}
+    columns = [("image", IMAGE_STRUCT), ("mask", IMAGE_STRUCT), ("label", pa.int64())]
+    return pa.schema(columns, metadata=metadata)
+
+
+def _write_split(root: Path, split: str, images: np.ndarray, masks: np.ndarray, labels: np.ndarray) -> None:
+    for name in CLASS_NAMES:  # every class folder exists, even an empty one, so indices stay put
+        (root / "folders" / split / name).mkdir(parents=True)
+        (root / "masks" / split / name).mkdir(parents=True)
+    image_cells, mask_cells = [], []
+    for index, (image, mask, label) in enumerate(zip(images, masks, labels)):
+        file_name = f"{split}_{index:05d}.png"
+        image_png, mask_png = encode_png(image), encode_png(mask.astype(np.uint8) * 255)
+        class_name = CLASS_NAMES[label]
+        (root / "folders" / split / class_name / file_name).write_bytes(image_png)
+        (root / "masks" / split / class_name / file_name).write_bytes(mask_png)
+        image_cells.append({"bytes": image_png, "path": file_name})
+        mask_cells.append({"bytes": mask_png, "path": file_name})
+    table = pa.table({"image": image_cells, "mask": mask_cells, "label": labels}, schema=huggingface_schema())
+    (root / "parquet").mkdir(exist_ok=True)
+    pq.write_table(table, root / "parquet" / f"{split}-00000-of-00001.parquet", row_group_size=ROW_GROUP_ROWS)
+
+
+def _check_arguments(out_dir: Path, split_sizes: dict[str, int], size: int, seed: int) -> None:
+    for split, rows in split_sizes.items():
+        if rows < 0:
+            raise MedrayError(f"{split}={rows}: the number of {split} images cannot be negative")
+    if seed < 0:
+        raise MedrayError(f"seed={seed}: use a non-negative integer seed")
+    if size < MIN_SIZE:
+        raise MedrayError(f"size={size}: phantoms need at least {MIN_SIZE} pixels a side")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise MedrayError(
+            f"{out_dir} already exists and is not empty; delete it or choose another output directory"
+        )
