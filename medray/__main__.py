@@ -1,0 +1,5 @@
+import sys
+
+from medray.cli import main
+
+sys.exit(main())

@@ -1,0 +1,96 @@
+"""`medray` on the command line: parse, load the config, call one library function.
+
+Every mistake a user can make ends here as one line, `medray: error: ...`, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from medray.errors import MedrayError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.command(args)
+    except KeyboardInterrupt:
+        print("medray: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001  (a user error may arrive wrapped by Ray)
+        user_error = find_user_error(error)
+        if user_error is None:
+            raise
+        print(f"medray: error: {user_error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medray", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="train, evaluate and explain one model as a Ray job")
+    add_config_arguments(run)
+    run.set_defaults(command=command_run)
+
+    data = commands.add_parser("data", help="dataset tools").add_subparsers(required=True, metavar="TOOL")
+    synth = data.add_parser("synth", help="write the synthetic brain-MRI phantom dataset")
+    synth.add_argument("--out", required=True, help="folder to write parquet/, folders/ and masks/ into")
+    synth.add_argument("--train", type=int, default=1200)
+    synth.add_argument("--val", type=int, default=240)
+    synth.add_argument("--test", type=int, default=360)
+    synth.add_argument("--size", type=int, default=64, help="image side in pixels")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(command=command_synth)
+    return parser
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="run config YAML, e.g. configs/demo.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override one config key, e.g. --set train.lr=3e-4 (repeatable)")
+
+
+def command_run(args: argparse.Namespace) -> None:
+    from medray.config import load_config
+    from medray.run import run_job
+
+    config = load_config(args.config, args.overrides)
+    outcome = run_job(config)
+    print((outcome.run_dir / "summary.txt").read_text(), end="")
+
+
+def command_synth(args: argparse.Namespace) -> None:
+    from medray.data.synth import write_demo_dataset
+
+    for name in ("train", "val", "test"):
+        if getattr(args, name) < 3:
+            raise MedrayError(f"--{name}={getattr(args, name)}: each split needs at least 3 images (one per class)")
+    if not 28 <= args.size <= 256:
+        raise MedrayError(f"--size={args.size}: phantoms are drawn at 28 to 256 pixels")
+    summary = write_demo_dataset(args.out, train=args.train, val=args.val, test=args.test,
+                                 size=args.size, seed=args.seed)
+    for split, counts in summary["counts"].items():
+        print(f"{split:<6} " + ", ".join(f"{name} {count}" for name, count in counts.items()))
+    print(f"wrote {summary['path']}")
+
+
+def find_user_error(error: BaseException) -> MedrayError | None:
+    """The MedrayError behind an exception, however Ray wrapped it on its way from a worker."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        cause = getattr(error, "cause", None)  # RayTaskError keeps the worker's exception here
+        if isinstance(cause, MedrayError):
+            return cause
+        if isinstance(error, MedrayError) and not hasattr(error, "cause"):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

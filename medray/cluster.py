@@ -1,0 +1,44 @@
+"""Start or join Ray, and refuse settings that would starve Ray Data of CPUs.
+
+With no RAY_ADDRESS a local Ray instance starts on this machine; under `ray job submit` (or with
+RAY_ADDRESS set) the driver joins that cluster instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+from medray.errors import MedrayError
+
+# Workers on a cluster started with `ray start` do not inherit the driver's environment.
+WORKER_ENV = {
+    **{name: os.environ[name] for name in ("TF_USE_LEGACY_KERAS", "TF_CPP_MIN_LOG_LEVEL")},
+    # Ray Train's print patch would echo every epoch line twice on the driver.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+}
+
+
+def connect(scaling) -> None:
+    if not ray.is_initialized():
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS"),
+            runtime_env={"env_vars": WORKER_ENV},
+        )
+    check_cpus_for_data(scaling, ray.cluster_resources().get("CPU", 0.0))
+
+
+def check_cpus_for_data(scaling, cluster_cpus: float) -> None:
+    """Training workers must leave `cpus_for_data` CPUs free, or Ray Data can never run."""
+    if scaling.use_gpu:
+        return
+    training = scaling.num_workers * scaling.cpus_per_worker
+    left = cluster_cpus - training
+    if left < scaling.cpus_for_data:
+        raise MedrayError(
+            f"scaling: {scaling.num_workers} workers x {scaling.cpus_per_worker} CPU = {training:g} CPUs "
+            f"leaves {left:g} of the cluster's {cluster_cpus:g} CPUs for Ray Data, but "
+            f"scaling.cpus_for_data={scaling.cpus_for_data:g}; lower scaling.cpus_per_worker or "
+            "scaling.num_workers (training would otherwise wait for data forever)"
+        )

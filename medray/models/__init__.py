@@ -1,0 +1,1 @@
+"""Backbones by name, the classifier built on them, and safe model files."""

@@ -1,0 +1,26 @@
+"""Build the classifier a run trains, and move it between processes as a safe `.keras` file."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from medray.keras_setup import keras
+from medray.models.registry import Backbone
+
+
+def build_classifier(backbone: Backbone, input_size: int, num_classes: int, model_config) -> keras.Model:
+    return backbone.build(input_size, backbone.channels, num_classes, model_config)
+
+
+def load_model_file(path: str | Path) -> keras.Model:
+    # safe_mode refuses to deserialise arbitrary code (lambdas) from a model file.
+    return keras.models.load_model(str(path), compile=False, safe_mode=True)
+
+
+def load_model_bytes(blob: bytes) -> keras.Model:
+    """Rebuild a model sent as the bytes of its `.keras` file (Ray actors on any node)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.keras"
+        path.write_bytes(blob)
+        return load_model_file(path)

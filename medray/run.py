@@ -1,0 +1,101 @@
+"""The main job: data -> train -> evaluate -> explain, everything written to results/<run-id>/."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from medray.cluster import connect
+from medray.config import RunConfig, to_yaml
+from medray.data.pipeline import read_split, training_data
+from medray.data.sources import SPLITS, Source, discover
+from medray.evaluate import compute_metrics, plot_confusion_matrix, predict
+from medray.explain.bulk import ExplainOutcome, explain_split
+from medray.models.registry import get_backbone
+from medray.train.trainer import TrainingOutcome, train_model
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    run_dir: Path
+    source: Source
+    training: TrainingOutcome
+    metrics: dict
+    explained: ExplainOutcome | None
+
+
+def run_job(config: RunConfig) -> RunOutcome:
+    # Everything that can be checked without Ray is checked first, so mistakes cost seconds.
+    backbone = get_backbone(config.model.backbone)
+    image_size = config.model.input_size or backbone.input_size
+    source = discover(config.data)
+    run_dir = create_run_dir(config)
+    (run_dir / "config.yaml").write_text(to_yaml(config))
+    (run_dir / "data.json").write_text(json.dumps(describe_source(source), indent=2))
+
+    connect(config.scaling)
+    training = train_model(config, source, training_data(source, backbone, image_size, config),
+                           image_size, run_dir)
+    pd.DataFrame(training.history).to_csv(run_dir / "history.csv", index=False)
+
+    model_bytes = training.model_path.read_bytes()
+    test = read_split(source, "test", image_size, config.data)
+    predictions = predict(test, model_bytes, backbone.name, source.class_names,
+                          config.explain.batch_size, config.explain.concurrency)
+    predictions.to_parquet(run_dir / "predictions.parquet", index=False)
+    metrics = compute_metrics(predictions, source.class_names)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_confusion_matrix(metrics["confusion_matrix"], source.class_names, run_dir / "confusion_matrix.png")
+
+    explained = None
+    if config.explain.enabled:
+        explained = explain_split(test, model_bytes, backbone.name, source.class_names, config.explain,
+                                  run_dir / config.explain.method)
+    outcome = RunOutcome(run_dir, source, training, metrics, explained)
+    (run_dir / "summary.txt").write_text(summarise(outcome))
+    return outcome
+
+
+def create_run_dir(config: RunConfig) -> Path:
+    run_id = config.output.run_id or f"{config.name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    run_dir = config.output.dir / run_id
+    suffix = 1
+    while run_dir.exists() and config.output.run_id is None:
+        suffix += 1
+        run_dir = config.output.dir / f"{run_id}-{suffix}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir.resolve()
+
+
+def describe_source(source: Source) -> dict:
+    return {
+        "kind": source.kind,
+        "path": str(source.path),
+        "class_names": source.class_names,
+        "class_counts": {split: dict(zip(source.class_names, source.class_counts[split])) for split in SPLITS},
+    }
+
+
+def summarise(outcome: RunOutcome) -> str:
+    metrics, training, source = outcome.metrics, outcome.training, outcome.source
+    chance = max(source.class_counts["test"]) / source.num_rows("test")
+    auc = "n/a" if metrics["roc_auc_ovr"] is None else f"{metrics['roc_auc_ovr']:.4f}"
+    lines = [
+        f"medray run {outcome.run_dir.name}",
+        f"  data       {source.kind} {source.path}",
+        *(f"  {split:<10} {source.num_rows(split)} images  "
+          + ", ".join(f"{name} {count}" for name, count in zip(source.class_names, source.class_counts[split]))
+          for split in SPLITS),
+        f"  training   {len(training.history)} epochs, best epoch {training.best_epoch} "
+        f"(val_auc {training.best_metrics['val_auc']:.4f})",
+        f"  test       accuracy {metrics['accuracy']:.4f} (majority class {chance:.4f})  "
+        f"macro F1 {metrics['macro_f1']:.4f}  ROC AUC {auc}",
+    ]
+    if outcome.explained is not None:
+        lines.append(f"  grad-cam   {outcome.explained.rows} maps, {outcome.explained.empty_maps} empty")
+    lines.append(f"  results    {outcome.run_dir}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,90 @@
+"""The driver side of training: a TensorflowTrainer built from the run config, its best
+checkpoint exported as `model.keras`, and worker failures turned into one readable error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import ray.train
+from ray.train.tensorflow import TensorflowTrainer
+
+from medray.config import RunConfig
+from medray.data.pipeline import TrainingData
+from medray.data.sources import Source
+from medray.errors import MedrayError
+from medray.train.loop import CHECKPOINT_MODEL, CHECKPOINT_STATE, train_loop_per_worker
+
+BEST_METRIC = "val_auc"
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    model_path: Path
+    history: list[dict]
+    best_epoch: int
+    best_metrics: dict
+
+
+def train_model(config: RunConfig, source: Source, data: TrainingData, image_size: int,
+                run_dir: Path) -> TrainingOutcome:
+    trainer = TensorflowTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "run": config.model_dump(mode="json"),
+            "num_classes": len(source.class_names),
+            "image_size": image_size,
+            "class_weights": class_weights(source.class_counts["train"], config.train.class_weight),
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.scaling.num_workers,
+            use_gpu=config.scaling.use_gpu,
+            resources_per_worker={"CPU": config.scaling.cpus_per_worker},
+        ),
+        datasets={"train": data.train, "val": data.val},
+        run_config=ray.train.RunConfig(
+            name="train",
+            storage_path=str((run_dir / "checkpoints").resolve()),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute=BEST_METRIC, checkpoint_score_order="max"),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as error:
+        raise MedrayError(f"training failed: {_first_line(error)}") from error
+    return export_best(result, run_dir)
+
+
+def class_weights(train_counts: list[int], mode: str) -> list[float]:
+    """'balanced' weighs class c by n / (k * n_c), as scikit-learn does; 'none' gives []."""
+    if mode == "none":
+        return []
+    counts = np.asarray(train_counts, dtype=np.float64)
+    present = counts > 0
+    weights = np.zeros_like(counts)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights.tolist()
+
+
+def export_best(result: ray.train.Result, run_dir: Path) -> TrainingOutcome:
+    best_checkpoint, best_metrics = max(result.best_checkpoints, key=lambda pair: pair[1][BEST_METRIC])
+    model_path = run_dir / "model.keras"
+    with best_checkpoint.as_directory() as directory:
+        shutil.copyfile(Path(directory) / CHECKPOINT_MODEL, model_path)
+    # The latest checkpoint always survives pruning and holds every epoch's metrics.
+    with result.checkpoint.as_directory() as directory:
+        history = json.loads((Path(directory) / CHECKPOINT_STATE).read_text())["history"]
+    return TrainingOutcome(model_path, history, int(best_metrics["epoch"]), dict(best_metrics))
+
+
+def _first_line(error: BaseException) -> str:
+    """The root cause's own message, without the worker traceback around it."""
+    cause = error
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    lines = [line for line in str(cause).splitlines() if line.strip()]
+    return lines[-1] if lines else type(cause).__name__
