@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from medray.errors import MedrayError
+from medray.errors import MedrayError, find_user_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,20 +76,6 @@ def command_synth(args: argparse.Namespace) -> None:
     for split, counts in summary["counts"].items():
         print(f"{split:<6} " + ", ".join(f"{name} {count}" for name, count in counts.items()))
     print(f"wrote {summary['path']}")
-
-
-def find_user_error(error: BaseException) -> MedrayError | None:
-    """The MedrayError behind an exception, however Ray wrapped it on its way from a worker."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        cause = getattr(error, "cause", None)  # RayTaskError keeps the worker's exception here
-        if isinstance(cause, MedrayError):
-            return cause
-        if isinstance(error, MedrayError) and not hasattr(error, "cause"):
-            return error
-        error = error.__cause__ or error.__context__
-    return None
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from ray.train.tensorflow import TensorflowTrainer
 from medray.config import RunConfig
 from medray.data.pipeline import TrainingData
 from medray.data.sources import Source
-from medray.errors import MedrayError
+from medray.errors import MedrayError, find_user_error
 from medray.train.loop import CHECKPOINT_MODEL, CHECKPOINT_STATE, train_loop_per_worker
 
 BEST_METRIC = "val_auc"
@@ -55,7 +55,7 @@ def train_model(config: RunConfig, source: Source, data: TrainingData, image_siz
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as error:
-        raise MedrayError(f"training failed: {_first_line(error)}") from error
+        raise find_user_error(error) or MedrayError(f"training failed: {_last_line(error)}") from error
     return export_best(result, run_dir)
 
 
@@ -81,10 +81,7 @@ def export_best(result: ray.train.Result, run_dir: Path) -> TrainingOutcome:
     return TrainingOutcome(model_path, history, int(best_metrics["epoch"]), dict(best_metrics))
 
 
-def _first_line(error: BaseException) -> str:
-    """The root cause's own message, without the worker traceback around it."""
-    cause = error
-    while cause.__cause__ is not None:
-        cause = cause.__cause__
-    lines = [line for line in str(cause).splitlines() if line.strip()]
-    return lines[-1] if lines else type(cause).__name__
+def _last_line(error: BaseException) -> str:
+    """An unexpected worker error's own message, without the traceback above it."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__

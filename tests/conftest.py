@@ -1,0 +1,43 @@
+"""Shared fixtures: one tiny phantom dataset and one local Ray cluster per test session.
+
+The cluster is started by `medray.cluster.connect` with the demo config's scaling settings,
+exactly as `medray run --config configs/demo.yaml` starts it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medray.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
+PNEUMONIAMNIST = ROOT.parent / "shared" / "datasets" / "pneumoniamnist" / "pneumoniamnist.npz"
+
+
+def tiny_overrides(data_path: Path, output_dir: Path) -> list[str]:
+    """The demo config shrunk to seconds: 32 px images, 2 epochs, same scaling as the demo."""
+    return [f"data.path={data_path}", f"output.dir={output_dir}", "model.input_size=32",
+            "train.epochs=2", "train.batch_size=16", "explain.batch_size=16"]
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    from medray.data.synth import write_demo_dataset
+
+    root = tmp_path_factory.mktemp("phantoms") / "demo"
+    write_demo_dataset(root, train=60, val=20, test=24, size=32, seed=3)
+    return root
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    from medray.cluster import connect
+
+    connect(load_config(DEMO_CONFIG).scaling)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,69 @@
+"""The main job on a tiny config writes every output, with finite metrics."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from medray.cli import main
+from medray.models.classifier import load_model_file
+
+from conftest import DEMO_CONFIG, tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_dataset, tmp_path_factory, ray_cluster):
+    out = tmp_path_factory.mktemp("results")
+    args = ["run", "--config", str(DEMO_CONFIG)]
+    for override in [*tiny_overrides(tiny_dataset / "parquet", out), "output.run_id=tiny"]:
+        args += ["--set", override]
+    assert main(args) == 0
+    return out / "tiny"
+
+
+def test_run_writes_config_metrics_and_confusion_matrix(finished_run):
+    assert "backbone: baseline_cnn" in (finished_run / "config.yaml").read_text()
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    assert metrics["rows"] == 24
+    for name in ("accuracy", "macro_f1", "roc_auc_ovr"):
+        assert math.isfinite(metrics[name]) and 0 <= metrics[name] <= 1
+    assert np.sum(metrics["confusion_matrix"]) == 24
+    with Image.open(finished_run / "confusion_matrix.png") as image:
+        assert image.width > 200 and image.height > 200
+
+
+def test_predictions_have_one_row_per_test_image(finished_run):
+    predictions = pd.read_parquet(finished_run / "predictions.parquet")
+    assert len(predictions) == 24 and predictions["row_id"].is_unique
+    probabilities = np.stack(predictions["probabilities"].to_numpy())
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+    assert (predictions["prediction"] == probabilities.argmax(axis=1)).all()
+
+
+def test_history_has_every_epoch_and_model_loads_in_safe_mode(finished_run):
+    history = pd.read_csv(finished_run / "history.csv")
+    assert list(history["epoch"]) == [1, 2]
+    assert {"loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc"} <= set(history.columns)
+    model = load_model_file(finished_run / "model.keras")
+    assert model.output_shape == (None, 3)
+
+
+def test_gradcam_maps_and_overlays_cover_every_test_image(finished_run):
+    maps = pq.read_table(finished_run / "gradcam" / "maps.parquet").to_pandas()
+    assert len(maps) == 24 and maps["row_id"].is_unique
+    cams = np.stack(maps["cam"].to_numpy()).astype(np.float32)
+    assert cams.min() >= 0 and cams.max() <= 1
+    overlays = sorted((finished_run / "gradcam" / "overlays").rglob("*.png"))
+    assert len(overlays) == 24
+    assert {path.parent.name for path in overlays} <= {"no_lesion", "bright_round_lesion", "dark_irregular_lesion"}
+    with Image.open(overlays[0]) as image:
+        assert image.mode == "RGB" and image.width >= 224
+
+
+def test_summary_names_the_test_accuracy_and_the_results_folder(finished_run):
+    summary = (finished_run / "summary.txt").read_text()
+    assert "test       accuracy" in summary and str(finished_run) in summary

@@ -1,0 +1,87 @@
+"""Decoding, preprocessing and augmentation, and both on-disk sources through Ray Data."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medray.config import DataConfig
+from medray.data.augment import augment_pixels, rotate_batch
+from medray.data.decode import decode_gray
+from medray.data.pipeline import read_split
+from medray.data.preprocess import to_model_input
+from medray.data.sources import discover, split_of
+from medray.errors import MedrayError
+from medray.models.registry import Backbone, get_backbone
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_decode_converts_rgb_and_16_bit_to_square_gray():
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[..., 0] = 255
+    assert decode_gray(png_bytes(rgb), 16, 10**6, "x").shape == (16, 16)
+    deep = (np.arange(400, dtype=np.uint16).reshape(20, 20) * 100)
+    gray = decode_gray(png_bytes(deep), 20, 10**6, "x")
+    assert gray.min() == 0 and gray.max() == 255  # stretched, not clipped to white
+
+
+def test_decode_refuses_images_over_the_pixel_limit_before_decoding():
+    with pytest.raises(MedrayError, match="scan.png: image is 100x100 pixels, over data.max_image_pixels=5000"):
+        decode_gray(png_bytes(np.zeros((100, 100), np.uint8)), 16, 5000, "scan.png")
+
+
+def test_decode_names_the_source_of_empty_and_corrupt_bytes():
+    with pytest.raises(MedrayError, match="a.png: the image is empty"):
+        decode_gray(b"", 16, 10**6, "a.png")
+    with pytest.raises(MedrayError, match="b.png: cannot decode the image"):
+        decode_gray(b"not an image", 16, 10**6, "b.png")
+
+
+def test_model_input_repeats_gray_to_the_backbones_channels():
+    three = Backbone("rgb", build=None, input_size=8, channels=3, preprocess=lambda x: x / 255, cam_layer="c")
+    pixels = np.full((2, 8, 8), 255, np.uint8)
+    assert to_model_input(pixels, three).shape == (2, 8, 8, 3)
+    assert to_model_input(pixels, get_backbone("baseline_cnn")).shape == (2, 8, 8, 1)
+    assert to_model_input(pixels, three).max() == pytest.approx(1.0)
+
+
+def test_rotation_by_zero_is_identity_and_by_180_reverses_the_image():
+    images = np.random.default_rng(0).random((3, 9, 9)).astype(np.float32)
+    assert np.allclose(rotate_batch(images, np.zeros(3)), images)
+    assert np.allclose(rotate_batch(images, np.full(3, 180.0)), images[:, ::-1, ::-1], atol=1e-4)
+
+
+def test_augmentation_keeps_shape_changes_images_and_follows_its_seed():
+    images = np.random.default_rng(1).integers(0, 255, (16, 12, 12)).astype(np.float32)
+    first = augment_pixels(images, np.random.default_rng(5), flip=True, rotation_degrees=15)
+    again = augment_pixels(images, np.random.default_rng(5), flip=True, rotation_degrees=15)
+    assert first.shape == images.shape and np.array_equal(first, again)
+    assert not np.allclose(first, images)
+
+
+@pytest.mark.parametrize("name, split", [("train-00000-of-00001.parquet", "train"),
+                                         ("validation-00000.parquet", "val"), ("test.parquet", "test"),
+                                         ("notes.parquet", None)])
+def test_split_names_follow_hugging_face_file_names(name, split):
+    assert split_of(name) == split
+
+
+def test_parquet_and_folders_give_the_same_images_per_class(tiny_dataset, ray_cluster):
+    parquet = discover(DataConfig(path=tiny_dataset / "parquet", source="parquet"))
+    folders = discover(DataConfig(path=tiny_dataset / "folders", source="folders"))
+    assert parquet.class_names == ["no_lesion", "bright_round_lesion", "dark_irregular_lesion"]
+    assert parquet.num_rows("test") == folders.num_rows("test") == 24
+    by_class = {}
+    for source in (parquet, folders):
+        rows = read_split(source, "test", 32, DataConfig(path=source.path, source=source.kind)).take_all()
+        assert len(rows) == 24 and len({row["row_id"] for row in rows}) == 24
+        by_class[source.kind] = {
+            name: sorted(row["pixels"].tobytes() for row in rows if source.class_names[row["label"]] == name)
+            for name in parquet.class_names}
+    assert by_class["parquet"] == by_class["folders"]
