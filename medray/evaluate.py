@@ -28,7 +28,7 @@ def predict(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: str, c
     """One row per image: row_id, label, prediction, confidence and the class probabilities."""
     scored = decoded.map_batches(
         Predictor, fn_constructor_kwargs={"model_bytes": model_bytes, "backbone_name": backbone_name},
-        batch_size=batch_size, concurrency=concurrency,
+        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency),
     )
     batches = list(scored.iter_batches(batch_size=None))
     probabilities = np.concatenate([batch["probabilities"] for batch in batches])

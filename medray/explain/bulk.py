@@ -75,7 +75,7 @@ def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: 
                                "method": explain_config.method, "target": explain_config.target,
                                "overlays": explain_config.overlays},
         batch_size=explain_config.batch_size,
-        concurrency=explain_config.concurrency,
+        compute=ray.data.ActorPoolStrategy(size=explain_config.concurrency),
     )
     rows = empty = 0
     maps_path = out_dir / "maps.parquet"
