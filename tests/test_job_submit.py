@@ -54,6 +54,17 @@ def wait_for_job_server(address: str, env: dict, seconds: int = 120) -> None:
     raise TimeoutError(f"no job server at {address} after {seconds} s")
 
 
+def submit(command: list[str], env: dict, seconds: int = 120) -> subprocess.CompletedProcess:
+    """Submit, retrying while the head's job agent is still starting (the job server answers
+    `ray job list` a little before it can accept jobs)."""
+    deadline = time.time() + seconds
+    while True:
+        submitted = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        if "No available agent" not in submitted.stderr or time.time() > deadline:
+            return submitted
+        time.sleep(3)
+
+
 def test_client_without_the_token_is_refused(head, tmp_path):
     address, env = head
     stranger = {**env, "HOME": str(tmp_path)}  # no ~/.ray/auth_token there
@@ -71,7 +82,7 @@ def test_demo_job_submitted_to_the_head_succeeds_and_writes_results(head, tiny_d
                "python", "jobs/run.py", "--config", "configs/demo.yaml"]
     for override in [*tiny_overrides(tiny_dataset / "parquet", out), "output.run_id=submitted"]:
         command += ["--set", override]
-    submitted = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    submitted = submit(command, env)
     log = submitted.stdout + submitted.stderr
     assert submitted.returncode == 0, log[-3000:]
     assert "succeeded" in log.lower()
