@@ -55,6 +55,12 @@ class TrainConfig(_Section):
     batch_size: int = Field(64, ge=1, le=65_536)
     lr: float = Field(1e-3, gt=0, le=10)
     class_weight: Literal["none", "balanced"] = "balanced"
+    # The validation metric that picks the exported model; loss has no ties, unlike a saturated AUC.
+    monitor: Literal["val_loss", "val_auc", "val_accuracy"] = "val_loss"
+
+    @property
+    def monitor_mode(self) -> Literal["min", "max"]:
+        return "min" if self.monitor == "val_loss" else "max"
 
 
 class ScalingConfig(_Section):

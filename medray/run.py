@@ -91,7 +91,7 @@ def summarise(outcome: RunOutcome) -> str:
           + ", ".join(f"{name} {count}" for name, count in zip(source.class_names, source.class_counts[split]))
           for split in SPLITS),
         f"  training   {len(training.history)} epochs, best epoch {training.best_epoch} "
-        f"(val_auc {training.best_metrics['val_auc']:.4f})",
+        f"(val_loss {training.best_metrics['val_loss']:.4f}, val_auc {training.best_metrics['val_auc']:.4f})",
         f"  test       accuracy {metrics['accuracy']:.4f} (majority class {chance:.4f})  "
         f"macro F1 {metrics['macro_f1']:.4f}  ROC AUC {auc}",
     ]

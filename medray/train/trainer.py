@@ -18,8 +18,6 @@ from medray.data.sources import Source
 from medray.errors import MedrayError, find_user_error
 from medray.train.loop import CHECKPOINT_MODEL, CHECKPOINT_STATE, train_loop_per_worker
 
-BEST_METRIC = "val_auc"
-
 
 @dataclass(frozen=True)
 class TrainingOutcome:
@@ -49,14 +47,15 @@ def train_model(config: RunConfig, source: Source, data: TrainingData, image_siz
             name="train",
             storage_path=str((run_dir / "checkpoints").resolve()),
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute=BEST_METRIC, checkpoint_score_order="max"),
+                num_to_keep=2, checkpoint_score_attribute=config.train.monitor,
+                checkpoint_score_order=config.train.monitor_mode),
         ),
     )
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as error:
         raise find_user_error(error) or MedrayError(f"training failed: {_last_line(error)}") from error
-    return export_best(result, run_dir)
+    return export_best(result, run_dir, config.train)
 
 
 def class_weights(train_counts: list[int], mode: str) -> list[float]:
@@ -70,8 +69,10 @@ def class_weights(train_counts: list[int], mode: str) -> list[float]:
     return weights.tolist()
 
 
-def export_best(result: ray.train.Result, run_dir: Path) -> TrainingOutcome:
-    best_checkpoint, best_metrics = max(result.best_checkpoints, key=lambda pair: pair[1][BEST_METRIC])
+def export_best(result: ray.train.Result, run_dir: Path, train_config) -> TrainingOutcome:
+    sign = 1 if train_config.monitor_mode == "max" else -1
+    best_checkpoint, best_metrics = max(result.best_checkpoints,
+                                        key=lambda pair: sign * pair[1][train_config.monitor])
     model_path = run_dir / "model.keras"
     with best_checkpoint.as_directory() as directory:
         shutil.copyfile(Path(directory) / CHECKPOINT_MODEL, model_path)
