@@ -33,6 +33,8 @@ class DataConfig(_Section):
     path: Path
     image_column: str = "image"
     label_column: str = "label"
+    # Optional lesion masks (image struct or binary), read for the test split to score CAMs.
+    mask_column: str | None = "mask"
     mask_column: str | None = "mask"
     # Overrides the class names found in the data (Hugging Face metadata or folder names).
     class_names: list[str] | None = None

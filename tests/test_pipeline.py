@@ -85,3 +85,14 @@ def test_parquet_and_folders_give_the_same_images_per_class(tiny_dataset, ray_cl
             name: sorted(row["pixels"].tobytes() for row in rows if source.class_names[row["label"]] == name)
             for name in parquet.class_names}
     assert by_class["parquet"] == by_class["folders"]
+
+
+def test_parquet_rows_carry_binary_masks_that_lie_on_the_lesions(tiny_dataset, ray_cluster):
+    source = discover(DataConfig(path=tiny_dataset / "parquet"))
+    assert source.has_masks
+    rows = read_split(source, "test", 32, DataConfig(path=source.path)).take_all()
+    for row in rows:
+        assert set(np.unique(row["mask"])) <= {0, 255}
+        assert (row["mask"].any()) == (row["label"] != 0)  # no_lesion has an empty mask
+    without = read_split(source, "test", 32, DataConfig(path=source.path, mask_column=None)).take(1)[0]
+    assert "mask" not in without

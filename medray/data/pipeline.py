@@ -1,6 +1,7 @@
 """Ray Datasets for a run: read -> decode -> (augment) -> preprocess, all streamed in map_batches.
 
-A split's rows after decoding: `row_id` (str), `pixels` (uint8 H x W) and `label` (int64).
+A split's rows after decoding: `row_id` (str), `pixels` (uint8 H x W) and `label` (int64), plus
+`mask` (uint8 H x W, 255 = lesion) when the parquet has the configured mask column.
 Training and validation rows then become `image` (float32, the backbone's input) and `label`.
 """
 
@@ -14,7 +15,7 @@ import ray
 from ray.data.expressions import random
 
 from medray.data.augment import SEED_COLUMN, augment_pixels, batch_rng
-from medray.data.decode import decode_gray
+from medray.data.decode import decode_gray, decode_mask
 from medray.data.preprocess import to_model_input
 from medray.data.sources import Source
 from medray.models.registry import Backbone
@@ -35,26 +36,39 @@ def read_split(source: Source, split: str, image_size: int, data_config) -> ray.
     settings = {"image_size": image_size, "max_pixels": data_config.max_image_pixels}
     items = ray.data.from_items(pieces, override_num_blocks=max(1, min(len(pieces), 64)))
     if source.kind == "parquet":
-        settings |= {"image_column": data_config.image_column, "label_column": data_config.label_column}
+        settings |= {"image_column": data_config.image_column, "label_column": data_config.label_column,
+                     "mask_column": data_config.mask_column if source.has_masks else None}
         return items.map_batches(read_parquet_pieces, batch_size=1, fn_kwargs=settings)
     return items.map_batches(read_image_files, batch_size=FILES_PER_READ, fn_kwargs=settings)
 
 
 def read_parquet_pieces(pieces: dict, image_size: int, max_pixels: int, image_column: str,
-                        label_column: str) -> dict:
-    row_ids, pixels, labels = [], [], []
+                        label_column: str, mask_column: str | None) -> dict:
+    row_ids, pixels, labels, masks = [], [], [], []
+    columns = [image_column, label_column, *([mask_column] if mask_column else [])]
     for file, group, first_row in zip(pieces["file"], pieces["row_group"], pieces["first_row"]):
-        table = pq.ParquetFile(file).read_row_group(int(group), columns=[image_column, label_column])
-        images = table.column(image_column).combine_chunks()
-        # Hugging Face stores images as struct {bytes, path}; plain binary columns work too.
-        blobs = images.field("bytes") if hasattr(images.type, "get_field_index") else images
+        table = pq.ParquetFile(file).read_row_group(int(group), columns=columns)
         name = file.rsplit("/", 1)[-1]
-        for offset, (blob, label) in enumerate(zip(blobs.to_pylist(), table.column(label_column).to_pylist())):
-            row_id = f"{name}#{int(first_row) + offset}"
-            row_ids.append(row_id)
-            pixels.append(decode_gray(blob, image_size, max_pixels, where=f"{file} row {int(first_row) + offset}"))
+        image_blobs = _image_bytes(table.column(image_column))
+        mask_blobs = _image_bytes(table.column(mask_column)) if mask_column else image_blobs
+        for offset, (blob, label, mask_blob) in enumerate(
+                zip(image_blobs, table.column(label_column).to_pylist(), mask_blobs)):
+            where = f"{file} row {int(first_row) + offset}"
+            row_ids.append(f"{name}#{int(first_row) + offset}")
+            pixels.append(decode_gray(blob, image_size, max_pixels, where=where))
             labels.append(label)
-    return _rows(row_ids, pixels, labels, image_size)
+            if mask_column:
+                masks.append(decode_mask(mask_blob, image_size, max_pixels, where=f"{where} (mask)"))
+    rows = _rows(row_ids, pixels, labels, image_size)
+    if mask_column:
+        rows["mask"] = np.stack(masks) if masks else np.zeros((0, image_size, image_size), np.uint8)
+    return rows
+
+
+def _image_bytes(column) -> list:
+    """Hugging Face stores images as struct {bytes, path}; plain binary columns work too."""
+    images = column.combine_chunks()
+    return (images.field("bytes") if hasattr(images.type, "get_field_index") else images).to_pylist()
 
 
 def read_image_files(files: dict, image_size: int, max_pixels: int) -> dict:

@@ -31,6 +31,8 @@ class Source:
     pieces: dict[str, list[dict]]
     # split -> rows per class, in class_names order
     class_counts: dict[str, list[int]] = field(default_factory=dict)
+    # whether rows carry ground-truth lesion masks (the parquet has data.mask_column)
+    has_masks: bool = False
 
     def num_rows(self, split: str) -> int:
         return sum(self.class_counts[split])
@@ -64,6 +66,7 @@ def _discover_parquet(path: Path, data_config) -> Source:
     pieces: dict[str, list[dict]] = {split: [] for split in SPLITS}
     labels: dict[str, list[int]] = {split: [] for split in SPLITS}
     class_names = data_config.class_names
+    has_masks = bool(files) and data_config.mask_column is not None
     for file in files:
         split = split_of(file.name)
         if split is None:
@@ -79,6 +82,7 @@ def _discover_parquet(path: Path, data_config) -> Source:
                     f"{file}: no column {column!r} (columns: {', '.join(names)}); set "
                     "data.image_column / data.label_column to the right names"
                 )
+        has_masks = has_masks and data_config.mask_column in names
         class_names = class_names or _huggingface_class_names(metadata, data_config.label_column)
         offset = 0
         for group in range(metadata.num_row_groups):
@@ -91,7 +95,7 @@ def _discover_parquet(path: Path, data_config) -> Source:
         largest = max((max(split_labels) for split_labels in labels.values() if split_labels), default=0)
         class_names = [f"class_{index}" for index in range(largest + 1)]
     counts = {split: _count(labels[split], class_names, path) for split in SPLITS}
-    return Source("parquet", path, list(class_names), pieces, counts)
+    return Source("parquet", path, list(class_names), pieces, counts, has_masks)
 
 
 def _huggingface_class_names(metadata: pq.ParquetFile, label_column: str) -> list[str] | None:
