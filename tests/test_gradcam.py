@@ -18,7 +18,7 @@ from medray.models.registry import get_backbone
 def explainer():
     backbone = get_backbone("baseline_cnn")
     model = build_classifier(backbone, 32, 3, ModelConfig())
-    return CamExplainer(model, backbone.cam_layer, "gradcam")
+    return CamExplainer(model, backbone.cam_layers[0], "gradcam")
 
 
 def test_maps_have_the_cam_layer_grid_and_lie_in_unit_range(explainer):

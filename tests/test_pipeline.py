@@ -44,7 +44,7 @@ def test_decode_names_the_source_of_empty_and_corrupt_bytes():
 
 
 def test_model_input_repeats_gray_to_the_backbones_channels():
-    three = Backbone("rgb", build=None, input_size=8, channels=3, preprocess=lambda x: x / 255, cam_layer="c")
+    three = Backbone("rgb", build=None, input_size=8, channels=3, preprocess=lambda x: x / 255, cam_layers=("c",))
     pixels = np.full((2, 8, 8), 255, np.uint8)
     assert to_model_input(pixels, three).shape == (2, 8, 8, 3)
     assert to_model_input(pixels, get_backbone("baseline_cnn")).shape == (2, 8, 8, 1)

@@ -44,7 +44,7 @@ class ExplainOutcome:
 class CamActor(ModelActor):
     def __init__(self, model_bytes: bytes, backbone_name: str, method: str, target: str, overlays: bool):
         super().__init__(model_bytes, backbone_name)
-        self.explainer = CamExplainer(self.model, self.backbone.cam_layer, method)
+        self.explainer = CamExplainer(self.model, self.backbone.cam_layers[0], method)
         self.method, self.target, self.overlays = method, target, overlays
 
     def __call__(self, batch: dict) -> dict:

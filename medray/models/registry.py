@@ -20,8 +20,8 @@ class Backbone:
     channels: int
     # float32 pixels in [0, 255], shape (N, H, W, channels) -> the model's input
     preprocess: Callable[[np.ndarray], np.ndarray]
-    # name of the layer whose activations class activation maps are computed from
-    cam_layer: str
+    # the layers class activation maps are computed from: one per branch (ensembles have two)
+    cam_layers: tuple[str, ...]
 
 
 def scale_to_unit(pixels: np.ndarray) -> np.ndarray:
@@ -38,7 +38,7 @@ def _registry() -> dict[str, Backbone]:
             input_size=64,
             channels=1,
             preprocess=scale_to_unit,
-            cam_layer=baseline_cnn.CAM_LAYER,
+            cam_layers=(baseline_cnn.CAM_LAYER,),
         ),
     }
 
