@@ -29,7 +29,7 @@ class AugmentConfig(_Section):
 
 
 class DataConfig(_Section):
-    source: Literal["parquet", "folders"] = "parquet"
+    source: Literal["parquet", "folders", "npz"] = "parquet"
     path: Path
     image_column: str = "image"
     label_column: str = "label"

@@ -22,6 +22,12 @@ def decode_gray(data: bytes, size: int, max_pixels: int, where: str) -> np.ndarr
         return np.asarray(gray.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
+def resize_gray(pixels: np.ndarray, size: int) -> np.ndarray:
+    """An already-decoded array (H x W, or H x W x 3 for RGB MedMNIST sets) -> (size, size) uint8."""
+    image = Image.fromarray(np.asarray(pixels, dtype=np.uint8))
+    return np.asarray(image.convert("L").resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
 def decode_mask(data: bytes, size: int, max_pixels: int, where: str) -> np.ndarray:
     """A lesion mask resized like its image, kept binary (255 = lesion) by nearest-neighbour."""
     with open_checked(data, max_pixels, where, "mask") as image:

@@ -15,7 +15,7 @@ import ray
 from ray.data.expressions import random
 
 from medray.data.augment import SEED_COLUMN, augment_pixels, batch_rng
-from medray.data.decode import decode_gray, decode_mask
+from medray.data.decode import decode_gray, decode_mask, resize_gray
 from medray.data.preprocess import to_model_input
 from medray.data.sources import Source
 from medray.models.registry import Backbone
@@ -39,6 +39,8 @@ def read_split(source: Source, split: str, image_size: int, data_config) -> ray.
         settings |= {"image_column": data_config.image_column, "label_column": data_config.label_column,
                      "mask_column": data_config.mask_column if source.has_masks else None}
         return items.map_batches(read_parquet_pieces, batch_size=1, fn_kwargs=settings)
+    if source.kind == "npz":
+        return items.map_batches(read_npz_pieces, batch_size=1, fn_kwargs={"image_size": image_size})
     return items.map_batches(read_image_files, batch_size=FILES_PER_READ, fn_kwargs=settings)
 
 
@@ -77,6 +79,20 @@ def read_image_files(files: dict, image_size: int, max_pixels: int) -> dict:
         with open(path, "rb") as handle:
             pixels.append(decode_gray(handle.read(), image_size, max_pixels, where=path))
     return _rows(list(files["row_id"]), pixels, list(files["label"]), image_size)
+
+
+def read_npz_pieces(pieces: dict, image_size: int) -> dict:
+    row_ids, pixels, labels = [], [], []
+    for file, split, start, stop in zip(pieces["file"], pieces["split"], pieces["start"], pieces["stop"]):
+        with np.load(file, allow_pickle=False) as arrays:
+            images = arrays[f"{split}_images"][int(start):int(stop)]
+            split_labels = arrays[f"{split}_labels"].reshape(-1)[int(start):int(stop)]
+        name = file.rsplit("/", 1)[-1]
+        for offset, (image, label) in enumerate(zip(images, split_labels)):
+            row_ids.append(f"{name}#{split}#{int(start) + offset}")
+            pixels.append(resize_gray(image, image_size))
+            labels.append(int(label))
+    return _rows(row_ids, pixels, labels, image_size)
 
 
 def _rows(row_ids: list, pixels: list, labels: list, image_size: int) -> dict:

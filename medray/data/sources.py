@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from medray.errors import MedrayError
@@ -20,6 +21,8 @@ SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                  "validation": "val", "test": "test", "testing": "test"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+# MedMNIST arrays are read in chunks of this many rows, one Ray task each.
+NPZ_ROWS_PER_PIECE = 1024
 
 
 @dataclass(frozen=True)
@@ -45,10 +48,8 @@ def discover(data_config) -> Source:
             f"data.path {path} does not exist; create the demo data with `medray data synth "
             f"--out {path.parent if path.name in ('parquet', 'folders') else path}` or point data.path at your dataset"
         )
-    if data_config.source == "parquet":
-        source = _discover_parquet(path, data_config)
-    else:
-        source = _discover_folders(path, data_config)
+    discover_kind = {"parquet": _discover_parquet, "folders": _discover_folders, "npz": _discover_npz}
+    source = discover_kind[data_config.source](path, data_config)
     _check_usable(source)
     return source
 
@@ -157,11 +158,46 @@ def _discover_folders(path: Path, data_config) -> Source:
     return Source("folders", path, list(class_names), pieces, counts)
 
 
+def _discover_npz(path: Path, data_config) -> Source:
+    """MedMNIST layout: train_images / train_labels, val_*, test_* in one .npz file."""
+    pieces: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    labels: dict[str, list[int]] = {}
+    # allow_pickle=False: an .npz may carry pickled objects, which would run code on load.
+    with np.load(path, allow_pickle=False) as arrays:
+        for split in SPLITS:
+            for key in (f"{split}_images", f"{split}_labels"):
+                if key not in arrays.files:
+                    raise MedrayError(f"{path}: no array {key!r} (arrays: {', '.join(arrays.files)}); "
+                                      "medray reads the MedMNIST layout train_/val_/test_images and _labels")
+            split_labels = _load_array(arrays, f"{split}_labels", path)
+            if split_labels.ndim > 1 and split_labels.shape[1] != 1:
+                raise MedrayError(f"{path}: {split}_labels has shape {split_labels.shape}; medray trains "
+                                  "single-label classifiers (one label per image)")
+            labels[split] = [int(label) for label in split_labels.reshape(-1)]
+            if len(arrays[f"{split}_images"]) != len(labels[split]):
+                raise MedrayError(f"{path}: {split}_images and {split}_labels differ in length")
+            for start in range(0, len(labels[split]), NPZ_ROWS_PER_PIECE):
+                stop = min(start + NPZ_ROWS_PER_PIECE, len(labels[split]))
+                pieces[split].append({"file": str(path), "split": split, "start": start, "stop": stop})
+    largest = max((max(values) for values in labels.values() if values), default=0)
+    class_names = data_config.class_names or [f"class_{index}" for index in range(largest + 1)]
+    counts = {split: _count(labels[split], class_names, path) for split in SPLITS}
+    return Source("npz", path, list(class_names), pieces, counts)
+
+
+def _load_array(arrays, key: str, path: Path) -> np.ndarray:
+    try:
+        return arrays[key]
+    except ValueError as error:  # object arrays need pickle, which medray never loads
+        raise MedrayError(f"{path}: array {key!r} cannot be read safely ({error}); save it as numbers") from None
+
+
 def _check_usable(source: Source) -> None:
     for split in SPLITS:
         if source.num_rows(split) == 0:
-            layout = ("<path>/train-*.parquet, val-*.parquet and test-*.parquet" if source.kind == "parquet"
-                      else "<path>/<split>/<class>/*.png")
+            layout = {"parquet": "<path>/train-*.parquet, val-*.parquet and test-*.parquet",
+                      "folders": "<path>/<split>/<class>/*.png",
+                      "npz": "<split>_images and <split>_labels arrays"}[source.kind]
             raise MedrayError(f"{source.path}: the {split} split has no images; medray expects {layout}")
     present = [name for name, count in zip(source.class_names, source.class_counts["train"]) if count]
     if len(present) < 2:

@@ -1,0 +1,65 @@
+"""MedMNIST .npz: the real PneumoniaMNIST file and generated ones."""
+
+import numpy as np
+import pytest
+
+from medray.config import DataConfig
+from medray.data.pipeline import read_split
+from medray.data.sources import discover
+from medray.errors import MedrayError
+
+from conftest import PNEUMONIAMNIST
+
+needs_pneumoniamnist = pytest.mark.skipif(
+    not PNEUMONIAMNIST.is_file(), reason=f"PneumoniaMNIST not found at {PNEUMONIAMNIST}")
+
+
+def write_npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def medmnist_arrays(rows=5, size=28):
+    rng = np.random.default_rng(0)
+    return {f"{split}_{kind}": (rng.integers(0, 255, (rows, size, size), dtype=np.uint8) if kind == "images"
+                                else (np.arange(rows) % 2).reshape(rows, 1))
+            for split in ("train", "val", "test") for kind in ("images", "labels")}
+
+
+@needs_pneumoniamnist
+def test_pneumoniamnist_class_counts_match_its_readme():
+    source = discover(DataConfig(path=PNEUMONIAMNIST, source="npz", class_names=["normal", "pneumonia"]))
+    assert source.class_counts == {"train": [1214, 3494], "val": [135, 389], "test": [234, 390]}
+
+
+@needs_pneumoniamnist
+def test_pneumoniamnist_rows_stream_through_ray_data(ray_cluster):
+    source = discover(DataConfig(path=PNEUMONIAMNIST, source="npz"))
+    rows = read_split(source, "val", 32, DataConfig(path=PNEUMONIAMNIST, source="npz")).take_all()
+    assert len(rows) == 524 and len({row["row_id"] for row in rows}) == 524
+    assert rows[0]["pixels"].shape == (32, 32) and rows[0]["pixels"].dtype == np.uint8
+    assert sum(row["label"] for row in rows) == 389
+
+
+def test_missing_split_array_is_named(tmp_path):
+    arrays = medmnist_arrays()
+    del arrays["val_labels"]
+    path = write_npz(tmp_path / "x.npz", **arrays)
+    with pytest.raises(MedrayError, match="no array 'val_labels'"):
+        discover(DataConfig(path=path, source="npz"))
+
+
+def test_multi_label_arrays_are_refused_with_a_reason(tmp_path):
+    arrays = medmnist_arrays()
+    arrays["train_labels"] = np.zeros((5, 14), np.int64)
+    path = write_npz(tmp_path / "chest.npz", **arrays)
+    with pytest.raises(MedrayError, match="single-label"):
+        discover(DataConfig(path=path, source="npz"))
+
+
+def test_pickled_object_arrays_are_never_loaded(tmp_path):
+    arrays = medmnist_arrays()
+    arrays["train_labels"] = np.array([{"evil": 1}] * 5, dtype=object)
+    path = write_npz(tmp_path / "pickled.npz", **arrays)
+    with pytest.raises(MedrayError, match="cannot be read safely"):
+        discover(DataConfig(path=path, source="npz"))
