@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--size", type=int, default=64, help="image side in pixels")
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(command=command_synth)
+
+    report = commands.add_parser("report", help="rebuild report.html of a run or sweep folder")
+    report.add_argument("results_dir", help="a run folder (results/<run-id>) or a sweep folder")
+    report.add_argument("--examples-per-class", type=int, default=16,
+                        help="misclassified images shown per true class, most confident first")
+    report.set_defaults(command=command_report)
     return parser
 
 
@@ -76,6 +82,14 @@ def command_synth(args: argparse.Namespace) -> None:
     for split, counts in summary["counts"].items():
         print(f"{split:<6} " + ", ".join(f"{name} {count}" for name, count in counts.items()))
     print(f"wrote {summary['path']}")
+
+
+def command_report(args: argparse.Namespace) -> None:
+    from medray.report import build_report
+
+    if args.examples_per_class < 0:
+        raise MedrayError(f"--examples-per-class={args.examples_per_class}: give 0 or more images per class")
+    print(build_report(args.results_dir, examples_per_class=args.examples_per_class))
 
 
 if __name__ == "__main__":

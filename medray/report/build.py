@@ -1,0 +1,98 @@
+"""`report.html` for a run or a sweep folder: one static page that opens from disk, no server.
+
+The page is rendered from `templates/report.html.j2` by Jinja2 with autoescaping on, because
+class names, row ids and leaderboard cells come from data. Pictures are separate PNG files next to
+the page, linked by relative paths, so the folder can be copied or zipped as a whole.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from datetime import datetime, timezone
+from pathlib import Path
+
+import jinja2
+
+from medray.errors import MedrayError
+from medray.report.analysis import DEFAULT_EXAMPLES_PER_CLASS
+from medray.report.plots import plot_model_comparison
+from medray.report.run_section import PREDICTIONS, describe_run
+from medray.report.sweep import COMPARED_METRICS, LEADERBOARD, read_leaderboard, read_model_metrics
+
+REPORT = "report.html"
+METRIC_LABELS = {
+    "accuracy": "Accuracy",
+    "balanced_accuracy": "Balanced accuracy",
+    "macro_f1": "Macro F1",
+    "weighted_f1": "Weighted F1",
+    "roc_auc_ovr": "ROC AUC (macro, one-vs-rest)",
+    "expected_calibration_error": "Expected calibration error",
+}
+
+
+def build_report(results_dir: str | Path, examples_per_class: int = DEFAULT_EXAMPLES_PER_CLASS) -> Path:
+    """Write `<results_dir>/report.html` (and its plots) and return its path."""
+    results_dir = Path(results_dir).resolve()
+    if not results_dir.is_dir():
+        raise MedrayError(f"{results_dir} is not a folder; pass a run folder such as results/<run-id>")
+    run = describe_run(results_dir, examples_per_class) if (results_dir / PREDICTIONS).is_file() else None
+    sweep = describe_sweep(results_dir)
+    if run is None and sweep is None:
+        raise MedrayError(
+            f"{results_dir} holds neither {PREDICTIONS} (a run) nor {LEADERBOARD} or */metrics.json (a sweep); "
+            "pass the folder that `medray run` printed at its end")
+    html = environment().get_template("report.html.j2").render(
+        title=f"medray report: {results_dir.name}",
+        generated=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        run=run, sweep=sweep, metric_labels=METRIC_LABELS,
+    )
+    path = results_dir / REPORT
+    path.write_text(html, encoding="utf-8")
+    return path
+
+
+def describe_sweep(results_dir: Path) -> dict | None:
+    leaderboard = read_leaderboard(results_dir)
+    models = read_model_metrics(results_dir)
+    if leaderboard is None and models.empty:
+        return None
+    comparison = None
+    if len(models) > 1:
+        plotted = [name for name in COMPARED_METRICS if name != "expected_calibration_error" and models[name].notna().any()]
+        plot_dir = results_dir / "plots"
+        plot_dir.mkdir(exist_ok=True)
+        comparison = plot_model_comparison(models, plotted, plot_dir / "model_comparison.png")
+        comparison = comparison.relative_to(results_dir).as_posix()
+    return {
+        "leaderboard": None if leaderboard is None else {
+            "columns": [str(column) for column in leaderboard.columns],
+            "rows": [[cell for cell in row] for row in leaderboard.itertuples(index=False)],
+        },
+        "models": [{"name": name, "metrics": row.to_dict(),
+                    "report": f"{name}/{REPORT}" if (results_dir / name / REPORT).is_file() else None}
+                   for name, row in models.iterrows()],
+        "comparison": comparison,
+    }
+
+
+def format_number(value, digits: int = 4) -> str:
+    """Numbers as the report prints them; blanks and NaN as "n/a" rather than "nan"."""
+    if value is None or isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return "n/a" if value is None else str(value)
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("medray.report", "templates"),
+        autoescape=True,  # every string from data (class names, ids, CSV cells) is escaped
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True, lstrip_blocks=True,
+    )
+    env.filters["num"] = format_number
+    env.filters["pct"] = lambda value: "n/a" if value is None else f"{100 * value:.1f} %"
+    return env
+

@@ -1,0 +1,129 @@
+"""Test-split metrics from the predictions table, all computed by scikit-learn.
+
+Binary and multi-class runs share one code path: every per-class number is one-vs-rest, and the
+macro ROC AUC is the mean over the classes present in the test split (a class with no test image
+has no ROC curve, so it gets None instead of a made-up number).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+# Equal-width confidence bins of the reliability diagram and of the expected calibration error.
+CALIBRATION_BINS = 10
+MOST_CONFUSED_PAIRS = 5
+
+
+def prediction_arrays(predictions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """labels, predicted classes and the (rows, classes) probability matrix of a predictions table."""
+    labels = predictions["label"].to_numpy().astype(int)
+    predicted = predictions["prediction"].to_numpy().astype(int)
+    probabilities = np.stack(predictions["probabilities"].to_numpy()).astype(np.float64)
+    return labels, predicted, probabilities
+
+
+def classification_metrics(labels: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray,
+                           class_names: list[str]) -> dict:
+    indices = list(range(len(class_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=indices, zero_division=0)
+    per_class_auc = roc_auc_per_class(labels, probabilities)
+    matrix = confusion_matrix(labels, predicted, labels=indices)
+    confidence = probabilities.max(axis=1)
+    return {
+        "rows": int(len(labels)),
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "balanced_accuracy": balanced_accuracy(labels, predicted),
+        "macro_f1": float(f1_score(labels, predicted, average="macro", labels=indices, zero_division=0)),
+        "weighted_f1": float(f1_score(labels, predicted, average="weighted", labels=indices, zero_division=0)),
+        "roc_auc_ovr": roc_auc(labels, probabilities),
+        "roc_auc_per_class": {name: per_class_auc[index] for index, name in enumerate(class_names)},
+        "expected_calibration_error": expected_calibration_error(confidence, labels == predicted),
+        "per_class": [
+            {"class": name, "precision": float(precision[index]), "recall": float(recall[index]),
+             "f1": float(f1[index]), "support": int(support[index])}
+            for index, name in enumerate(class_names)
+        ],
+        "confusion_matrix": matrix.tolist(),
+        "confusion_matrix_normalised": row_normalise(matrix).tolist(),
+        "most_confused": most_confused_pairs(matrix, class_names),
+        "class_names": list(class_names),
+    }
+
+
+def balanced_accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
+    """Mean recall over the classes present in the test split."""
+    with warnings.catch_warnings():
+        # scikit-learn warns when a predicted class has no test row; leaving it out is what we want.
+        warnings.simplefilter("ignore", UserWarning)
+        return float(balanced_accuracy_score(labels, predicted))
+
+
+def roc_auc_per_class(labels: np.ndarray, probabilities: np.ndarray) -> list[float | None]:
+    """One-vs-rest ROC AUC of every class; None where the class or its complement has no test row."""
+    scores = []
+    for index in range(probabilities.shape[1]):
+        positives = labels == index
+        if positives.all() or not positives.any():
+            scores.append(None)
+        else:
+            scores.append(float(roc_auc_score(positives, probabilities[:, index])))
+    return scores
+
+
+def roc_auc(labels: np.ndarray, probabilities: np.ndarray) -> float | None:
+    """Macro one-vs-rest ROC AUC over the classes present; None if fewer than two are."""
+    scores = [score for score in roc_auc_per_class(labels, probabilities) if score is not None]
+    return float(np.mean(scores)) if scores else None
+
+
+def row_normalise(matrix: np.ndarray) -> np.ndarray:
+    """Each row divided by its total: the share of a true class that went to each prediction."""
+    totals = matrix.sum(axis=1, keepdims=True)
+    return np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
+
+
+def calibration_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS) -> pd.DataFrame:
+    """Per confidence bin: its edges, rows, mean confidence and accuracy (top-label calibration)."""
+    edges = np.linspace(0, 1, bins + 1)
+    # Bin i holds (edge_i, edge_i+1]; a confidence of exactly 0 joins the first bin.
+    index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        inside = index == b
+        count = int(inside.sum())
+        rows.append({"low": edges[b], "high": edges[b + 1], "rows": count,
+                     "confidence": float(confidence[inside].mean()) if count else np.nan,
+                     "accuracy": float(correct[inside].mean()) if count else np.nan})
+    return pd.DataFrame(rows)
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
+    """Row-weighted mean gap between confidence and accuracy over the bins (0 = calibrated)."""
+    table = calibration_bins(confidence, correct, bins)
+    filled = table[table["rows"] > 0]
+    gaps = (filled["accuracy"] - filled["confidence"]).abs()
+    return float((gaps * filled["rows"]).sum() / max(len(confidence), 1))
+
+
+def most_confused_pairs(matrix: np.ndarray, class_names: list[str], limit: int = MOST_CONFUSED_PAIRS) -> list[dict]:
+    """The off-diagonal cells with the most rows: which true class is mistaken for which."""
+    rates = row_normalise(matrix)
+    pairs = [
+        {"true": class_names[t], "predicted": class_names[p], "count": int(matrix[t, p]),
+         "share_of_true_class": float(rates[t, p])}
+        for t in range(len(class_names)) for p in range(len(class_names))
+        if t != p and matrix[t, p] > 0
+    ]
+    return sorted(pairs, key=lambda pair: (-pair["count"], -pair["share_of_true_class"]))[:limit]

@@ -1,0 +1,137 @@
+"""Every picture of the report, one function each: arrays in, a PNG file out.
+
+Plots are drawn with matplotlib's object API on the Agg backend (no display on workers or CI),
+and every figure is closed after saving so that a sweep of many runs does not pile up memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
+
+DPI = 110
+RIGHT, WRONG = "#2a9d8f", "#e76f51"
+
+
+def _save(figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+    plt.close(figure)
+    return path
+
+
+def _square_side(class_names: list[str]) -> float:
+    return 3.2 + 0.8 * len(class_names)
+
+
+def plot_confusion_matrix(matrix, class_names: list[str], path: Path, normalised: bool = False) -> Path:
+    side = _square_side(class_names)
+    figure, axes = plt.subplots(figsize=(side, side))
+    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=class_names).plot(
+        ax=axes, cmap="Blues", colorbar=False, xticks_rotation=30, values_format=".2f" if normalised else "d")
+    axes.set_title("Confusion matrix, share of each true class" if normalised else "Confusion matrix (counts)")
+    return _save(figure, path)
+
+
+def plot_roc_curves(labels: np.ndarray, probabilities: np.ndarray, class_names: list[str], path: Path) -> Path:
+    side = _square_side(class_names)
+    figure, axes = plt.subplots(figsize=(side + 1, side))
+    for index, name in enumerate(class_names):
+        positives = labels == index
+        if positives.all() or not positives.any():
+            continue  # no curve without both a positive and a negative row
+        RocCurveDisplay.from_predictions(positives, probabilities[:, index], name=name, ax=axes,
+                                         plot_chance_level=index == len(class_names) - 1)
+    axes.set_title("ROC curves, one class against the rest")
+    axes.set_xlabel("False positive rate")
+    axes.set_ylabel("True positive rate")
+    axes.legend(loc="lower right", fontsize="small")
+    return _save(figure, path)
+
+
+def plot_reliability_diagram(bins: pd.DataFrame, ece: float, path: Path) -> Path:
+    figure, axes = plt.subplots(figsize=(5.5, 5))
+    centres = (bins["low"] + bins["high"]) / 2
+    width = float((bins["high"] - bins["low"]).iloc[0])
+    filled = bins["rows"] > 0
+    axes.bar(centres[filled], bins["accuracy"][filled], width=width * 0.92, color="#457b9d",
+             edgecolor="white", label="accuracy in bin")
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
+    axes.plot(bins["confidence"][filled], bins["accuracy"][filled], "o", color="#1d3557", markersize=4,
+              label="mean confidence in bin")
+    for centre, accuracy, rows in zip(centres[filled], bins["accuracy"][filled], bins["rows"][filled]):
+        axes.annotate(str(rows), (centre, accuracy), textcoords="offset points", xytext=(0, 3),
+                      ha="center", fontsize=7, color="#555555")
+    axes.set(xlim=(0, 1), ylim=(0, 1.05), xlabel="Confidence (top class probability)", ylabel="Accuracy",
+             title=f"Reliability diagram (ECE {ece:.3f})")
+    axes.legend(loc="upper left", fontsize="small")
+    return _save(figure, path)
+
+
+def plot_confidence_histogram(confidence: np.ndarray, correct: np.ndarray, path: Path) -> Path:
+    figure, axes = plt.subplots(figsize=(6.5, 4))
+    edges = np.linspace(0, 1, 21)
+    axes.hist(confidence[correct], bins=edges, color=RIGHT, alpha=0.75, label=f"right ({int(correct.sum())})")
+    axes.hist(confidence[~correct], bins=edges, color=WRONG, alpha=0.75, label=f"wrong ({int((~correct).sum())})")
+    axes.set(xlabel="Confidence (top class probability)", ylabel="Test images",
+             title="Confidence of right and wrong predictions")
+    axes.legend(loc="upper left")
+    return _save(figure, path)
+
+
+def plot_recall_against_frequency(class_names: list[str], recall: list[float], share: list[float],
+                                  share_label: str, path: Path) -> Path:
+    """Does the model fail the rare classes? Each class at (its share of the data, its recall)."""
+    figure, axes = plt.subplots(figsize=(6.5, 4.5))
+    axes.scatter(share, recall, s=60, color="#457b9d", zorder=3)
+    for name, x, y in zip(class_names, share, recall):
+        axes.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    axes.set(xlim=(0, max(1.0, max(share) * 1.1)), ylim=(-0.03, 1.08), xlabel=share_label, ylabel="Test recall",
+             title="Recall of each class against its frequency")
+    axes.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_training_curves(history: pd.DataFrame, path: Path) -> Path:
+    """One panel per metric (loss, accuracy, AUC...), train against validation, by epoch."""
+    metrics = [name for name in history.columns
+               if name not in ("epoch",) and not name.startswith("val_") and f"val_{name}" in history.columns]
+    metrics = metrics or [name for name in history.columns if name != "epoch"][:1]
+    epochs = history["epoch"] if "epoch" in history.columns else pd.Series(range(1, len(history) + 1))
+    figure, panels = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    for axes, name in zip(panels[0], metrics):
+        axes.plot(epochs, history[name], marker="o", label="train")
+        if f"val_{name}" in history.columns:
+            axes.plot(epochs, history[f"val_{name}"], marker="o", label="validation")
+        axes.set(xlabel="Epoch", title=name.replace("_", " "))
+        axes.xaxis.get_major_locator().set_params(integer=True)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small")
+    return _save(figure, path)
+
+
+def plot_class_distribution(class_counts: dict[str, dict[str, int]], path: Path) -> Path:
+    """Images per class in each split, side by side: the imbalance a person should know about."""
+    table = pd.DataFrame(class_counts)  # rows: classes, columns: splits
+    figure, axes = plt.subplots(figsize=(1.6 + 1.3 * len(table), 3.8))
+    table.plot.bar(ax=axes, rot=20, width=0.8, color=["#457b9d", "#a8dadc", "#e9c46a"][: len(table.columns)])
+    axes.set(ylabel="Images", title="Images per class and split")
+    axes.legend(title="split", fontsize="small")
+    return _save(figure, path)
+
+
+def plot_model_comparison(table: pd.DataFrame, metric_names: list[str], path: Path) -> Path:
+    """A grouped bar per model: the sweep's headline metrics side by side."""
+    figure, axes = plt.subplots(figsize=(2.5 + 1.2 * len(table), 4))
+    table[metric_names].plot.bar(ax=axes, rot=20, width=0.8)
+    axes.set(ylim=(0, 1.05), ylabel="Test score", title="Models side by side")
+    axes.legend(fontsize="small", loc="lower right")
+    axes.grid(axis="y", alpha=0.3)
+    return _save(figure, path)
