@@ -1,0 +1,105 @@
+"""Metrics of a known confusion: scikit-learn's numbers, per class and averaged, binary and multi-class."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
+
+from medray.evaluate import compute_metrics
+from medray.report.metrics import calibration_bins, classification_metrics, expected_calibration_error
+
+# A known confusion of three classes (rows true, columns predicted): 18 images.
+CONFUSION = np.array([[5, 1, 0],
+                      [2, 4, 2],
+                      [0, 1, 3]])
+NAMES = ["normal", "benign", "malignant"]
+
+
+def rows_of(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    labels, predicted = [], []
+    for true in range(len(confusion)):
+        for guess in range(len(confusion)):
+            labels += [true] * confusion[true, guess]
+            predicted += [guess] * confusion[true, guess]
+    return np.array(labels), np.array(predicted)
+
+
+def probabilities_for(predicted: np.ndarray, classes: int, seed: int = 0) -> np.ndarray:
+    """Probabilities whose argmax is the prediction, with varied confidence."""
+    rng = np.random.default_rng(seed)
+    scores = rng.uniform(0, 1, (len(predicted), classes))
+    scores[np.arange(len(predicted)), predicted] += 1.0
+    return scores / scores.sum(axis=1, keepdims=True)
+
+
+def test_known_confusion_gives_the_hand_computed_numbers():
+    labels, predicted = rows_of(CONFUSION)
+    metrics = classification_metrics(labels, predicted, probabilities_for(predicted, 3), NAMES)
+    assert metrics["confusion_matrix"] == CONFUSION.tolist()
+    assert metrics["accuracy"] == pytest.approx(12 / 18)
+    # recalls 5/6, 4/8, 3/4; precisions 5/7, 4/6, 3/5
+    assert metrics["balanced_accuracy"] == pytest.approx((5 / 6 + 4 / 8 + 3 / 4) / 3)
+    per_class = {row["class"]: row for row in metrics["per_class"]}
+    assert per_class["benign"]["precision"] == pytest.approx(4 / 6)
+    assert per_class["benign"]["recall"] == pytest.approx(4 / 8)
+    assert per_class["malignant"]["f1"] == pytest.approx(2 * (3 / 5) * (3 / 4) / (3 / 5 + 3 / 4))
+    assert [row["support"] for row in metrics["per_class"]] == [6, 8, 4]
+    assert metrics["confusion_matrix_normalised"][1] == pytest.approx([2 / 8, 4 / 8, 2 / 8])
+    assert metrics["most_confused"][0] == {"true": "benign", "predicted": "normal", "count": 2,
+                                           "share_of_true_class": pytest.approx(0.25)}
+
+
+def test_averages_and_auc_match_scikit_learn():
+    labels, predicted = rows_of(CONFUSION)
+    probabilities = probabilities_for(predicted, 3, seed=5)
+    metrics = classification_metrics(labels, predicted, probabilities, NAMES)
+    assert metrics["macro_f1"] == pytest.approx(f1_score(labels, predicted, average="macro"))
+    assert metrics["weighted_f1"] == pytest.approx(f1_score(labels, predicted, average="weighted"))
+    assert metrics["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, predicted))
+    assert metrics["roc_auc_ovr"] == pytest.approx(
+        roc_auc_score(labels, probabilities, multi_class="ovr", average="macro"))
+    for index, name in enumerate(NAMES):
+        assert metrics["roc_auc_per_class"][name] == pytest.approx(
+            roc_auc_score(labels == index, probabilities[:, index]))
+
+
+def test_binary_auc_is_the_positive_class_score():
+    labels = np.array([0, 0, 0, 1, 1, 1, 1, 0])
+    positive = np.array([0.1, 0.4, 0.35, 0.8, 0.7, 0.3, 0.9, 0.6])
+    probabilities = np.stack([1 - positive, positive], axis=1)
+    metrics = classification_metrics(labels, probabilities.argmax(axis=1), probabilities, ["normal", "pneumonia"])
+    assert metrics["roc_auc_ovr"] == pytest.approx(roc_auc_score(labels, positive))
+    assert metrics["roc_auc_per_class"]["normal"] == pytest.approx(metrics["roc_auc_per_class"]["pneumonia"])
+
+
+def test_a_class_missing_from_the_test_split_has_no_auc_and_no_recall_credit():
+    labels = np.array([0, 0, 1, 1])
+    predicted = np.array([0, 2, 1, 1])
+    probabilities = probabilities_for(predicted, 3)
+    metrics = classification_metrics(labels, predicted, probabilities, ["a", "b", "c"])
+    assert metrics["roc_auc_per_class"]["c"] is None
+    assert metrics["roc_auc_ovr"] == pytest.approx(np.mean([roc_auc_score(labels == c, probabilities[:, c]) for c in (0, 1)]))
+    assert metrics["balanced_accuracy"] == pytest.approx((0.5 + 1.0) / 2)
+    assert metrics["per_class"][2] == {"class": "c", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+
+
+def test_expected_calibration_error_is_the_weighted_gap_between_confidence_and_accuracy():
+    # Bin (0.5, 0.6]: 4 rows at 0.55, 2 right -> gap 0.05; bin (0.9, 1.0]: 6 rows at 0.95, all right -> 0.05.
+    confidence = np.array([0.55] * 4 + [0.95] * 6)
+    correct = np.array([1, 1, 0, 0] + [1] * 6, dtype=bool)
+    assert expected_calibration_error(confidence, correct) == pytest.approx((4 * 0.05 + 6 * 0.05) / 10)
+    bins = calibration_bins(confidence, correct)
+    assert list(bins["rows"]) == [0, 0, 0, 0, 0, 4, 0, 0, 0, 6]
+    perfect = np.array([0.8] * 5), np.array([1, 1, 1, 1, 0], dtype=bool)
+    assert expected_calibration_error(*perfect) == pytest.approx(0)
+
+
+def test_compute_metrics_reads_the_predictions_table():
+    labels, predicted = rows_of(CONFUSION)
+    probabilities = probabilities_for(predicted, 3)
+    table = pd.DataFrame({"row_id": [str(i) for i in range(len(labels))], "label": labels,
+                          "prediction": predicted, "confidence": probabilities.max(axis=1),
+                          "probabilities": list(probabilities)})
+    metrics = compute_metrics(table, NAMES)
+    assert metrics["rows"] == 18 and metrics["class_names"] == NAMES
+    assert metrics["accuracy"] == pytest.approx(12 / 18)
