@@ -1,62 +1,149 @@
 """Class activation maps, computed for a whole batch in one compiled TensorFlow function.
 
-All the mechanics live here: activations and gradients of the backbone's CAM layer, a weighted
-sum over channels, ReLU, normalisation to [0, 1]. A method is only the function that turns
-(activations, gradients) into per-channel weights (pytorch-grad-cam's design).
+All the mechanics live here: activations of the backbone's CAM layers (one per branch), the
+gradients of the class score (or, for Score-CAM, the scores of channel-masked inputs), a weighted
+sum over channels, ReLU, normalisation to [0, 1]. A method (`medray.explain.methods`) is only the
+function that turns that evidence into weights (pytorch-grad-cam's design).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 
+from medray.errors import MedrayError
+from medray.explain.methods import CAM_METHODS, CamMethod
 from medray.keras_setup import keras, tf
 
-
-def gradcam_weights(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
-    """Grad-CAM (Selvaraju et al. 2017): the gradients averaged over the spatial grid."""
-    return tf.reduce_mean(gradients, axis=(1, 2))
+# Channel-masked copies of the input that Score-CAM sends through the model in one forward pass.
+SCORE_BATCH = 256
 
 
-CAM_METHODS: dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]] = {"gradcam": gradcam_weights}
+@dataclass(frozen=True)
+class CamBatch:
+    # (method, layer) -> (N, T, h, w) float32 in [0, 1] at the layer's resolution
+    maps: dict[tuple[str, str], np.ndarray]
+    targets: np.ndarray  # (N, T) the class each map explains
+    probabilities: np.ndarray  # (N, K)
 
 
 class CamExplainer:
-    """Maps for the classifier's `cam_layer`, differentiating the class score before softmax.
+    """Maps for the classifier's CAM layers, differentiating the class score before softmax.
 
     Gradients of the softmax output vanish as confidence nears 1, which gives the empty maps the
     seed notebooks saw; the pre-softmax score (logit) does not saturate.
     """
 
-    def __init__(self, model: keras.Model, cam_layer: str, method: str):
+    def __init__(self, model: keras.Model, cam_layers: str | Sequence[str], methods: str | Sequence[str] = "gradcam",
+                 score_batch: int = SCORE_BATCH):
         head = model.layers[-1]
         if not isinstance(head, keras.layers.Dense):
-            raise ValueError(f"{model.name}: the last layer must be the Dense softmax head, not {head.name}")
+            raise MedrayError(f"model {model.name}: the last layer must be the Dense softmax head, not {head.name}")
+        self.layers = (cam_layers,) if isinstance(cam_layers, str) else tuple(cam_layers)
+        self.methods: tuple[CamMethod, ...] = tuple(
+            _method(name) for name in ((methods,) if isinstance(methods, str) else methods))
+        missing = [name for name in self.layers if name not in {layer.name for layer in model.layers}]
+        if missing:
+            raise MedrayError(f"model {model.name} has no layer {missing[0]!r}; the backbone registry's cam_layers "
+                              "must name layers of the model")
         self._head = head
-        self._features = keras.Model(model.inputs, [model.get_layer(cam_layer).output, head.input])
-        self._weights = CAM_METHODS[method]
-        self._compiled = tf.function(self._maps, reduce_retracing=True)
+        self._features = keras.Model(model.inputs, [*(model.get_layer(name).output for name in self.layers),
+                                                    head.input])
+        self._pooled = keras.Model(model.inputs, head.input)
+        self._score_batch = score_batch
+        self._input_shape = tuple(model.inputs[0].shape[1:])
+        # One compiled function per number of classes explained per image (1, or K for "all"); the
+        # batch axis stays unknown so a short last batch does not retrace.
+        self._compiled: dict[int, Callable] = {}
+        self._compiled_probabilities = tf.function(
+            lambda images: tf.nn.softmax(self._logits(self._pooled(images, training=False))), reduce_retracing=True)
 
-    def __call__(self, images: np.ndarray, targets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(maps (N, h, w) in [0, 1] at the layer's resolution, class probabilities (N, K)).
+    @property
+    def keys(self) -> list[tuple[str, str]]:
+        return [(method.name, layer) for method in self.methods for layer in self.layers]
 
-        `targets` are the classes to explain; None explains each image's predicted class.
-        """
-        target_tensor = tf.constant(-1 if targets is None else targets, dtype=tf.int32,
-                                    shape=(len(images),))
-        maps, probabilities = self._compiled(tf.convert_to_tensor(images), target_tensor)
-        return maps.numpy(), probabilities.numpy()
+    def __call__(self, images: np.ndarray, targets: np.ndarray | None = None) -> CamBatch:
+        """`targets`: None explains each image's predicted class; (N,) one class per image;
+        (N, T) T classes per image (-1 stands for the predicted class)."""
+        if targets is None:
+            targets = np.full((len(images), 1), -1)
+        targets = np.asarray(targets, dtype=np.int32)
+        if targets.ndim == 1:
+            targets = targets[:, np.newaxis]
+        slots = targets.shape[1]
+        if slots not in self._compiled:
+            self._compiled[slots] = tf.function(self._maps, input_signature=[
+                tf.TensorSpec((None, *self._input_shape), tf.float32), tf.TensorSpec((None, slots), tf.int32)])
+        maps, chosen, probabilities = self._compiled[slots](tf.convert_to_tensor(images, tf.float32),
+                                                            tf.convert_to_tensor(targets))
+        return CamBatch(dict(zip(self.keys, (m.numpy() for m in maps))), chosen.numpy(), probabilities.numpy())
 
-    def _maps(self, images: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        with tf.GradientTape() as tape:
-            activations, pooled = self._features(images, training=False)
-            logits = tf.matmul(pooled, self._head.kernel) + self._head.bias
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """The model's class probabilities, compiled: the forward pass the faithfulness checks use."""
+        return self._compiled_probabilities(tf.convert_to_tensor(images, tf.float32)).numpy()
+
+    def _logits(self, pooled: tf.Tensor) -> tf.Tensor:
+        return tf.matmul(pooled, self._head.kernel) + self._head.bias
+
+    def _maps(self, images: tf.Tensor, targets: tf.Tensor):
+        slots = targets.shape[1]
+        with tf.GradientTape(persistent=True) as tape:
+            *activations, pooled = self._features(images, training=False)
+            logits = self._logits(pooled)
             predicted = tf.argmax(logits, axis=1, output_type=tf.int32)
-            chosen = tf.where(targets >= 0, targets, predicted)
-            scores = tf.gather(logits, chosen, batch_dims=1)
-        gradients = tape.gradient(scores, activations)
-        weights = self._weights(activations, gradients)
-        maps = tf.nn.relu(tf.einsum("bhwc,bc->bhw", activations, weights))
-        peaks = tf.reduce_max(maps, axis=(1, 2), keepdims=True)
-        return tf.math.divide_no_nan(maps, peaks), tf.nn.softmax(logits)
+            chosen = tf.where(targets >= 0, targets, predicted[:, tf.newaxis])
+            # Images of a batch are independent (inference mode), so the gradient of the batch's
+            # summed score is each image's own gradient.
+            scores = [tf.gather(logits, chosen[:, slot], batch_dims=1) for slot in range(slots)]
+        evidence = {}
+        if any(method.evidence == "gradients" for method in self.methods):
+            evidence["gradients"] = [tape.gradient(scores[slot], activations) for slot in range(slots)]
+        if any(method.evidence == "masked_scores" for method in self.methods):
+            evidence["masked_scores"] = [self._masked_scores(images, layer_activations, chosen)
+                                         for layer_activations in activations]
+        del tape
+        maps = []
+        for method in self.methods:
+            for index, layer_activations in enumerate(activations):
+                per_slot = []
+                for slot in range(slots):
+                    if method.evidence == "gradients":
+                        weights = method.weights(layer_activations, evidence["gradients"][slot][index])
+                    else:
+                        weights = method.weights(layer_activations, evidence["masked_scores"][index][:, slot])
+                    per_slot.append(_normalise(tf.nn.relu(tf.reduce_sum(layer_activations * weights, axis=-1))))
+                maps.append(tf.stack(per_slot, axis=1))
+        return maps, chosen, tf.nn.softmax(logits)
+
+    def _masked_scores(self, images: tf.Tensor, activations: tf.Tensor, chosen: tf.Tensor) -> tf.Tensor:
+        """(N, T, C): the target logits of the input multiplied by each channel's upsampled,
+        min-max normalised activation map (Score-CAM), SCORE_BATCH masked inputs per forward pass."""
+        count, channels = tf.shape(images)[0], activations.shape[-1]
+        masks = tf.image.resize(activations, tf.shape(images)[1:3], method="bilinear")
+        low = tf.reduce_min(masks, axis=(1, 2), keepdims=True)
+        high = tf.reduce_max(masks, axis=(1, 2), keepdims=True)
+        masks = tf.transpose(tf.math.divide_no_nan(masks - low, high - low), (3, 0, 1, 2))  # (C, N, H, W)
+        chunk = tf.maximum(1, self._score_batch // count)
+        pieces = tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False)
+        for start in tf.range(0, channels, chunk):
+            block = masks[start:start + chunk]  # (k, N, H, W)
+            masked = images[tf.newaxis] * block[..., tf.newaxis]
+            flat = tf.reshape(masked, tf.concat([[-1], tf.shape(images)[1:]], axis=0))
+            logits = tf.reshape(self._logits(self._pooled(flat, training=False)), (tf.shape(block)[0], count, -1))
+            # (k, N, K) -> the chosen classes (k, N, T)
+            pieces = pieces.write(pieces.size(), tf.gather(logits, tf.tile(chosen[tf.newaxis], (tf.shape(block)[0], 1, 1)),
+                                                          batch_dims=2))
+        return tf.transpose(pieces.concat(), (1, 2, 0))  # (N, T, C)
+
+
+def _normalise(maps: tf.Tensor) -> tf.Tensor:
+    peaks = tf.reduce_max(maps, axis=(1, 2), keepdims=True)
+    return tf.math.divide_no_nan(maps, peaks)
+
+
+def _method(name: str) -> CamMethod:
+    if name not in CAM_METHODS:
+        raise MedrayError(f"explain.method={name!r} is not a CAM method; choose from {', '.join(CAM_METHODS)}")
+    return CAM_METHODS[name]

@@ -6,22 +6,57 @@ import io
 
 import matplotlib
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 # Small inputs (28-64 px) are enlarged so that an overlay is readable on screen.
 MIN_OVERLAY_SIDE = 224
 ALPHA = 0.45
+COLORMAP = "jet"
+COLORBAR_WIDTH = 40
 
 
-def overlay_png(pixels: np.ndarray, cam: np.ndarray) -> bytes:
-    """pixels: (H, W) uint8; cam: (h, w) in [0, 1] at feature resolution."""
+def overlay_png(pixels: np.ndarray, cam: np.ndarray, colorbar: bool = False) -> bytes:
+    """pixels: (H, W) uint8; cam: (h, w) in [0, 1] at feature resolution.
+
+    An all-zero map is not drawn as a blank heat map (it would read as "nothing here"): the
+    original is shown with a red frame and the words "empty map".
+    """
     height, width = pixels.shape
     scale = max(1, int(np.ceil(MIN_OVERLAY_SIDE / max(height, width))))
     size = (width * scale, height * scale)
     gray = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BICUBIC), dtype=np.float32) / 255
+    if cam.max() <= 0:
+        return _png(_flag_empty(Image.fromarray((np.repeat(gray[..., None], 3, -1) * 255).round().astype(np.uint8))))
     heat = np.asarray(Image.fromarray(cam.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR))
-    colored = matplotlib.colormaps["jet"](np.clip(heat, 0, 1))[..., :3]
+    colored = matplotlib.colormaps[COLORMAP](np.clip(heat, 0, 1))[..., :3]
     blended = (1 - ALPHA) * gray[..., None] + ALPHA * colored
+    image = Image.fromarray((blended * 255).round().astype(np.uint8))
+    return _png(_with_colorbar(image) if colorbar else image)
+
+
+def _flag_empty(image: Image.Image) -> Image.Image:
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 0, image.width - 1, image.height - 1), outline=(255, 0, 0), width=6)
+    draw.rectangle((6, 6, 110, 24), fill=(255, 0, 0))
+    draw.text((10, 9), "empty map", fill=(255, 255, 255))
+    return image
+
+
+def _with_colorbar(image: Image.Image) -> Image.Image:
+    """A vertical scale to the right: 1 (top) to 0 (bottom), in the overlay's colours."""
+    bar_height = image.height - 20
+    values = np.linspace(1, 0, bar_height)[:, np.newaxis].repeat(12, axis=1)
+    bar = (matplotlib.colormaps[COLORMAP](values)[..., :3] * 255).round().astype(np.uint8)
+    canvas = Image.new("RGB", (image.width + COLORBAR_WIDTH, image.height), (255, 255, 255))
+    canvas.paste(image, (0, 0))
+    canvas.paste(Image.fromarray(bar), (image.width + 6, 10))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((image.width + 21, 6), "1", fill=(0, 0, 0))
+    draw.text((image.width + 21, image.height - 18), "0", fill=(0, 0, 0))
+    return canvas
+
+
+def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray((blended * 255).round().astype(np.uint8)).save(buffer, format="PNG")
+    image.save(buffer, format="PNG")
     return buffer.getvalue()

@@ -1,0 +1,106 @@
+"""Does a map mean something? Per-image checks of CAM maps, apart from the methods that make them.
+
+- localisation against a ground-truth lesion mask: the pointing game (the map's maximum lies in
+  the lesion) and the share of the map's energy inside the lesion;
+- faithfulness: deletion and insertion curves (Petsiuk et al. 2018), the target class's
+  probability as pixels are replaced by a blurred copy, or revealed from it, in the map's order
+  (a faithful map: low deletion AUC, high insertion AUC; random order is the reference);
+- model randomisation (Adebayo et al. 2018): rank correlation between the trained model's map and
+  the map of the same architecture with re-initialised weights (a map that does not change
+  explains the architecture, not what the model learned).
+
+Every function takes a batch and returns one value per image; NaN where a check does not apply
+(no lesion, an empty map).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from scipy import ndimage, stats
+
+from medray.keras_setup import tf
+
+# The baseline pixels are removed to, or revealed from: the image blurred with sigma = side / 4,
+# which keeps the overall brightness but no lesion-sized detail.
+BLUR_FRACTION = 4
+# Images sent through the model in one call of the faithfulness curves.
+PREDICT_BATCH = 512
+
+
+def upsample_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(N, h, w) maps at feature resolution -> (N, H, W), bilinear, as the overlays show them."""
+    return tf.image.resize(np.asarray(maps, np.float32)[..., np.newaxis], size, method="bilinear").numpy()[..., 0]
+
+
+def pointing_game(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """1.0 where the (upsampled) map's maximum falls inside the lesion, 0.0 where it does not."""
+    flat_maps, flat_masks = maps.reshape(len(maps), -1), masks.reshape(len(masks), -1) > 0
+    hits = flat_masks[np.arange(len(maps)), flat_maps.argmax(axis=1)].astype(np.float64)
+    return np.where(_applies(flat_maps, flat_masks), hits, np.nan)
+
+
+def energy_in_lesion(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """The share of the map's total value inside the lesion (chance: the lesion's area share)."""
+    flat_maps, flat_masks = maps.reshape(len(maps), -1), masks.reshape(len(masks), -1) > 0
+    inside = (flat_maps * flat_masks).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(_applies(flat_maps, flat_masks), inside / flat_maps.sum(axis=1), np.nan)
+
+
+def lesion_share(masks: np.ndarray) -> np.ndarray:
+    """The lesion's share of the image: the chance level of both localisation checks."""
+    flat = masks.reshape(len(masks), -1) > 0
+    return np.where(flat.any(axis=1), flat.mean(axis=1), np.nan)
+
+
+def _applies(flat_maps: np.ndarray, flat_masks: np.ndarray) -> np.ndarray:
+    return flat_masks.any(axis=1) & (flat_maps.max(axis=1) > 0)
+
+
+def deletion_insertion_auc(images: np.ndarray, maps: np.ndarray, targets: np.ndarray,
+                           predict: Callable[[np.ndarray], np.ndarray], steps: int,
+                           order: str = "map", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(deletion AUC, insertion AUC) per image, both in [0, 1].
+
+    images: (N, H, W, C) model input; maps: (N, H, W) upsampled; targets: (N,) classes.
+    order="map" removes the highest-valued pixels first; order="random" is the reference.
+    """
+    count, height, width = maps.shape
+    pixels = height * width
+    # Ties (a map's flat zero regions) are broken at random, not in reading order.
+    tie_break = np.random.default_rng(seed).random((count, pixels))
+    keys = (tie_break, -maps.reshape(count, -1)) if order == "map" else (tie_break,)
+    # argsort of the sort order: each pixel's rank, 0 for the first removed
+    ranks = np.argsort(np.lexsort(keys, axis=-1), axis=1)
+    cut = np.rint(np.linspace(0, pixels, steps + 1)).astype(np.int64)
+    changed = (ranks[:, np.newaxis, :] < cut[np.newaxis, :, np.newaxis]).reshape(count, steps + 1, height, width, 1)
+    blurred = ndimage.gaussian_filter(images, sigma=(0, height / BLUR_FRACTION, width / BLUR_FRACTION, 0))
+    original, baseline = images[:, np.newaxis], blurred[:, np.newaxis]
+    deleted = np.where(changed, baseline, original)
+    inserted = np.where(changed, original, baseline)
+    curves = []
+    for stack in (deleted, inserted):
+        flat = stack.reshape(count * (steps + 1), *images.shape[1:])
+        probabilities = np.concatenate([predict(flat[start:start + PREDICT_BATCH])
+                                        for start in range(0, len(flat), PREDICT_BATCH)])
+        probabilities = probabilities.reshape(count, steps + 1, -1)[np.arange(count), :, targets]
+        curves.append(np.trapezoid(probabilities, dx=1 / steps, axis=1))
+    return curves[0], curves[1]
+
+
+def rank_correlation(maps: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Spearman's rho between two maps of each image; NaN where either map is constant."""
+    first, second = maps.reshape(len(maps), -1), other.reshape(len(other), -1)
+    ranked_first, ranked_second = stats.rankdata(first, axis=1), stats.rankdata(second, axis=1)
+    centred_first = ranked_first - ranked_first.mean(axis=1, keepdims=True)
+    centred_second = ranked_second - ranked_second.mean(axis=1, keepdims=True)
+    denominator = np.sqrt((centred_first ** 2).sum(axis=1) * (centred_second ** 2).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (centred_first * centred_second).sum(axis=1) / denominator, np.nan)
+
+
+def is_empty(maps: np.ndarray) -> np.ndarray:
+    """Maps that are all zero after ReLU (no evidence for the class): flagged, never shown blank."""
+    return maps.reshape(len(maps), -1).max(axis=1) <= 0

@@ -1,0 +1,57 @@
+"""CAM methods: each one only turns the mechanism's evidence into weights for the activations.
+
+The mechanism (`medray.explain.cam`) computes the CAM layer's activations A (N, h, w, C) and either
+the gradients of the class score with respect to A, or, for Score-CAM, the class score of the
+input masked by each channel (N, C). A method returns weights that broadcast against A; the map
+is ReLU(sum over channels of A * weights) for every method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+from medray.keras_setup import tf
+
+
+@dataclass(frozen=True)
+class CamMethod:
+    name: str
+    weights: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+    # "gradients": (A, dScore/dA); "masked_scores": (A, score of input * upsampled A_c), forward only
+    evidence: Literal["gradients", "masked_scores"] = "gradients"
+
+
+def cam_weights_gradcam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
+    """Grad-CAM (Selvaraju et al. 2017): the gradients averaged over the spatial grid."""
+    return tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+
+
+def cam_weights_gradcam_plus_plus(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
+    """Grad-CAM++ (Chattopadhay et al. 2018): positive gradients weighted per location by alpha,
+    which lets several instances of a class each count, not only the strongest."""
+    squared = tf.square(gradients)
+    cubed = squared * gradients
+    activation_sums = tf.reduce_sum(activations, axis=(1, 2), keepdims=True)
+    alpha = tf.math.divide_no_nan(squared, 2 * squared + activation_sums * cubed)
+    return tf.reduce_sum(alpha * tf.nn.relu(gradients), axis=(1, 2), keepdims=True)
+
+
+def cam_weights_hirescam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
+    """HiResCAM (Draelos & Carin 2020): the gradients themselves, location by location, so the map
+    is exactly what the score depends on (no spatial averaging)."""
+    return gradients
+
+
+def cam_weights_scorecam(activations: tf.Tensor, masked_scores: tf.Tensor) -> tf.Tensor:
+    """Score-CAM (Wang et al. 2020): how much the class score keeps when the input is masked by
+    each channel, softmax over channels; forward passes only."""
+    return tf.nn.softmax(masked_scores, axis=-1)[:, tf.newaxis, tf.newaxis, :]
+
+
+CAM_METHODS: dict[str, CamMethod] = {
+    "gradcam": CamMethod("gradcam", cam_weights_gradcam),
+    "gradcam++": CamMethod("gradcam++", cam_weights_gradcam_plus_plus),
+    "hirescam": CamMethod("hirescam", cam_weights_hirescam),
+    "scorecam": CamMethod("scorecam", cam_weights_scorecam, evidence="masked_scores"),
+}
