@@ -119,6 +119,27 @@ def test_examples_per_class_caps_the_gallery_with_the_most_confident_mistakes(tm
     assert overlays == [f"gradcam/overlays/a/{safe_filename(r)}.png" for r in most_confident["row_id"]]
 
 
+def test_overlays_are_found_where_the_maps_table_records_them(tmp_path):
+    run_dir = tmp_path / "run"
+    predictions = write_run_folder(run_dir, ["a", "b", "c"], rows=60, seed=1, overlays=False)
+    wrong = predictions[predictions["label"] != predictions["prediction"]]
+    maps = run_dir / "explain" / "maps"
+    maps.mkdir(parents=True)
+    records = []
+    for row in wrong.itertuples():
+        for target in (row.label, row.prediction):  # two maps a row; the predicted class's is shown
+            relative = f"gradcam/{['a', 'b', 'c'][row.label]}/{safe_filename(row.row_id)}-t{target}.png"
+            records.append({"row_id": row.row_id, "method": "gradcam", "target": target,
+                            "prediction": row.prediction, "overlay_file": relative})
+            (run_dir / "explain" / "overlays" / relative).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8)).save(run_dir / "explain" / "overlays" / relative)
+    pd.DataFrame(records).to_parquet(maps / "part-00000.parquet")
+    sources = {src for src in image_sources(build_report(run_dir, examples_per_class=1000).read_text())
+               if "overlays" in src}
+    assert sources == {f"explain/overlays/gradcam/{['a', 'b', 'c'][row.label]}/{safe_filename(row.row_id)}"
+                       f"-t{row.prediction}.png" for row in wrong.itertuples()}
+
+
 def test_missing_overlays_show_a_placeholder_not_a_broken_image(tmp_path):
     run_dir = tmp_path / "run"
     write_run_folder(run_dir, ["a", "b"], overlays=False)
@@ -138,12 +159,12 @@ def test_class_names_from_data_are_escaped(tmp_path):
 def test_explain_galleries_are_included(tmp_path):
     run_dir = tmp_path / "run"
     write_run_folder(run_dir, ["a", "b"])
-    gallery = run_dir / "gradcam" / "galleries" / "most_confident"
+    gallery = run_dir / "explain" / "galleries"
     gallery.mkdir(parents=True)
     for name in ("one.png", "two.png"):
         Image.new("RGB", (16, 16)).save(gallery / name)
     sources = image_sources(build_report(run_dir).read_text())
-    assert {"gradcam/galleries/most_confident/one.png", "gradcam/galleries/most_confident/two.png"} <= set(sources)
+    assert {"explain/galleries/one.png", "explain/galleries/two.png"} <= set(sources)
 
 
 def test_sweep_folder_shows_the_leaderboard_and_each_models_metrics(tmp_path):

@@ -1,55 +1,98 @@
 """Error analysis a person can look at: the misclassified test images with their CAM overlays,
-and whatever picture galleries the explain stage left in the run folder."""
+and whatever picture galleries the explain stage left in the run folder.
+
+The explain stage records where it wrote each overlay (the `overlay_file` column of its maps
+table); the report follows that record, and falls back to the plain layout
+`<explain>/overlays/<true class>/<row id>.png` for runs whose maps have no such column.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.dataset as ds
 
 from medray.filenames import safe_filename
 
 # Galleries larger than this are cut, most confident mistakes first: those are the instructive ones.
 DEFAULT_EXAMPLES_PER_CLASS = 16
+MAP_COLUMNS = ["row_id", "method", "target", "prediction", "overlay_file"]
+
+
+def explain_dirs(run_dir: Path) -> list[Path]:
+    """Folders of the run that hold explain output (overlays or galleries), e.g. `explain/`, `gradcam/`."""
+    found = {path.parent for pattern in ("*/overlays", "*/galleries") for path in run_dir.glob(pattern)}
+    return sorted(found)
 
 
 def overlay_file(explain_dir: Path, true_class: str, row_id: str) -> Path:
-    """Where the explain stage writes the overlay of one test row (see medray.explain.bulk)."""
+    """The plain overlay layout: one picture per test row, in a folder per true class."""
     return explain_dir / "overlays" / safe_filename(true_class) / f"{safe_filename(str(row_id))}.png"
 
 
-def misclassified_by_class(predictions: pd.DataFrame, class_names: list[str], explain_dir: Path,
-                           run_dir: Path, limit: int = DEFAULT_EXAMPLES_PER_CLASS) -> list[dict]:
-    """Per true class with mistakes: how many, and the most confident of them with overlay paths
-    relative to the run folder (None where the run wrote no overlay for that row)."""
+def recorded_overlays(explain_dir: Path) -> dict[str, Path]:
+    """row_id -> the overlay of the predicted class's map, as the maps table records it (first method)."""
+    maps = next((path for path in (explain_dir / "maps", explain_dir / "maps.parquet") if path.exists()), None)
+    if maps is None:
+        return {}
+    dataset = ds.dataset(maps, format="parquet")
+    if not set(MAP_COLUMNS) <= set(dataset.schema.names):
+        return {}
+    table = dataset.to_table(columns=MAP_COLUMNS).to_pandas()
+    table = table[table["overlay_file"].notna()]
+    if table.empty:
+        return {}
+    table = table[table["method"] == table["method"].iloc[0]]
+    # The map of the predicted class shows why the model chose what it chose.
+    table = table.assign(own=table["target"] == table["prediction"]).sort_values("own", ascending=False, kind="stable")
+    first = table.drop_duplicates("row_id")
+    return {str(row_id): explain_dir / "overlays" / relative for row_id, relative in zip(first["row_id"], first["overlay_file"])}
+
+
+def find_overlays(run_dir: Path, rows: pd.DataFrame, class_names: list[str]) -> dict[str, str]:
+    """row_id -> overlay path relative to the run folder, for the given rows that have one on disk."""
+    found: dict[str, str] = {}
+    for explain_dir in explain_dirs(run_dir):
+        recorded = recorded_overlays(explain_dir)
+        for row in rows.itertuples():
+            row_id = str(row.row_id)
+            path = recorded.get(row_id) or overlay_file(explain_dir, class_names[int(row.label)], row_id)
+            if row_id not in found and path.is_file():
+                found[row_id] = path.relative_to(run_dir).as_posix()
+    return found
+
+
+def misclassified_by_class(predictions: pd.DataFrame, class_names: list[str], run_dir: Path,
+                           limit: int = DEFAULT_EXAMPLES_PER_CLASS) -> list[dict]:
+    """Per true class with mistakes: how many, and the most confident of them with their overlay
+    (None where the run wrote no overlay for that row)."""
     wrong = predictions[predictions["label"] != predictions["prediction"]]
+    shown = pd.concat([wrong[wrong["label"] == index].sort_values("confidence", ascending=False).head(limit)
+                       for index in range(len(class_names))])
+    overlays = find_overlays(run_dir, shown, class_names)
     groups = []
     for index, name in enumerate(class_names):
-        rows = wrong[wrong["label"] == index].sort_values("confidence", ascending=False)
-        if rows.empty:
+        mistakes = wrong[wrong["label"] == index]
+        if mistakes.empty:
             continue
-        examples = []
-        for row in rows.head(limit).itertuples():
-            overlay = overlay_file(explain_dir, name, row.row_id)
-            examples.append({
-                "row_id": str(row.row_id),
-                "predicted": class_names[int(row.prediction)],
-                "confidence": float(row.confidence),
-                "overlay": overlay.relative_to(run_dir).as_posix() if overlay.is_file() else None,
-            })
-        groups.append({"class": name, "total": len(rows), "support": int((predictions["label"] == index).sum()),
+        examples = [{"row_id": str(row.row_id), "predicted": class_names[int(row.prediction)],
+                     "confidence": float(row.confidence), "overlay": overlays.get(str(row.row_id))}
+                    for row in shown[shown["label"] == index].itertuples()]
+        groups.append({"class": name, "total": len(mistakes), "support": int((predictions["label"] == index).sum()),
                        "examples": examples})
     return groups
 
 
-def picture_galleries(run_dir: Path, explain_dir: Path) -> list[dict]:
+def picture_galleries(run_dir: Path) -> list[dict]:
     """Every PNG under `<explain>/galleries/`, one gallery per folder, paths relative to the run."""
-    root = explain_dir / "galleries"
-    if not root.is_dir():
-        return []
-    folders: dict[Path, list[str]] = {}
-    for picture in sorted(root.rglob("*.png")):
-        folders.setdefault(picture.parent, []).append(picture.relative_to(run_dir).as_posix())
-    return [{"title": folder.relative_to(root).as_posix() if folder != root else root.name,
-             "pictures": [{"path": path, "caption": Path(path).stem} for path in pictures]}
-            for folder, pictures in folders.items()]
+    galleries = []
+    for explain_dir in explain_dirs(run_dir):
+        root = explain_dir / "galleries"
+        folders: dict[Path, list[Path]] = {}
+        for picture in sorted(root.rglob("*.png")):
+            folders.setdefault(picture.parent, []).append(picture)
+        galleries += [{"title": folder.relative_to(run_dir).as_posix(),
+                       "pictures": [{"path": p.relative_to(run_dir).as_posix(), "caption": p.stem} for p in pictures]}
+                      for folder, pictures in folders.items()]
+    return galleries

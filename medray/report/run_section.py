@@ -83,7 +83,6 @@ def describe_run(run_dir: Path, examples_per_class: int = DEFAULT_EXAMPLES_PER_C
     metrics = classification_metrics(labels, predicted, probabilities, class_names)
     data = read_optional_json(run_dir / "data.json")
     config_text, config = read_config_text(run_dir)
-    explain_dir = run_dir / str(config.get("explain", {}).get("method", "gradcam"))
     history_path = run_dir / "history.csv"
     history = pd.read_csv(history_path) if history_path.is_file() else None
 
@@ -103,8 +102,8 @@ def describe_run(run_dir: Path, examples_per_class: int = DEFAULT_EXAMPLES_PER_C
         "data": data,
         "split_totals": {split: sum(counts.values()) for split, counts in data.get("class_counts", {}).items()},
         "figures": {key: path.relative_to(run_dir).as_posix() for key, path in figures.items()},
-        "misclassified": misclassified_by_class(predictions, class_names, explain_dir, run_dir, examples_per_class),
-        "galleries": picture_galleries(run_dir, explain_dir),
+        "misclassified": misclassified_by_class(predictions, class_names, run_dir, examples_per_class),
+        "galleries": picture_galleries(run_dir),
     }
 
 
