@@ -13,6 +13,26 @@ def build_classifier(backbone: Backbone, input_size: int, num_classes: int, mode
     return backbone.build(input_size, backbone.channels, num_classes, model_config)
 
 
+def copy_weights(source: keras.Model, target: keras.Model) -> None:
+    """Copy weights layer by layer, matched by name: unlike `set_weights(get_weights())` this does
+    not depend on which layers are trainable (that changes the flat order)."""
+    for layer in target.layers:
+        if layer.weights:
+            layer.set_weights(source.get_layer(layer.name).get_weights())
+
+
+def initial_model_bytes(backbone: Backbone, input_size: int, num_classes: int, model_config) -> bytes | None:
+    """The classifier with its pretrained weights as `.keras` bytes, built once on the driver so
+    that workers never download; None when training starts from random weights."""
+    if model_config.weights == "none":
+        return None
+    model = build_classifier(backbone, input_size, num_classes, model_config)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "initial.keras"
+        model.save(path)
+        return path.read_bytes()
+
+
 def load_model_file(path: str | Path) -> keras.Model:
     # safe_mode refuses to deserialise arbitrary code (lambdas) from a model file.
     return keras.models.load_model(str(path), compile=False, safe_mode=True)

@@ -28,19 +28,28 @@ def scale_to_unit(pixels: np.ndarray) -> np.ndarray:
     return pixels / np.float32(255.0)
 
 
-def _registry() -> dict[str, Backbone]:
-    from medray.models import baseline_cnn
+def keep_pixels(pixels: np.ndarray) -> np.ndarray:
+    return pixels
 
-    return {
-        "baseline_cnn": Backbone(
-            name="baseline_cnn",
-            build=baseline_cnn.build,
-            input_size=64,
-            channels=1,
-            preprocess=scale_to_unit,
-            cam_layers=(baseline_cnn.CAM_LAYER,),
-        ),
+
+def _registry() -> dict[str, Backbone]:
+    # Imported here: building the registry imports TensorFlow, which the CLI's config checks do not need.
+    from functools import partial
+
+    from medray.models import applications, baseline_cnn
+
+    registry = {
+        "baseline_cnn": Backbone("baseline_cnn", baseline_cnn.build, input_size=64, channels=1,
+                                 preprocess=scale_to_unit, cam_layers=(baseline_cnn.CAM_LAYER,)),
+        "ensemble": Backbone("ensemble", applications.build_ensemble, input_size=224, channels=3,
+                             preprocess=keep_pixels,
+                             cam_layers=tuple(applications.APPLICATIONS[name].cam_layer
+                                              for name in applications.ENSEMBLE_BRANCHES)),
     }
+    for name, application in applications.APPLICATIONS.items():
+        registry[name] = Backbone(name, partial(applications.build_application, name), application.input_size,
+                                  channels=3, preprocess=application.preprocess, cam_layers=(application.cam_layer,))
+    return registry
 
 
 def backbone_names() -> list[str]:

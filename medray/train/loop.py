@@ -4,52 +4,99 @@ MultiWorkerMirroredStrategy, one report (and, on rank 0, one checkpoint) per epo
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import ray.train
 
 from medray.config import RunConfig
 from medray.keras_setup import keras, tf
-from medray.models.classifier import build_classifier, load_model_file
+from medray.models.applications import set_trainable_top
+from medray.models.classifier import build_classifier, copy_weights, load_model_bytes, load_model_file
 from medray.models.registry import get_backbone
+from medray.train.progress import Progress
 
 CHECKPOINT_MODEL = "model.keras"
 CHECKPOINT_STATE = "state.json"
+# Fault injection for the crash-resume test, read by the driver: "<epoch>:<flag file>" makes
+# rank 0 die once, right after that epoch's checkpoint.
+CRASH_AFTER_EPOCH_ENV = "MEDRAY_CRASH_AFTER_EPOCH"
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
     config = RunConfig.model_validate(loop_config["run"])
     num_classes, image_size = loop_config["num_classes"], loop_config["image_size"]
-    class_weight = {index: weight for index, weight in enumerate(loop_config["class_weights"])} or None
+    class_weight = dict(enumerate(loop_config["class_weights"])) or None
     context = ray.train.get_context()
     workers, rank = context.get_world_size(), context.get_world_rank()
     per_worker_batch = config.train.batch_size // workers
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
-        model = build_classifier(get_backbone(config.model.backbone), image_size, num_classes, config.model)
-        model.compile(
-            optimizer=keras.optimizers.Adam(config.train.lr),
-            loss=keras.losses.CategoricalCrossentropy(),
-            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
-                     keras.metrics.AUC(multi_label=True, num_labels=num_classes, name="auc")],
-        )
-    history = restore_checkpoint(model, ray.train.get_checkpoint())
+        # Built without pretrained weights: the driver resolved them once and sends them along,
+        # so workers never download anything.
+        random_init = config.model.model_copy(update={"weights": "none"})
+        model = build_classifier(get_backbone(config.model.backbone), image_size, num_classes, random_init)
+        if loop_config["initial_model"] is not None:
+            copy_weights(load_model_bytes(loop_config["initial_model"]), model)
+    progress = restore_checkpoint(model, ray.train.get_checkpoint())
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
-    for epoch in range(len(history) + 1, config.train.epochs + 1):
+    compiled_phase = None
+    while True:
+        if progress.phase_done(config.train):
+            if progress.phase == 1 and config.train.fine_tune.epochs > 0:
+                progress.next_phase()
+            else:
+                break
+        if compiled_phase != progress.phase:
+            with strategy.scope():
+                compile_for_phase(model, progress, config, num_classes)
+            compiled_phase = progress.phase
+        model.optimizer.learning_rate.assign(progress.learning_rate(config.train))
         fitted = model.fit(as_tf_dataset(train_shard, per_worker_batch, num_classes),
                            epochs=1, verbose=0, class_weight=class_weight)
         validated = model.evaluate(as_tf_dataset(val_shard, per_worker_batch, num_classes),
                                    verbose=0, return_dict=True)
-        metrics = {"epoch": epoch, **{name: float(values[-1]) for name, values in fitted.history.items()},
+        metrics = {"epoch": progress.epoch + 1, "phase": progress.phase,
+                   "lr": progress.learning_rate(config.train),
+                   "replica_weight_spread": replica_weight_spread(model, strategy),
+                   **{name: float(values[-1]) for name, values in fitted.history.items()},
                    **{f"val_{name}": float(value) for name, value in validated.items()}}
-        history.append(metrics)
+        progress.record(metrics, config.train)
         if rank == 0:
-            print(format_epoch(metrics, config.train.epochs), flush=True)
-        report_epoch(model, metrics, history, chief=rank == 0)
+            print(format_epoch(metrics, config.train.epochs + config.train.fine_tune.epochs), flush=True)
+            if progress.phase_stopped:
+                print(progress.phase_stopped, flush=True)
+        report_epoch(model, metrics, progress, chief=rank == 0)
+        if rank == 0 and loop_config.get("crash_after_epoch"):
+            crash_once(metrics["epoch"], loop_config["crash_after_epoch"])
+
+
+def replica_weight_spread(model: keras.Model, strategy) -> float:
+    """Relative spread of a weight digest across all workers: 0.0 when the replicas are in sync.
+
+    Every worker digests its own copy of the weights; an all-gather brings the digests together.
+    """
+    digest = float(sum(np.sum(np.square(weights, dtype=np.float64)) for weights in model.get_weights()))
+    local = strategy.run(lambda: tf.constant([digest], dtype=tf.float64))
+    digests = strategy.gather(local, axis=0).numpy()
+    return float(np.ptp(digests) / max(abs(digest), 1e-300))
+
+
+def compile_for_phase(model: keras.Model, progress: Progress, config: RunConfig, num_classes: int) -> None:
+    if progress.phase == 2:
+        # Only transfer backbones have a second phase: unfreeze the top of everything but the head.
+        set_trainable_top(model, config.train.fine_tune.layers)
+    model.compile(
+        optimizer=keras.optimizers.Adam(progress.learning_rate(config.train)),
+        loss=keras.losses.CategoricalCrossentropy(),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
+                 keras.metrics.AUC(multi_label=True, num_labels=num_classes, name="auc")],
+    )
 
 
 def as_tf_dataset(shard, batch_size: int, num_classes: int) -> tf.data.Dataset:
@@ -60,7 +107,7 @@ def as_tf_dataset(shard, batch_size: int, num_classes: int) -> tf.data.Dataset:
     return dataset.with_options(options).map(lambda image, label: (image, tf.one_hot(label, num_classes)))
 
 
-def report_epoch(model: keras.Model, metrics: dict, history: list[dict], chief: bool) -> None:
+def report_epoch(model: keras.Model, metrics: dict, progress: Progress, chief: bool) -> None:
     """Report one epoch; the chief's report carries the checkpoint.
 
     Every worker saves: under MultiWorkerMirroredStrategy reading a sync-on-read variable is a
@@ -71,22 +118,29 @@ def report_epoch(model: keras.Model, metrics: dict, history: list[dict], chief: 
         if not chief:
             ray.train.report(metrics)
             return
-        (Path(directory) / CHECKPOINT_STATE).write_text(json.dumps({"history": history}))
+        (Path(directory) / CHECKPOINT_STATE).write_text(json.dumps(progress.to_json()))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
-def restore_checkpoint(model: keras.Model, checkpoint) -> list[dict]:
-    """Load the weights of the last finished epoch; return the history so far ([] if none)."""
+def restore_checkpoint(model: keras.Model, checkpoint) -> Progress:
+    """Load the weights of the last finished epoch and where training stood then."""
     if checkpoint is None:
-        return []
+        return Progress()
     with checkpoint.as_directory() as directory:
-        model.set_weights(load_model_file(Path(directory) / CHECKPOINT_MODEL).get_weights())
-        history = json.loads((Path(directory) / CHECKPOINT_STATE).read_text())["history"]
-    print(f"resuming after epoch {len(history)} from {checkpoint.path}", flush=True)
-    return history
+        copy_weights(load_model_file(Path(directory) / CHECKPOINT_MODEL), model)
+        progress = Progress.from_json(json.loads((Path(directory) / CHECKPOINT_STATE).read_text()))
+    print(f"resuming after epoch {progress.epoch} from {checkpoint.path}", flush=True)
+    return progress
+
+
+def crash_once(epoch: int, marker: str) -> None:
+    crash_epoch, _, flag_file = marker.partition(":")
+    if epoch == int(crash_epoch) and not Path(flag_file).exists():
+        Path(flag_file).write_text("crashed once")
+        os._exit(1)  # a hard worker death, as a lost node or an OOM kill looks to Ray Train
 
 
 def format_epoch(metrics: dict, epochs: int) -> str:
-    shown = ("loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc")
-    values = "  ".join(f"{name} {metrics[name]:.4f}" for name in shown if name in metrics)
+    shown = ("loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc", "lr")
+    values = "  ".join(f"{name} {metrics[name]:.4g}" for name in shown if name in metrics)
     return f"epoch {metrics['epoch']}/{epochs}  {values}"

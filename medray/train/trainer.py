@@ -4,6 +4,7 @@ checkpoint exported as `model.keras`, and worker failures turned into one readab
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,19 +17,21 @@ from medray.config import RunConfig
 from medray.data.pipeline import TrainingData
 from medray.data.sources import Source
 from medray.errors import MedrayError, find_user_error
-from medray.train.loop import CHECKPOINT_MODEL, CHECKPOINT_STATE, train_loop_per_worker
+from medray.train.loop import CHECKPOINT_MODEL, CHECKPOINT_STATE, CRASH_AFTER_EPOCH_ENV, train_loop_per_worker
 
 
 @dataclass(frozen=True)
 class TrainingOutcome:
     model_path: Path
     history: list[dict]
+    # why a phase ended before its epoch budget (early stopping); empty if none did
+    stop_reasons: list[str]
     best_epoch: int
     best_metrics: dict
 
 
 def train_model(config: RunConfig, source: Source, data: TrainingData, image_size: int,
-                run_dir: Path) -> TrainingOutcome:
+                run_dir: Path, initial_model: bytes | None) -> TrainingOutcome:
     trainer = TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -36,6 +39,8 @@ def train_model(config: RunConfig, source: Source, data: TrainingData, image_siz
             "num_classes": len(source.class_names),
             "image_size": image_size,
             "class_weights": class_weights(source.class_counts["train"], config.train.class_weight),
+            "initial_model": initial_model,
+            "crash_after_epoch": os.environ.get(CRASH_AFTER_EPOCH_ENV),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.scaling.num_workers,
@@ -49,6 +54,8 @@ def train_model(config: RunConfig, source: Source, data: TrainingData, image_siz
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=2, checkpoint_score_attribute=config.train.monitor,
                 checkpoint_score_order=config.train.monitor_mode),
+            # A failed worker group restarts from the latest checkpoint, up to this many times.
+            failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
         ),
     )
     try:
@@ -78,8 +85,9 @@ def export_best(result: ray.train.Result, run_dir: Path, train_config) -> Traini
         shutil.copyfile(Path(directory) / CHECKPOINT_MODEL, model_path)
     # The latest checkpoint always survives pruning and holds every epoch's metrics.
     with result.checkpoint.as_directory() as directory:
-        history = json.loads((Path(directory) / CHECKPOINT_STATE).read_text())["history"]
-    return TrainingOutcome(model_path, history, int(best_metrics["epoch"]), dict(best_metrics))
+        progress = json.loads((Path(directory) / CHECKPOINT_STATE).read_text())
+    return TrainingOutcome(model_path, progress["history"], progress["stop_reasons"], int(best_metrics["epoch"]),
+                           dict(best_metrics))
 
 
 def _last_line(error: BaseException) -> str:
