@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(run)
     run.set_defaults(command=command_run)
 
+    explain = commands.add_parser("explain", help="CAM maps, galleries and checks for a finished run's test split")
+    add_config_arguments(explain)
+    explain.add_argument("--run", required=True, dest="run_dir",
+                         help="the run's folder (holds model.keras), e.g. results/demo-20261123-053822")
+    explain.set_defaults(command=command_explain)
+
     data = commands.add_parser("data", help="dataset tools").add_subparsers(required=True, metavar="TOOL")
     synth = data.add_parser("synth", help="write the synthetic brain-MRI phantom dataset")
     synth.add_argument("--out", required=True, help="folder to write parquet/, folders/ and masks/ into")
@@ -67,6 +73,14 @@ def command_run(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.overrides)
     outcome = run_job(config)
     print((outcome.run_dir / "summary.txt").read_text(), end="")
+
+
+def command_explain(args: argparse.Namespace) -> None:
+    from medray.config import load_config
+    from medray.explain.job import explain_run
+
+    outcome = explain_run(load_config(args.config, args.overrides), args.run_dir)
+    print((outcome.maps_dir.parent / "summary.txt").read_text(), end="")
 
 
 def command_synth(args: argparse.Namespace) -> None:

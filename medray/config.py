@@ -74,13 +74,28 @@ class ScalingConfig(_Section):
     cpus_for_data: float = Field(1.0, ge=0)
 
 
+CamMethodName = Literal["gradcam", "gradcam++", "hirescam", "scorecam"]
+
+
 class ExplainConfig(_Section):
     enabled: bool = True
-    method: Literal["gradcam"] = "gradcam"
-    target: Literal["predicted", "true"] = "predicted"
+    # One CAM method or a list of them; all are computed from the same batch.
+    method: CamMethodName | list[CamMethodName] = "gradcam"
+    # "all": one map per class for every image.
+    target: Literal["predicted", "true", "all"] = "predicted"
     batch_size: int = Field(64, ge=1, le=65_536)
     concurrency: int = Field(1, ge=1, le=1024)
+    gpus_per_actor: float = Field(0.0, ge=0)
     overlays: bool = True
+    colorbar: bool = False
+    # Localisation (with masks), deletion/insertion and the model-randomisation check.
+    checks: bool = True
+    deletion_steps: int = Field(16, ge=2, le=256)
+    gallery_size: int = Field(16, ge=0, le=256)
+
+    @property
+    def methods(self) -> list[str]:
+        return [self.method] if isinstance(self.method, str) else list(dict.fromkeys(self.method))
 
 
 class OutputConfig(_Section):

@@ -15,6 +15,7 @@ from medray.data.pipeline import read_split, training_data
 from medray.data.sources import SPLITS, Source, discover
 from medray.evaluate import compute_metrics, plot_confusion_matrix, predict
 from medray.explain.bulk import ExplainOutcome, explain_split
+from medray.explain.scorecard import format_scorecard
 from medray.models.registry import get_backbone
 from medray.train.trainer import TrainingOutcome, train_model
 
@@ -54,7 +55,7 @@ def run_job(config: RunConfig) -> RunOutcome:
     explained = None
     if config.explain.enabled:
         explained = explain_split(test, model_bytes, backbone.name, source.class_names, config.explain,
-                                  run_dir / config.explain.method)
+                                  run_dir / "explain")
     outcome = RunOutcome(run_dir, source, training, metrics, explained)
     (run_dir / "summary.txt").write_text(summarise(outcome))
     return outcome
@@ -96,6 +97,8 @@ def summarise(outcome: RunOutcome) -> str:
         f"macro F1 {metrics['macro_f1']:.4f}  ROC AUC {auc}",
     ]
     if outcome.explained is not None:
-        lines.append(f"  grad-cam   {outcome.explained.rows} maps, {outcome.explained.empty_maps} empty")
+        lines.append(f"  explain    {outcome.explained.rows} maps ({', '.join(outcome.explained.scores)}), "
+                     f"{outcome.explained.empty_maps} empty")
+        lines += ["  " + line for line in format_scorecard(outcome.explained.scores).splitlines()]
     lines.append(f"  results    {outcome.run_dir}")
     return "\n".join(lines) + "\n"

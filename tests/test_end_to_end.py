@@ -53,11 +53,11 @@ def test_history_has_every_epoch_and_model_loads_in_safe_mode(finished_run):
 
 
 def test_gradcam_maps_and_overlays_cover_every_test_image(finished_run):
-    maps = pq.read_table(finished_run / "gradcam" / "maps.parquet").to_pandas()
+    maps = pq.read_table(finished_run / "explain" / "maps").to_pandas()
     assert len(maps) == 24 and maps["row_id"].is_unique
     cams = np.stack(maps["cam"].to_numpy()).astype(np.float32)
     assert cams.min() >= 0 and cams.max() <= 1
-    overlays = sorted((finished_run / "gradcam" / "overlays").rglob("*.png"))
+    overlays = sorted((finished_run / "explain" / "overlays" / "gradcam").rglob("*.png"))
     assert len(overlays) == 24
     assert {path.parent.name for path in overlays} <= {"no_lesion", "bright_round_lesion", "dark_irregular_lesion"}
     with Image.open(overlays[0]) as image:

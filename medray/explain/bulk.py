@@ -1,111 +1,238 @@
-"""The bulk explain job: Grad-CAM for every test image with a Ray Data actor pool.
+"""The bulk explain job: CAM maps for every test image with a Ray Data actor pool.
 
-Actors build the model and its compiled CAM function once, then map whole batches. The driver
-streams their output to `maps.parquet` and overlay PNGs, so memory stays flat however many
-images there are.
+Actors build the model and its compiled CAM function once, then map whole batches: maps for every
+configured method, CAM layer (one per branch) and target class, the per-image checks, and the
+overlay PNGs. The driver streams their output into `maps/part-*.parquet` shards and overlay files,
+so its memory stays flat however many images there are. A shard is renamed into place only after
+its overlays are written, so after a crash the re-run skips exactly the images of complete shards.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
+from medray.errors import MedrayError
+from medray.explain import checks
 from medray.explain.cam import CamExplainer
+from medray.explain.gallery import write_galleries
 from medray.explain.overlay import overlay_png
+from medray.explain.scorecard import score_methods, write_scorecard
 from medray.filenames import safe_filename
+from medray.keras_setup import keras
 from medray.models.actor import ModelActor
 
+CHECK_COLUMNS = ("pointing_game", "energy_in_lesion", "lesion_share", "deletion_auc", "insertion_auc",
+                 "random_order_deletion_auc", "random_order_insertion_auc", "random_model_rank_corr")
 MAPS_SCHEMA = pa.schema([
     ("row_id", pa.string()),
     ("label", pa.int64()),
     ("prediction", pa.int64()),
     ("target", pa.int64()),
     ("confidence", pa.float32()),
+    ("probabilities", pa.list_(pa.float32())),
     ("method", pa.string()),
+    ("layer", pa.string()),
     ("cam", pa.list_(pa.float16())),
     ("cam_height", pa.int32()),
     ("cam_width", pa.int32()),
+    ("empty", pa.bool_()),
+    ("overlay_file", pa.string()),
+    *((name, pa.float64()) for name in CHECK_COLUMNS),
 ])
+SHARD = re.compile(r"^part-(\d+)\.parquet$")
 
 
 @dataclass(frozen=True)
 class ExplainOutcome:
-    maps_path: Path
+    maps_dir: Path
     overlay_dir: Path | None
-    rows: int
+    images: int  # test images with maps, resumed ones included
+    resumed: int  # images whose maps an earlier, interrupted run had already written
+    rows: int  # maps: images x methods x CAM layers x target classes
     empty_maps: int
+    scores: dict  # per method: the checks' summary (also in checks.json)
+    galleries: list[Path]
 
 
 class CamActor(ModelActor):
-    def __init__(self, model_bytes: bytes, backbone_name: str, method: str, target: str, overlays: bool):
+    def __init__(self, model_bytes: bytes, backbone_name: str, class_names: list[str], methods: list[str],
+                 target: str, overlays: bool, colorbar: bool, checks: bool, deletion_steps: int):
         super().__init__(model_bytes, backbone_name)
-        self.explainer = CamExplainer(self.model, self.backbone.cam_layers[0], method)
-        self.method, self.target, self.overlays = method, target, overlays
+        self.class_names, self.target = class_names, target
+        self.overlays, self.colorbar, self.checks, self.deletion_steps = overlays, colorbar, checks, deletion_steps
+        self.explainer = CamExplainer(self.model, self.backbone.cam_layers, methods)
+        self.random_explainer = (CamExplainer(randomised_copy(self.model), self.backbone.cam_layers, methods)
+                                 if checks else None)
 
-    def __call__(self, batch: dict) -> dict:
-        targets = batch["label"] if self.target == "true" else None
-        maps, probabilities = self.explainer(self.model_input(batch["pixels"]), targets)
-        predictions = probabilities.argmax(axis=1)
-        result = {
-            "row_id": batch["row_id"],
-            "label": batch["label"],
-            "prediction": predictions,
-            "target": batch["label"] if self.target == "true" else predictions,
-            "confidence": probabilities.max(axis=1).astype(np.float32),
-            "cam": maps.astype(np.float16),
-        }
-        if self.overlays:
-            result["overlay"] = np.array(
-                [overlay_png(pixels, cam) for pixels, cam in zip(batch["pixels"], maps)], dtype=object)
+    def __call__(self, batch: dict) -> pa.Table:
+        images = self.model_input(batch["pixels"])
+        count = len(images)
+        targets = {"predicted": None, "true": batch["label"],
+                   "all": np.tile(np.arange(len(self.class_names)), (count, 1))}[self.target]
+        explained = self.explainer(images, targets)
+        randomised = self.random_explainer(images, explained.targets) if self.checks else None
+        predictions = explained.probabilities.argmax(axis=1)
+        parts = []
+        for (method, layer), maps in explained.maps.items():
+            for slot in range(explained.targets.shape[1]):
+                slot_maps, slot_targets = maps[:, slot], explained.targets[:, slot]
+                columns = {
+                    "row_id": batch["row_id"].astype(str), "label": batch["label"], "prediction": predictions,
+                    "target": slot_targets, "confidence": explained.probabilities.max(axis=1),
+                    "probabilities": explained.probabilities, "method": [method] * count,
+                    "layer": [layer] * count, "cam": slot_maps, "empty": checks.is_empty(slot_maps),
+                    **self._checks(images, batch, slot_maps, slot_targets,
+                                   randomised.maps[(method, layer)][:, slot] if randomised else None),
+                }
+                if self.overlays:
+                    columns["overlay_file"] = [self._overlay_file(method, layer, label, row_id, target)
+                                               for label, row_id, target in
+                                               zip(batch["label"], columns["row_id"], slot_targets)]
+                    columns["overlay"] = [overlay_png(pixels, cam, self.colorbar)
+                                          for pixels, cam in zip(batch["pixels"], slot_maps)]
+                parts.append(maps_table(columns))
+        return pa.concat_tables(parts)
+
+    def _checks(self, images: np.ndarray, batch: dict, maps: np.ndarray, targets: np.ndarray,
+                random_maps: np.ndarray | None) -> dict:
+        count = len(maps)
+        if not self.checks:
+            return {}
+        upsampled = checks.upsample_maps(maps, images.shape[1:3])
+        result = {name: np.full(count, np.nan) for name in CHECK_COLUMNS}
+        if "mask" in batch:
+            result["pointing_game"] = checks.pointing_game(upsampled, batch["mask"])
+            result["energy_in_lesion"] = checks.energy_in_lesion(upsampled, batch["mask"])
+            result["lesion_share"] = checks.lesion_share(batch["mask"])
+        predict = self.explainer.probabilities
+        result["deletion_auc"], result["insertion_auc"] = checks.deletion_insertion_auc(
+            images, upsampled, targets, predict, self.deletion_steps)
+        result["random_order_deletion_auc"], result["random_order_insertion_auc"] = checks.deletion_insertion_auc(
+            images, upsampled, targets, predict, self.deletion_steps, order="random")
+        result["random_model_rank_corr"] = checks.rank_correlation(maps, random_maps)
         return result
 
+    def _overlay_file(self, method: str, layer: str, label: int, row_id: str, target: int) -> str:
+        name = safe_filename(row_id)
+        if self.target == "all":
+            name += f"-{safe_filename(self.class_names[int(target)])}"
+        if len(self.backbone.cam_layers) > 1:
+            name += f"-{safe_filename(layer)}"
+        return f"{safe_filename(method)}/{safe_filename(self.class_names[int(label)])}/{name}.png"
 
-def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: str,
-                  class_names: list[str], explain_config, out_dir: Path) -> ExplainOutcome:
-    out_dir.mkdir(parents=True, exist_ok=True)
+
+def randomised_copy(model: keras.Model) -> keras.Model:
+    """The same architecture with every weight re-initialised (Adebayo et al.'s randomisation test)."""
+    keras.utils.set_random_seed(0)
+    return keras.models.clone_model(model)
+
+
+def maps_table(columns: dict) -> pa.Table:
+    maps = np.asarray(columns["cam"])
+    count, height, width = maps.shape
+    arrays = {
+        **{name: columns[name] for name in ("row_id", "method", "layer")},
+        **{name: np.asarray(columns[name], np.int64) for name in ("label", "prediction", "target")},
+        "confidence": np.asarray(columns["confidence"], np.float32),
+        "probabilities": list(np.asarray(columns["probabilities"], np.float32)),
+        "cam": list(maps.reshape(count, -1).astype(np.float16)),
+        "cam_height": np.full(count, height, np.int32),
+        "cam_width": np.full(count, width, np.int32),
+        "empty": np.asarray(columns["empty"], bool),
+        "overlay_file": columns.get("overlay_file", [None] * count),
+        **{name: columns.get(name, np.full(count, np.nan)) for name in CHECK_COLUMNS},
+    }
+    table = pa.table({field.name: pa.array(arrays[field.name], field.type) for field in MAPS_SCHEMA},
+                     schema=MAPS_SCHEMA)
+    if "overlay" in columns:
+        table = table.append_column("overlay", pa.array(columns["overlay"], pa.binary()))
+    return table
+
+
+def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: str, class_names: list[str],
+                  explain_config, out_dir: Path,
+                  on_shard: Callable[[Path], None] | None = None) -> ExplainOutcome:
+    """Maps for every row of `decoded` into `out_dir`; rows of complete shards from an earlier,
+    interrupted run into the same `out_dir` are skipped. `on_shard` is called after each shard."""
+    methods = explain_config.methods
+    if not methods:
+        raise MedrayError("explain.method is an empty list; name at least one of gradcam, gradcam++, "
+                          "hirescam, scorecam")
+    maps_dir = out_dir / "maps"
+    maps_dir.mkdir(parents=True, exist_ok=True)
     overlay_dir = out_dir / "overlays" if explain_config.overlays else None
-    mapped = decoded.map_batches(
+    done, next_index = completed_shards(maps_dir)
+    todo = decoded if not done else decoded.map_batches(drop_rows, fn_kwargs={"done": done})
+    mapped = todo.map_batches(
         CamActor,
-        fn_constructor_kwargs={"model_bytes": model_bytes, "backbone_name": backbone_name,
-                               "method": explain_config.method, "target": explain_config.target,
-                               "overlays": explain_config.overlays},
+        fn_constructor_kwargs={
+            "model_bytes": model_bytes, "backbone_name": backbone_name, "class_names": list(class_names),
+            "methods": methods, "target": explain_config.target, "overlays": explain_config.overlays,
+            "colorbar": explain_config.colorbar, "checks": explain_config.checks,
+            "deletion_steps": explain_config.deletion_steps},
         batch_size=explain_config.batch_size,
         compute=ray.data.ActorPoolStrategy(size=explain_config.concurrency),
+        num_gpus=explain_config.gpus_per_actor or None,
     )
-    rows = empty = 0
-    maps_path = out_dir / "maps.parquet"
-    with pq.ParquetWriter(maps_path, MAPS_SCHEMA) as writer:
-        for batch in mapped.iter_batches(batch_size=None):
-            writer.write_table(maps_table(batch, explain_config.method))
-            if overlay_dir is not None:
-                write_overlays(batch, class_names, overlay_dir)
-            rows += len(batch["row_id"])
-            empty += int((batch["cam"].reshape(len(batch["cam"]), -1).max(axis=1) == 0).sum())
-    return ExplainOutcome(maps_path, overlay_dir, rows, empty)
+    for block in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for table in split_by_images(block, explain_config.batch_size):
+            if "overlay" in table.column_names:
+                write_overlays(table, overlay_dir)
+                table = table.drop_columns(["overlay"])
+            shard = maps_dir / f"part-{next_index:06d}.parquet"
+            partial = maps_dir / f".{shard.name}.tmp"
+            pq.write_table(table, partial)
+            os.replace(partial, shard)  # atomic: a shard is either complete or absent
+            next_index += 1
+            if on_shard is not None:
+                on_shard(shard)
+    scores = score_methods(maps_dir)
+    write_scorecard(scores, out_dir)
+    galleries = (write_galleries(maps_dir, overlay_dir, class_names, out_dir / "galleries",
+                                 explain_config.gallery_size)
+                 if overlay_dir is not None and explain_config.gallery_size else [])
+    counts = pq.read_table(maps_dir, columns=["row_id", "empty"])
+    return ExplainOutcome(maps_dir, overlay_dir, images=len(set(counts["row_id"].to_pylist())), resumed=len(done),
+                          rows=counts.num_rows, empty_maps=int(np.sum(counts["empty"].to_numpy())),
+                          scores=scores, galleries=galleries)
 
 
-def maps_table(batch: dict, method: str) -> pa.Table:
-    count, height, width = batch["cam"].shape
-    return pa.table({
-        "row_id": pa.array(batch["row_id"].astype(str)),
-        "label": pa.array(batch["label"], pa.int64()),
-        "prediction": pa.array(batch["prediction"], pa.int64()),
-        "target": pa.array(batch["target"], pa.int64()),
-        "confidence": pa.array(batch["confidence"], pa.float32()),
-        "method": pa.array([method] * count),
-        "cam": pa.array(list(batch["cam"].reshape(count, -1)), pa.list_(pa.float16())),
-        "cam_height": pa.array([height] * count, pa.int32()),
-        "cam_width": pa.array([width] * count, pa.int32()),
-    }, schema=MAPS_SCHEMA)
+def split_by_images(table: pa.Table, images: int) -> list[pa.Table]:
+    """Ray Data merges the actors' outputs into large blocks; shards of `images` images each
+    (all of an image's maps in the same shard) keep what a crash can lose small."""
+    row_ids = list(dict.fromkeys(table["row_id"].to_pylist()))
+    return [table.filter(pc.is_in(table["row_id"], value_set=pa.array(row_ids[start:start + images])))
+            for start in range(0, len(row_ids), images)]
 
 
-def write_overlays(batch: dict, class_names: list[str], overlay_dir: Path) -> None:
-    for row_id, label, png in zip(batch["row_id"], batch["label"], batch["overlay"]):
-        folder = overlay_dir / safe_filename(class_names[int(label)])
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{safe_filename(row_id)}.png").write_bytes(png)
+def completed_shards(maps_dir: Path) -> tuple[frozenset[str], int]:
+    """The row ids already written by complete shards, and the next shard's number.
+    Partial files of a crashed write are removed."""
+    for partial in maps_dir.glob(".part-*.tmp"):
+        partial.unlink()
+    shards = sorted(path for path in maps_dir.iterdir() if SHARD.match(path.name))
+    done = frozenset(row_id for path in shards for row_id in pq.read_table(path, columns=["row_id"])["row_id"].to_pylist())
+    next_index = max((int(SHARD.match(path.name).group(1)) for path in shards), default=-1) + 1
+    return done, next_index
+
+
+def drop_rows(batch: dict, done: frozenset[str]) -> dict:
+    keep = ~np.isin(batch["row_id"].astype(str), list(done))
+    return {name: values[keep] for name, values in batch.items()}
+
+
+def write_overlays(table: pa.Table, overlay_dir: Path) -> None:
+    for relative, png in zip(table["overlay_file"].to_pylist(), table["overlay"].to_pylist()):
+        path = overlay_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png)

@@ -1,0 +1,43 @@
+"""`medray explain`: the bulk explain job for a finished run, reading that run's model.keras and
+writing into its folder (`<run>/explain/`). Re-running it after a crash resumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medray.cluster import connect
+from medray.data.pipeline import read_split
+from medray.data.sources import discover
+from medray.errors import MedrayError
+from medray.explain.bulk import ExplainOutcome, explain_split
+from medray.explain.scorecard import format_scorecard
+from medray.models.registry import get_backbone
+
+
+def explain_run(config, run_dir: str | Path) -> ExplainOutcome:
+    run_dir = Path(run_dir)
+    model_path = run_dir / "model.keras"
+    if not model_path.is_file():
+        raise MedrayError(f"{model_path} does not exist; pass --run with the folder of a finished "
+                          "`medray run` (it holds model.keras)")
+    backbone = get_backbone(config.model.backbone)
+    image_size = config.model.input_size or backbone.input_size
+    source = discover(config.data)
+    connect(config.scaling)
+    test = read_split(source, "test", image_size, config.data)
+    outcome = explain_split(test, model_path.read_bytes(), backbone.name, source.class_names, config.explain,
+                            run_dir / "explain", on_shard=None)
+    (run_dir / "explain" / "summary.txt").write_text(describe(outcome))
+    return outcome
+
+
+def describe(outcome: ExplainOutcome) -> str:
+    lines = [f"explained {outcome.images} test images ({outcome.resumed} from an earlier, interrupted run): "
+             f"{outcome.rows} maps, {outcome.empty_maps} empty",
+             format_scorecard(outcome.scores),
+             f"maps      {outcome.maps_dir}"]
+    if outcome.overlay_dir is not None:
+        lines.append(f"overlays  {outcome.overlay_dir}")
+    if outcome.galleries:
+        lines.append(f"galleries {outcome.galleries[0].parent}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,162 @@
+"""The bulk explain job through Ray Data: every test image mapped once per method, overlays,
+galleries and checks on disk, and a job killed mid-way that resumes to exactly one map per row."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from medray.cli import main
+from medray.config import load_config
+from medray.keras_setup import keras
+from medray.models.classifier import build_classifier
+from medray.models.registry import get_backbone
+
+from conftest import DEMO_CONFIG, ROOT, tiny_overrides
+
+TEST_ROWS = 24  # tiny_dataset's test split
+CLASSES = ("no_lesion", "bright_round_lesion", "dark_irregular_lesion")
+
+
+def fake_run(folder, seed=0):
+    """A run folder as `medray run` leaves it, with an untrained 32 px model."""
+    folder.mkdir(parents=True)
+    keras.utils.set_random_seed(seed)
+    model = build_classifier(get_backbone("baseline_cnn"), 32, 3, load_config(DEMO_CONFIG, [
+        "data.path=unused"]).model)
+    model.save(folder / "model.keras")
+    return folder
+
+
+def explain_args(tiny_dataset, run_dir, *overrides):
+    args = ["explain", "--config", str(DEMO_CONFIG), "--run", str(run_dir)]
+    for override in [*tiny_overrides(tiny_dataset / "parquet", run_dir.parent), *overrides]:
+        args += ["--set", override]
+    return args
+
+
+@pytest.fixture(scope="module")
+def explained(tiny_dataset, tmp_path_factory, ray_cluster):
+    run_dir = fake_run(tmp_path_factory.mktemp("runs") / "run")
+    assert main(explain_args(tiny_dataset, run_dir, "explain.method=[gradcam,hirescam]",
+                             "explain.batch_size=8", "explain.gallery_size=4")) == 0
+    return run_dir / "explain"
+
+
+def test_every_test_image_gets_one_map_per_method_with_its_prediction(explained):
+    maps = pd.read_parquet(explained / "maps")
+    assert len(maps) == 2 * TEST_ROWS
+    for method in ("gradcam", "hirescam"):
+        rows = maps[maps["method"] == method]
+        assert rows["row_id"].is_unique and len(rows) == TEST_ROWS
+    probabilities = np.stack(maps["probabilities"].to_numpy())
+    assert (maps["prediction"] == probabilities.argmax(axis=1)).all()
+    assert (maps["target"] == maps["prediction"]).all()  # explain.target: predicted
+    cams = np.stack(maps["cam"].to_numpy())
+    assert cams.dtype == np.float16 and cams.shape == (2 * TEST_ROWS, 8 * 8)
+    assert (maps["cam_height"] == 8).all() and cams.min() >= 0 and cams.max() <= 1
+
+
+def test_overlays_are_pictures_filed_by_method_and_true_class(explained):
+    maps = pd.read_parquet(explained / "maps", columns=["label", "method", "overlay_file"])
+    for label, method, relative in maps.itertuples(index=False):
+        assert relative.startswith(f"{method}/{CLASSES[label]}/")
+        with Image.open(explained / "overlays" / relative) as image:
+            assert image.mode == "RGB" and image.width >= 224
+
+
+def test_checks_are_summarised_per_method_with_localisation_from_the_masks(explained):
+    scores = json.loads((explained / "checks.json").read_text())
+    assert set(scores) == {"gradcam", "hirescam"}
+    for score in scores.values():
+        assert score["maps"] == TEST_ROWS and score["lesion_maps"] > 0
+        assert 0 <= score["pointing_game"] <= 1 and 0 < score["localisation_chance"] < 0.5
+        assert 0 <= score["deletion_auc"] <= 1 and 0 <= score["insertion_auc"] <= 1
+        assert score["randomisation_check"] in ("passed", "FAILED")
+    with Image.open(explained / "checks.png") as image:
+        assert image.width > 500
+    summary = (explained / "summary.txt").read_text()
+    assert "gradcam" in summary and "hirescam" in summary and "pointing" in summary
+
+
+def test_galleries_show_each_class_correct_and_misclassified_most_confident_first(explained):
+    names = sorted(path.name for path in (explained / "galleries").glob("*.png"))
+    assert names == sorted(f"{name}-{kind}.png" for name in CLASSES for kind in ("correct", "misclassified"))
+    with Image.open(explained / "galleries" / "no_lesion-correct.png") as image:
+        assert image.width > 200
+
+
+def test_every_class_target_writes_one_map_and_overlay_per_class(tiny_dataset, tmp_path, ray_cluster):
+    run_dir = fake_run(tmp_path / "run")
+    assert main(explain_args(tiny_dataset, run_dir, "explain.target=all", "explain.checks=false",
+                             "explain.gallery_size=0")) == 0
+    maps = pd.read_parquet(run_dir / "explain" / "maps")
+    assert len(maps) == 3 * TEST_ROWS
+    assert (maps.groupby("row_id")["target"].apply(sorted).apply(list) == [[0, 1, 2]] * TEST_ROWS).all()
+    assert maps["overlay_file"].is_unique
+    assert maps["deletion_auc"].isna().all()  # checks off
+    assert len(list((run_dir / "explain" / "overlays").rglob("*.png"))) == 3 * TEST_ROWS
+
+
+def test_a_run_folder_without_a_model_is_refused_by_name(tiny_dataset, tmp_path, capsys, ray_cluster):
+    (tmp_path / "run").mkdir()
+    assert main(explain_args(tiny_dataset, tmp_path / "run")) == 2
+    assert "model.keras does not exist" in capsys.readouterr().err
+
+
+KILLABLE_JOB = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from medray.cluster import connect
+    from medray.config import load_config
+    from medray.data.pipeline import read_split
+    from medray.data.sources import discover
+    from medray.explain.bulk import explain_split
+
+    config = load_config(sys.argv[1], sys.argv[3:])
+    run_dir = Path(sys.argv[2])
+    source = discover(config.data)
+    connect(config.scaling)
+    test = read_split(source, "test", 32, config.data)
+
+    def slowly(shard):
+        print(shard.name, flush=True)
+        time.sleep(2)  # time for the test to kill this driver between two shards
+
+    explain_split(test, (run_dir / "model.keras").read_bytes(), "baseline_cnn", source.class_names,
+                  config.explain, run_dir / "explain", on_shard=slowly)
+    print("finished", flush=True)
+""")
+
+
+def test_a_killed_job_restarted_writes_exactly_one_map_per_test_row(tiny_dataset, tmp_path, ray_cluster):
+    run_dir = fake_run(tmp_path / "run")
+    overrides = [*tiny_overrides(tiny_dataset / "parquet", tmp_path), "explain.batch_size=4",
+                 "explain.checks=false", "explain.gallery_size=0"]
+    script = tmp_path / "job.py"
+    script.write_text(KILLABLE_JOB)
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    job = subprocess.Popen([sys.executable, str(script), str(DEMO_CONFIG), str(run_dir), *overrides],
+                           stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    written = [job.stdout.readline().strip() for _ in range(2)]
+    job.send_signal(signal.SIGKILL)
+    job.wait(timeout=30)
+    assert written == ["part-000000.parquet", "part-000001.parquet"]
+    shards_before = sorted(path.name for path in (run_dir / "explain" / "maps").glob("part-*.parquet"))
+    assert 2 <= len(shards_before) < TEST_ROWS // 4  # killed part-way
+
+    assert main(explain_args(tiny_dataset, run_dir, "explain.batch_size=4", "explain.checks=false",
+                             "explain.gallery_size=0")) == 0
+    maps = pd.read_parquet(run_dir / "explain" / "maps")
+    assert len(maps) == TEST_ROWS and maps["row_id"].is_unique
+    summary = (run_dir / "explain" / "summary.txt").read_text()
+    resumed = int(summary.split("(")[1].split(" ")[0])
+    assert resumed == 4 * len(shards_before)
+    assert len(list((run_dir / "explain" / "overlays").rglob("*.png"))) == TEST_ROWS
