@@ -1,0 +1,104 @@
+"""Do the maps mean something? On phantoms, with a small CNN trained to tell the lesion classes
+apart (48 px, 240 images, 10 epochs of plain model.fit, once for this module).
+
+Measured on this machine (90 test phantoms, 36 with a lesion; the lesion covers 1.1 % of an
+image, which is the chance level of both localisation checks): Grad-CAM's pointing game 0.69,
+energy in the lesion 0.18; deletion AUC 0.30 against 0.39 for random order, insertion AUC 0.64
+against 0.38 (on the 36 lesion images 0.21 / 0.39 and 0.82 / 0.39); median rank correlation with
+the re-initialised model's maps 0.40 (HiResCAM 0.04, Score-CAM -0.85).
+"""
+
+import numpy as np
+import pytest
+
+from medray.config import ModelConfig
+from medray.data.phantoms import make_phantoms
+from medray.data.preprocess import to_model_input
+from medray.explain import checks
+from medray.explain.bulk import randomised_copy
+from medray.explain.cam import CamExplainer
+from medray.explain.scorecard import RANDOMISATION_MAX_RANK_CORR
+from medray.keras_setup import keras
+from medray.models.classifier import build_classifier
+from medray.models.registry import get_backbone
+
+SIZE = 48
+BACKBONE = get_backbone("baseline_cnn")
+LAYER = BACKBONE.cam_layers[0]
+
+
+@pytest.fixture(scope="module")
+def trained():
+    keras.utils.set_random_seed(0)
+    images, _, labels = make_phantoms(240, SIZE, seed=1)
+    model = build_classifier(BACKBONE, SIZE, 3, ModelConfig(pooling="max", dropout=0.1))
+    model.compile(keras.optimizers.Adam(2e-3), "sparse_categorical_crossentropy")
+    model.fit(to_model_input(images, BACKBONE), labels, epochs=10, batch_size=16, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def test_set():
+    images, masks, labels = make_phantoms(90, SIZE, seed=2)
+    return to_model_input(images, BACKBONE), masks, labels
+
+
+@pytest.fixture(scope="module")
+def gradcam(trained, test_set):
+    explainer = CamExplainer(trained, LAYER, "gradcam")
+    explained = explainer(test_set[0])
+    return explainer, explained.maps[("gradcam", LAYER)][:, 0], explained
+
+
+def test_the_model_separates_the_lesion_classes(trained, test_set):
+    images, _, labels = test_set
+    accuracy = (trained.predict(images, verbose=0).argmax(axis=1) == labels).mean()
+    assert accuracy > 0.75  # majority class: 0.60
+
+
+def test_grad_cam_points_at_the_lesion_far_above_chance(gradcam, test_set):
+    _, maps, _ = gradcam
+    masks = test_set[1]
+    upsampled = checks.upsample_maps(maps, (SIZE, SIZE))
+    pointing = np.nanmean(checks.pointing_game(upsampled, masks))
+    energy = np.nanmean(checks.energy_in_lesion(upsampled, masks))
+    chance = np.nanmean(checks.lesion_share(masks))
+    assert chance < 0.05
+    assert pointing > 0.4 and pointing > 10 * chance  # measured 0.69 against 0.011
+    assert energy > 5 * chance  # measured 0.18
+
+
+def test_deleting_pixels_in_grad_cam_order_hurts_the_prediction_more_than_random_order(gradcam, test_set):
+    explainer, maps, explained = gradcam
+    images, masks = test_set[0], test_set[1]
+    upsampled = checks.upsample_maps(maps, (SIZE, SIZE))
+    targets = explained.targets[:, 0]
+    deletion, insertion = checks.deletion_insertion_auc(images, upsampled, targets, explainer.probabilities, 16)
+    random_deletion, random_insertion = checks.deletion_insertion_auc(
+        images, upsampled, targets, explainer.probabilities, 16, order="random")
+    assert deletion.mean() < random_deletion.mean()  # measured 0.30 against 0.39
+    assert insertion.mean() > random_insertion.mean() + 0.1  # measured 0.64 against 0.38
+    # Where the evidence is one lesion, the map's order finds it: measured 0.21 / 0.39 and 0.82 / 0.39.
+    lesion = masks.reshape(len(masks), -1).any(axis=1)
+    assert deletion[lesion].mean() < random_deletion[lesion].mean() - 0.1
+    assert insertion[lesion].mean() > random_insertion[lesion].mean() + 0.2
+
+
+@pytest.mark.parametrize("method", ["gradcam", "hirescam", "scorecam"])
+def test_randomisation_check_passes_a_trained_model_and_fails_an_unchanged_one(trained, test_set, method):
+    images = test_set[0]
+    explained = CamExplainer(trained, LAYER, method)(images)
+    maps = explained.maps[(method, LAYER)][:, 0]
+    random_maps = CamExplainer(randomised_copy(trained), LAYER, method)(images, explained.targets).maps[
+        (method, LAYER)][:, 0]
+    trained_vs_random = np.nanmedian(checks.rank_correlation(maps, random_maps))
+    trained_vs_itself = np.nanmedian(checks.rank_correlation(maps, maps.copy()))
+    assert trained_vs_random < RANDOMISATION_MAX_RANK_CORR  # the maps depend on the learned weights
+    assert trained_vs_itself > 0.99 >= RANDOMISATION_MAX_RANK_CORR  # a model-blind map would be flagged
+
+
+def test_randomised_copy_has_the_architecture_but_not_the_weights(trained):
+    copy = randomised_copy(trained)
+    assert [layer.name for layer in copy.layers] == [layer.name for layer in trained.layers]
+    kernels = [(a, b) for a, b in zip(trained.get_weights(), copy.get_weights()) if a.ndim == 4]
+    assert kernels and all(a.shape == b.shape and not np.allclose(a, b) for a, b in kernels)
