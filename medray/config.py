@@ -98,6 +98,23 @@ class ExplainConfig(_Section):
         return [self.method] if isinstance(self.method, str) else list(dict.fromkeys(self.method))
 
 
+class ReportConfig(_Section):
+    """report.html at the end of a run (rebuild it any time with `medray report <run folder>`)."""
+
+    enabled: bool = True
+    # Misclassified test images shown per true class, most confident mistakes first.
+    examples_per_class: int = Field(16, ge=0, le=1000)
+
+
+class TrackingConfig(_Section):
+    """MLflow logging of params, per-epoch metrics and artifacts; off unless `enabled: true`."""
+
+    enabled: bool = False
+    # None: a local file store at <output.dir>/mlruns; or any MLflow URI (http://..., file:///...).
+    uri: str | None = None
+    experiment: str = Field("medray", min_length=1, max_length=200)
+
+
 class OutputConfig(_Section):
     dir: Path = Path("results")
     # None means "<name>-<UTC timestamp>".
@@ -113,6 +130,8 @@ class RunConfig(_Section):
     scaling: ScalingConfig = ScalingConfig()
     explain: ExplainConfig = ExplainConfig()
     output: OutputConfig = OutputConfig()
+    report: ReportConfig = ReportConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
     def _batch_covers_workers(self) -> RunConfig:

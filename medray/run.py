@@ -17,6 +17,8 @@ from medray.evaluate import compute_metrics, plot_confusion_matrix, predict
 from medray.explain.bulk import ExplainOutcome, explain_split
 from medray.explain.scorecard import format_scorecard
 from medray.models.registry import get_backbone
+from medray.report import build_report
+from medray.tracking import log_run
 from medray.train.trainer import TrainingOutcome, train_model
 
 
@@ -58,6 +60,12 @@ def run_job(config: RunConfig) -> RunOutcome:
                                   run_dir / "explain")
     outcome = RunOutcome(run_dir, source, training, metrics, explained)
     (run_dir / "summary.txt").write_text(summarise(outcome))
+    if config.report.enabled:
+        report = build_report(run_dir, config.report.examples_per_class)
+        with (run_dir / "summary.txt").open("a") as summary:
+            summary.write(f"  report     {report}\n")
+    if config.tracking.enabled:  # last, so that the report and plots are logged with the run
+        log_run(run_dir, config.tracking, config.output.dir)
     return outcome
 
 
