@@ -1,0 +1,269 @@
+"""CAM throughput: medray's bulk explain job against the seed notebooks' per-image loop and against
+the practical limit, a bare batched forward + backward pass in one compiled function; and the
+driver's peak memory as the test set grows from 2,000 to 20,000 images.
+
+    python jobs/benchmarks/cam_throughput.py                      # everything, as in the README
+    python jobs/benchmarks/cam_throughput.py --backbones baseline_cnn --skip-memory
+
+Every figure is measured in this run and printed; nothing is asserted. Per backbone: a model
+trained briefly on phantoms (the speed of a map does not depend on how well the model learned),
+1,024 test phantoms written as Hugging Face-style parquet, then
+  loop      the seeds' Grad-CAM: a new gradient model and one eager GradientTape per image
+  limit     activations and gradients of whole batches in one tf.function, nothing else
+  explainer medray's CamExplainer in this process (the mechanism, no Ray)
+  bulk job  medray's explain_split: Ray Data reads and decodes the parquet, an actor pool maps
+            batches, the driver writes the maps parquet; "steady" excludes actor start-up (model
+            load and tracing) by timing from the first written shard to the last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from medray.config import ExplainConfig, ModelConfig, validate_config
+from medray.data.phantoms import make_phantoms
+from medray.data.preprocess import to_model_input
+from medray.data.synth import write_demo_dataset
+from medray.keras_setup import keras, tf
+from medray.models.classifier import build_classifier
+from medray.models.registry import get_backbone
+
+SIZES = {"baseline_cnn": 64, "mobilenet_v2": 128}
+BATCH = 64
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbones", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--images", type=int, default=1024)
+    parser.add_argument("--loop-images", type=int, default=None,
+                        help="images for the per-image loop (default: --images)")
+    parser.add_argument("--memory-sizes", type=int, nargs="+", default=[2000, 20000])
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--memory-overlays", action="store_true",
+                        help="write overlay PNGs in the memory runs too (about 50 images/s on 2 CPUs)")
+    parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument("--memory-child", nargs=3, metavar=("DATA", "MODEL", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        return memory_child(*map(Path, args.memory_child), args.memory_overlays)
+
+    import ray
+
+    from medray.cluster import connect
+
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="cam-throughput-"))
+    connect(validate_config({"data": {"path": str(work)}}).scaling)
+    print(f"machine: {os.cpu_count()} CPUs, TensorFlow {tf.__version__}, Ray {ray.__version__}; work dir {work}")
+    results = {}
+    for name in args.backbones:
+        results[name] = throughput(name, SIZES[name], args.images, args.loop_images or args.images, work / name)
+    print()
+    print(f"{'backbone':<14} {'size':>5} {'loop':>8} {'limit':>8} {'explainer':>10} {'bulk':>8} {'steady':>8} "
+          f"{'bulk/loop':>10} {'steady/loop':>12} {'bulk/limit':>11} {'steady/limit':>13}   (maps/s)")
+    for name, r in results.items():
+        print(f"{name:<14} {SIZES[name]:>5} {r['loop']:>8.1f} {r['limit']:>8.1f} {r['explainer']:>10.1f} "
+              f"{r['bulk']:>8.1f} {r['steady']:>8.1f} {r['bulk'] / r['loop']:>9.1f}x {r['steady'] / r['loop']:>11.1f}x "
+              f"{r['bulk'] / r['limit']:>10.2f}x {r['steady'] / r['limit']:>12.2f}x")
+    if not args.skip_memory:
+        memory(args.memory_sizes, work / "memory", args.memory_overlays)
+
+
+def throughput(name: str, size: int, images: int, loop_images: int, work: Path) -> dict:
+    print(f"\n== {name} at {size}x{size}, {images} images ==")
+    backbone = get_backbone(name)
+    model = trained_model(backbone, size)
+    model_path = work / "model.keras"
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(model_path)
+    data = work / "data"
+    write_demo_dataset(data, train=3, val=3, test=images, size=size, seed=1)
+    test_file = next((data / "parquet").glob("test-*.parquet"))
+    test_pixels = pq.read_table(test_file)
+    # One batch per row group, so Ray Data streams the test set in blocks of one batch and the
+    # steady rate can be timed from the first block written to the last.
+    pq.write_table(test_pixels, test_file, row_group_size=BATCH)
+    from medray.data.decode import decode_gray
+
+    pixels = np.stack([decode_gray(item["bytes"], size, 10**8, where="bench")
+                       for item in test_pixels.column("image").to_pylist()])
+    inputs = to_model_input(pixels, backbone)
+    layer = backbone.cam_layers[0]
+    result = {
+        "loop": rate(loop_images, lambda: per_image_loop(model, layer, inputs[:loop_images])),
+        "limit": batched_limit(model, layer, inputs),
+        "explainer": explainer_rate(model, layer, inputs),
+    }
+    result["bulk"], result["steady"] = bulk_job_rate(data / "parquet", model_path, name, size, work / "run")
+    for key, value in result.items():
+        print(f"  {key:<10} {value:8.1f} maps/s")
+    return result
+
+
+def trained_model(backbone, size: int) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    images, _, labels = make_phantoms(256, size, seed=0)
+    model = build_classifier(backbone, size, 3, ModelConfig(backbone=backbone.name, weights="none")
+                             if "weights" in ModelConfig.model_fields else ModelConfig(backbone=backbone.name))
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    started = time.perf_counter()
+    model.fit(to_model_input(images, backbone), labels, epochs=2, batch_size=32, verbose=0)
+    print(f"  trained 2 epochs on 256 phantoms in {time.perf_counter() - started:.0f} s")
+    return model
+
+
+def rate(count: int, work) -> float:
+    started = time.perf_counter()
+    work()
+    return count / (time.perf_counter() - started)
+
+
+def per_image_loop(model: keras.Model, layer: str, inputs: np.ndarray) -> list[np.ndarray]:
+    """The seed notebooks (keras-io make_gradcam_heatmap): per image, a new gradient model and an
+    eager GradientTape on the predicted class's probability."""
+    heatmaps = []
+    for image in inputs:
+        grad_model = keras.Model(model.inputs, [model.get_layer(layer).output, model.output])
+        with tf.GradientTape() as tape:
+            conv_outputs, predictions = grad_model(image[np.newaxis])
+            class_channel = predictions[:, tf.argmax(predictions[0])]
+        grads = tape.gradient(class_channel, conv_outputs)
+        pooled_grads = tf.reduce_mean(grads, axis=(0, 1, 2))
+        heatmap = tf.squeeze(conv_outputs[0] @ pooled_grads[..., tf.newaxis])
+        heatmap = tf.maximum(heatmap, 0) / (tf.math.reduce_max(heatmap) + 1e-12)
+        heatmaps.append(heatmap.numpy())
+    return heatmaps
+
+
+def batched_limit(model: keras.Model, layer: str, inputs: np.ndarray) -> float:
+    """Activations and their gradients for whole batches in one compiled call: no weighting, no
+    normalisation, no data reading, no output. What any batched CAM method must at least pay."""
+    features = keras.Model(model.inputs, [model.get_layer(layer).output, model.output])
+
+    @tf.function(input_signature=[tf.TensorSpec((None, *inputs.shape[1:]), tf.float32)])
+    def forward_backward(images):
+        with tf.GradientTape() as tape:
+            activations, probabilities = features(images, training=False)
+            scores = tf.reduce_max(probabilities, axis=1)
+        return activations, tape.gradient(scores, activations)
+
+    forward_backward(inputs[:BATCH])  # trace once
+    return rate(len(inputs), lambda: [forward_backward(inputs[start:start + BATCH])[1].numpy()
+                                      for start in range(0, len(inputs), BATCH)])
+
+
+def explainer_rate(model: keras.Model, layer: str, inputs: np.ndarray) -> float:
+    from medray.explain.cam import CamExplainer
+
+    explainer = CamExplainer(model, layer, "gradcam")
+    explainer(inputs[:BATCH])  # trace once
+    return rate(len(inputs), lambda: [explainer(inputs[start:start + BATCH]) for start in range(0, len(inputs), BATCH)])
+
+
+def explain_settings(overlays: bool) -> ExplainConfig:
+    return ExplainConfig(method="gradcam", batch_size=BATCH, concurrency=1, overlays=overlays, checks=False,
+                         gallery_size=0)
+
+
+def bulk_job_rate(parquet: Path, model_path: Path, backbone: str, size: int, out: Path) -> tuple[float, float]:
+    from medray.data.pipeline import read_split
+    from medray.data.sources import discover
+    from medray.explain.bulk import explain_split
+
+    config = validate_config({"data": {"path": str(parquet)}, "model": {"backbone": backbone, "input_size": size}})
+    source = discover(config.data)
+    shutil.rmtree(out, ignore_errors=True)
+    written = []
+    started = time.perf_counter()
+    outcome = explain_split(read_split(source, "test", size, config.data), model_path.read_bytes(), backbone,
+                            source.class_names, explain_settings(overlays=False), out,
+                            on_shard=lambda shard: written.append((time.perf_counter(), shard)))
+    total = time.perf_counter() - started
+    first_time, first_shard = written[0]
+    first_rows = pq.read_metadata(first_shard).num_rows
+    steady = (outcome.rows - first_rows) / (written[-1][0] - first_time) if len(written) > 1 else float("nan")
+    return outcome.rows / total, steady
+
+
+def memory(sizes: list[int], work: Path, overlays: bool) -> None:
+    """Each size in a fresh driver process (same Ray cluster); peak RSS sampled during the job."""
+    import ray
+
+    print(f"\n== driver memory, baseline_cnn at 64x64, overlays {'on' if overlays else 'off'}, sizes {sizes} ==")
+    size = SIZES["baseline_cnn"]
+    model_path = work / "model.keras"
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    trained_model(get_backbone("baseline_cnn"), size).save(model_path)
+    seed_data = work / "seed"
+    write_demo_dataset(seed_data, train=3, val=3, test=256, size=size, seed=2)
+    seed_test = pq.read_table(next((seed_data / "parquet").glob("test-*.parquet")))
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    print(f"{'images':>8} {'RSS before job':>15} {'peak RSS in job':>16} {'growth':>8} {'job s':>7}")
+    for count in sizes:
+        data = work / f"data-{count}"
+        for split in ("train", "val"):
+            (data / "parquet").mkdir(parents=True, exist_ok=True)
+            shutil.copy(next((seed_data / "parquet").glob(f"{split}-*.parquet")), data / "parquet")
+        # the same 256 phantoms repeated: the driver's memory depends on how many rows, not on content
+        tiled = pa.concat_tables([seed_test] * (-(-count // seed_test.num_rows))).slice(0, count)
+        pq.write_table(tiled.replace_schema_metadata(seed_test.schema.metadata),
+                       data / "parquet" / "test-00000-of-00001.parquet", row_group_size=256)
+        child = subprocess.run([sys.executable, __file__, "--memory-child", str(data / "parquet"), str(model_path),
+                                str(work / f"run-{count}"), *(["--memory-overlays"] if overlays else [])], env=env, capture_output=True, text=True, check=True)
+        print(child.stdout.strip().splitlines()[-1])
+
+
+def memory_child(parquet: Path, model_path: Path, out: Path, overlays: bool) -> None:
+    from medray.cluster import connect
+    from medray.data.pipeline import read_split
+    from medray.data.sources import discover
+    from medray.explain.bulk import explain_split
+
+    config = validate_config({"data": {"path": str(parquet)}, "model": {"input_size": SIZES["baseline_cnn"]}})
+    connect(config.scaling)
+    source = discover(config.data)
+    before = rss_bytes()
+    peak = [before]
+    running = threading.Event()
+    running.set()
+
+    def sample():
+        while running.is_set():
+            peak[0] = max(peak[0], rss_bytes())
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.perf_counter()
+    outcome = explain_split(read_split(source, "test", SIZES["baseline_cnn"], config.data), model_path.read_bytes(),
+                            "baseline_cnn", source.class_names, explain_settings(overlays), out)
+    elapsed = time.perf_counter() - started
+    running.clear()
+    sampler.join()
+    mib = 2 ** 20
+    print(f"{outcome.images:>8} {before / mib:>11.0f} MiB {peak[0] / mib:>12.0f} MiB {(peak[0] - before) / mib:>4.0f} MiB "
+          f"{elapsed:>7.0f}")
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+if __name__ == "__main__":
+    main()
