@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import jinja2
+import pandas as pd
 
 from medray.errors import MedrayError
 from medray.report.analysis import DEFAULT_EXAMPLES_PER_CLASS
@@ -67,6 +68,7 @@ def describe_sweep(results_dir: Path) -> dict | None:
     return {
         "leaderboard": None if leaderboard is None else {
             "columns": [str(column) for column in leaderboard.columns],
+            "numeric": [pd.api.types.is_numeric_dtype(dtype) for dtype in leaderboard.dtypes],  # aligned right
             "rows": [[cell for cell in row] for row in leaderboard.itertuples(index=False)],
         },
         "models": [{"name": name, "metrics": row.to_dict(),

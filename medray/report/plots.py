@@ -129,9 +129,9 @@ def plot_class_distribution(class_counts: dict[str, dict[str, int]], path: Path)
 
 def plot_model_comparison(table: pd.DataFrame, metric_names: list[str], path: Path) -> Path:
     """A grouped bar per model: the sweep's headline metrics side by side."""
-    figure, axes = plt.subplots(figsize=(2.5 + 1.2 * len(table), 4))
+    figure, axes = plt.subplots(figsize=(4 + 1.2 * len(table), 4))
     table[metric_names].plot.bar(ax=axes, rot=20, width=0.8)
     axes.set(ylim=(0, 1.05), ylabel="Test score", title="Models side by side")
-    axes.legend(fontsize="small", loc="lower right")
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: bars reach 1.0
     axes.grid(axis="y", alpha=0.3)
     return _save(figure, path)
