@@ -59,8 +59,9 @@ def describe_sweep(results_dir: Path) -> dict | None:
     if leaderboard is None and models.empty:
         return None
     comparison = None
-    if len(models) > 1:
-        plotted = [name for name in COMPARED_METRICS if name != "expected_calibration_error" and models[name].notna().any()]
+    # Scores where higher is better share one axis; the calibration error (lower is better) stays in the table.
+    plotted = [name for name in COMPARED_METRICS if name != "expected_calibration_error" and models[name].notna().any()]
+    if len(models) > 1 and plotted:
         plot_dir = results_dir / "plots"
         plot_dir.mkdir(exist_ok=True)
         comparison = plot_model_comparison(models, plotted, plot_dir / "model_comparison.png")
@@ -69,7 +70,7 @@ def describe_sweep(results_dir: Path) -> dict | None:
         "leaderboard": None if leaderboard is None else {
             "columns": [str(column) for column in leaderboard.columns],
             "numeric": [pd.api.types.is_numeric_dtype(dtype) for dtype in leaderboard.dtypes],  # aligned right
-            "rows": [[cell for cell in row] for row in leaderboard.itertuples(index=False)],
+            "rows": [list(row) for row in leaderboard.itertuples(index=False)],
         },
         "models": [{"name": name, "metrics": row.to_dict(),
                     "report": f"{name}/{REPORT}" if (results_dir / name / REPORT).is_file() else None}

@@ -96,7 +96,6 @@ def describe_run(run_dir: Path, examples_per_class: int = DEFAULT_EXAMPLES_PER_C
         "metrics": metrics,
         "majority_share": float(support.max() / support.sum()),
         "model": config.get("model", {}),
-        "train": config.get("train", {}),
         "epochs_run": None if history is None else len(history),
         "config_text": config_text,
         "data": data,
