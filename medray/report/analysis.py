@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.dataset as ds
+from PIL import Image
 
 from medray.filenames import safe_filename
 
@@ -85,14 +86,23 @@ def misclassified_by_class(predictions: pd.DataFrame, class_names: list[str], ru
 
 
 def picture_galleries(run_dir: Path) -> list[dict]:
-    """Every PNG under `<explain>/galleries/`, one gallery per folder, paths relative to the run."""
+    """The PNGs directly in an explain folder and every PNG under its `galleries/`, one gallery per
+    folder, paths relative to the run."""
     galleries = []
     for explain_dir in explain_dirs(run_dir):
         root = explain_dir / "galleries"
-        folders: dict[Path, list[Path]] = {}
+        # The explain stage's own summary figures (e.g. checks.png) first, then its galleries.
+        folders: dict[Path, list[Path]] = {explain_dir: sorted(explain_dir.glob("*.png"))} if any(explain_dir.glob("*.png")) else {}
         for picture in sorted(root.rglob("*.png")):
             folders.setdefault(picture.parent, []).append(picture)
         galleries += [{"title": folder.relative_to(run_dir).as_posix(),
-                       "pictures": [{"path": p.relative_to(run_dir).as_posix(), "caption": p.stem} for p in pictures]}
+                       "pictures": [{"path": p.relative_to(run_dir).as_posix(), "caption": p.stem, "wide": is_wide(p)}
+                                    for p in pictures]}
                       for folder, pictures in folders.items()]
     return galleries
+
+
+def is_wide(picture: Path) -> bool:
+    """A strip of panels (e.g. checks.png) gets the page's full width, or its text is unreadable."""
+    with Image.open(picture) as image:  # reads the header only
+        return image.width > 2 * image.height
