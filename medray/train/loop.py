@@ -4,6 +4,7 @@ MultiWorkerMirroredStrategy, one report (and, on rank 0, one checkpoint) per epo
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -28,11 +29,12 @@ CRASH_AFTER_EPOCH_ENV = "MEDRAY_CRASH_AFTER_EPOCH"
 def train_loop_per_worker(loop_config: dict) -> None:
     config = RunConfig.model_validate(loop_config["run"])
     num_classes, image_size = loop_config["num_classes"], loop_config["image_size"]
-    class_weight = dict(enumerate(loop_config["class_weights"])) or None
+    class_weights = loop_config["class_weights"]
     context = ray.train.get_context()
     workers, rank = context.get_world_size(), context.get_world_rank()
     per_worker_batch = config.train.batch_size // workers
 
+    # Before any TensorFlow op runs: collective ops can only be configured at startup.
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
         # Built without pretrained weights: the driver resolved them once and sends them along,
@@ -57,10 +59,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 compile_for_phase(model, progress, config, num_classes)
             compiled_phase = progress.phase
         model.optimizer.learning_rate.assign(progress.learning_rate(config.train))
-        fitted = model.fit(as_tf_dataset(train_shard, per_worker_batch, num_classes),
-                           epochs=1, verbose=0, class_weight=class_weight)
-        validated = model.evaluate(as_tf_dataset(val_shard, per_worker_batch, num_classes),
-                                   verbose=0, return_dict=True)
+        train_batches, train_steps = per_replica_batches(strategy, train_shard, loop_config["rows"]["train"],
+                                                         per_worker_batch, workers, num_classes, class_weights)
+        fitted = model.fit(train_batches, epochs=1, steps_per_epoch=train_steps, verbose=0)
+        val_batches, val_steps = per_replica_batches(strategy, val_shard, loop_config["rows"]["val"],
+                                                     per_worker_batch, workers, num_classes, [])
+        validated = model.evaluate(val_batches, steps=val_steps, verbose=0, return_dict=True)
         metrics = {"epoch": progress.epoch + 1, "phase": progress.phase,
                    "lr": progress.learning_rate(config.train),
                    "replica_weight_spread": replica_weight_spread(model, strategy),
@@ -99,12 +103,23 @@ def compile_for_phase(model: keras.Model, progress: Progress, config: RunConfig,
     )
 
 
-def as_tf_dataset(shard, batch_size: int, num_classes: int) -> tf.data.Dataset:
-    dataset = shard.to_tf(feature_columns="image", label_columns="label", batch_size=batch_size)
-    # Ray Data has already given each worker its own rows; TensorFlow must not shard them again.
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return dataset.with_options(options).map(lambda image, label: (image, tf.one_hot(label, num_classes)))
+def per_replica_batches(strategy, shard, rows: int, per_worker_batch: int, workers: int, num_classes: int,
+                        class_weights: list[float]):
+    """This worker's Ray Data shard as batches of `per_worker_batch`, and the steps in an epoch.
+
+    Ray Data has already given each worker its own rows (an equal split). Handing the dataset to
+    Keras plainly would let tf.distribute treat its batch as the global one and split it again
+    across workers; `distribute_datasets_from_function` uses each worker's batches as they are.
+    Class weights ride along as per-sample weights: Keras refuses `class_weight` for such datasets.
+    """
+    weights = tf.constant(class_weights or [1.0] * num_classes, dtype=tf.float32)
+
+    def worker_dataset(_) -> tf.data.Dataset:
+        dataset = shard.to_tf(feature_columns="image", label_columns="label", batch_size=per_worker_batch)
+        return dataset.map(lambda image, label: (image, tf.one_hot(label, num_classes), tf.gather(weights, label)))
+
+    steps = max(1, math.ceil((rows // workers) / per_worker_batch))
+    return strategy.distribute_datasets_from_function(worker_dataset), steps
 
 
 def report_epoch(model: keras.Model, metrics: dict, progress: Progress, chief: bool) -> None:

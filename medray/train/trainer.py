@@ -40,6 +40,7 @@ def train_model(config: RunConfig, source: Source, data: TrainingData, image_siz
             "image_size": image_size,
             "class_weights": class_weights(source.class_counts["train"], config.train.class_weight),
             "initial_model": initial_model,
+            "rows": {split: source.num_rows(split) for split in ("train", "val")},
             "crash_after_epoch": os.environ.get(CRASH_AFTER_EPOCH_ENV),
         },
         scaling_config=ray.train.ScalingConfig(
