@@ -8,7 +8,7 @@ from medray.data.preprocess import to_model_input
 from medray.explain.cam import CamExplainer
 from medray.keras_setup import keras
 from medray.models.applications import APPLICATIONS
-from medray.models.classifier import build_classifier, initial_model_bytes, load_model_bytes
+from medray.models.classifier import build_classifier, initial_model_bytes, load_model_bytes, load_model_file
 from medray.models.registry import backbone_names, get_backbone
 
 
@@ -61,3 +61,11 @@ def test_imagenet_weights_come_from_keras_cache_without_network(tmp_path, monkey
 
 def test_random_init_needs_no_initial_model():
     assert initial_model_bytes(get_backbone("baseline_cnn"), 32, 2, ModelConfig()) is None
+
+
+def test_model_files_carrying_code_are_refused(tmp_path):
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Lambda(lambda x: x * 2)(inputs)
+    keras.Model(inputs, outputs).save(str(tmp_path / "lambda.keras"))
+    with pytest.raises(ValueError, match="(?i)unsafe|lambda|safe_mode"):
+        load_model_file(tmp_path / "lambda.keras")

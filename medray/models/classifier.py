@@ -29,7 +29,7 @@ def initial_model_bytes(backbone: Backbone, input_size: int, num_classes: int, m
     model = build_classifier(backbone, input_size, num_classes, model_config)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "initial.keras"
-        model.save(path)
+        model.save(str(path))  # a str: tf-keras takes a Path for legacy HDF5
         return path.read_bytes()
 
 

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -61,13 +62,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
         model.optimizer.learning_rate.assign(progress.learning_rate(config.train))
         train_batches, train_steps = per_replica_batches(strategy, train_shard, loop_config["rows"]["train"],
                                                          per_worker_batch, workers, num_classes, class_weights)
+        started = time.perf_counter()
         fitted = model.fit(train_batches, epochs=1, steps_per_epoch=train_steps, verbose=0)
+        train_seconds = time.perf_counter() - started
         val_batches, val_steps = per_replica_batches(strategy, val_shard, loop_config["rows"]["val"],
                                                      per_worker_batch, workers, num_classes, [])
         validated = model.evaluate(val_batches, steps=val_steps, verbose=0, return_dict=True)
         metrics = {"epoch": progress.epoch + 1, "phase": progress.phase,
                    "lr": progress.learning_rate(config.train),
                    "replica_weight_spread": replica_weight_spread(model, strategy),
+                   "train_seconds": train_seconds,
+                   "images_per_second": loop_config["rows"]["train"] // workers * workers / train_seconds,
                    **{name: float(values[-1]) for name, values in fitted.history.items()},
                    **{f"val_{name}": float(value) for name, value in validated.items()}}
         progress.record(metrics, config.train)
@@ -129,7 +134,7 @@ def report_epoch(model: keras.Model, metrics: dict, progress: Progress, chief: b
     collective operation, so a save on the chief alone waits for the others forever.
     """
     with tempfile.TemporaryDirectory() as directory:
-        model.save(Path(directory) / CHECKPOINT_MODEL)
+        model.save(str(Path(directory) / CHECKPOINT_MODEL))  # a str: tf-keras takes a Path for HDF5
         if not chief:
             ray.train.report(metrics)
             return
@@ -156,6 +161,6 @@ def crash_once(epoch: int, marker: str) -> None:
 
 
 def format_epoch(metrics: dict, epochs: int) -> str:
-    shown = ("loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc", "lr")
+    shown = ("loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc", "lr", "images_per_second")
     values = "  ".join(f"{name} {metrics[name]:.4g}" for name in shown if name in metrics)
     return f"epoch {metrics['epoch']}/{epochs}  {values}"
