@@ -46,7 +46,8 @@ BATCH = 64
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbones", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--backbones", nargs="*", default=list(SIZES), choices=list(SIZES),
+                        help="none: only the memory runs")
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--loop-images", type=int, default=None,
                         help="images for the per-image loop (default: --images)")
@@ -70,6 +71,13 @@ def main() -> None:
     results = {}
     for name in args.backbones:
         results[name] = throughput(name, SIZES[name], args.images, args.loop_images or args.images, work / name)
+    if results:
+        print_table(results)
+    if not args.skip_memory:
+        memory(args.memory_sizes, work / "memory", args.memory_overlays)
+
+
+def print_table(results: dict) -> None:
     print()
     print(f"{'backbone':<14} {'size':>5} {'loop':>8} {'limit':>8} {'explainer':>10} {'bulk':>8} {'steady':>8} "
           f"{'bulk/loop':>10} {'steady/loop':>12} {'bulk/limit':>11} {'steady/limit':>13}   (maps/s)")
@@ -77,8 +85,6 @@ def main() -> None:
         print(f"{name:<14} {SIZES[name]:>5} {r['loop']:>8.1f} {r['limit']:>8.1f} {r['explainer']:>10.1f} "
               f"{r['bulk']:>8.1f} {r['steady']:>8.1f} {r['bulk'] / r['loop']:>9.1f}x {r['steady'] / r['loop']:>11.1f}x "
               f"{r['bulk'] / r['limit']:>10.2f}x {r['steady'] / r['limit']:>12.2f}x")
-    if not args.skip_memory:
-        memory(args.memory_sizes, work / "memory", args.memory_overlays)
 
 
 def throughput(name: str, size: int, images: int, loop_images: int, work: Path) -> dict:

@@ -50,6 +50,7 @@ MAPS_SCHEMA = pa.schema([
     *((name, pa.float64()) for name in CHECK_COLUMNS),
 ])
 SHARD = re.compile(r"^part-(\d+)\.parquet$")
+RANDOMISATION_SEED = 2018
 
 
 @dataclass(frozen=True)
@@ -132,8 +133,10 @@ class CamActor(ModelActor):
 
 
 def randomised_copy(model: keras.Model) -> keras.Model:
-    """The same architecture with every weight re-initialised (Adebayo et al.'s randomisation test)."""
-    keras.utils.set_random_seed(0)
+    """The same architecture with every weight re-initialised (Adebayo et al.'s randomisation test).
+    Its own seed: a model built after the common set_random_seed(0) would otherwise be re-drawn
+    identically."""
+    keras.utils.set_random_seed(RANDOMISATION_SEED)
     return keras.models.clone_model(model)
 
 
@@ -206,9 +209,9 @@ def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: 
     galleries = (write_galleries(maps_dir, overlay_dir, class_names, out_dir / "galleries",
                                  explain_config.gallery_size)
                  if overlay_dir is not None and explain_config.gallery_size else [])
-    counts = pq.read_table(maps_dir, columns=["row_id", "empty"])
-    return ExplainOutcome(maps_dir, overlay_dir, images=len(set(counts["row_id"].to_pylist())), resumed=len(done),
-                          rows=counts.num_rows, empty_maps=int(np.sum(counts["empty"].to_numpy())),
+    return ExplainOutcome(maps_dir, overlay_dir, images=max((score["images"] for score in scores.values()), default=0),
+                          resumed=len(done), rows=sum(score["maps"] for score in scores.values()),
+                          empty_maps=sum(score["empty_maps"] for score in scores.values()),
                           scores=scores, galleries=galleries)
 
 

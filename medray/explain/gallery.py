@@ -16,28 +16,43 @@ from PIL import Image
 from medray.filenames import safe_filename
 
 COLUMNS = 4
+COLUMNS_READ = ["row_id", "label", "prediction", "target", "confidence", "method", "layer", "overlay_file"]
 
 
 def write_galleries(maps_dir: Path, overlay_dir: Path, class_names: list[str], out_dir: Path,
                     size: int) -> list[Path]:
-    """Two grid PNGs per class from the first method's overlays of the predicted class's map."""
-    frame = pq.read_table(maps_dir, columns=["row_id", "label", "prediction", "target", "confidence", "method",
-                                              "layer", "overlay_file"]).to_pandas()
-    if frame.empty:
+    """Two grid PNGs per class from the first method's overlays of the predicted class's map.
+
+    Shards are read one at a time, keeping only the `size` most confident rows of each gallery.
+    """
+    shards = sorted(maps_dir.glob("part-*.parquet"))
+    if not shards:
         return []
-    frame = frame[(frame["method"] == frame["method"].iloc[0]) & (frame["layer"] == frame["layer"].iloc[0])]
-    if frame["row_id"].duplicated().any():  # several target classes per image: show the predicted one
-        frame = frame[frame["target"] == frame["prediction"]]
+    first = pq.read_table(shards[0], columns=["method", "layer"]).slice(0, 1).to_pylist()[0]
+    candidates = counts = None
+    for shard in shards:
+        rows = pq.read_table(shard, columns=COLUMNS_READ).to_pandas()
+        rows = rows[(rows["method"] == first["method"]) & (rows["layer"] == first["layer"])]
+        if rows["row_id"].duplicated().any():  # several target classes per image: show the predicted one
+            rows = rows[rows["target"] == rows["prediction"]]
+        rows = rows.assign(correct=rows["label"] == rows["prediction"])
+        merged = rows if candidates is None else pd.concat([candidates, rows])
+        candidates = (merged.sort_values(["confidence", "row_id"], ascending=[False, True])
+                      .groupby(["label", "correct"], sort=False).head(size))
+        totals = rows.groupby(["label", "correct"]).size()
+        counts = totals if counts is None else counts.add(totals, fill_value=0)
+    frame, method = candidates, first["method"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    method = frame["method"].iloc[0] if len(frame) else ""
     written = []
     for label, name in enumerate(class_names):
         rows = frame[frame["label"] == label].sort_values(["confidence", "row_id"], ascending=[False, True])
-        for kind, chosen in (("correct", rows[rows["prediction"] == label]),
-                             ("misclassified", rows[rows["prediction"] != label])):
+        in_class = int(counts.get((label, True), 0) + counts.get((label, False), 0))
+        for kind, correct in (("correct", True), ("misclassified", False)):
+            chosen = rows[rows["correct"] == correct]
             path = out_dir / f"{safe_filename(name)}-{kind}.png"
             plot_gallery(chosen.head(size), overlay_dir, class_names,
-                         f"{name}: {kind} ({len(chosen)} of {len(rows)}), {method}, most confident first", path)
+                         f"{name}: {kind} ({int(counts.get((label, correct), 0))} of {in_class}), {method}, "
+                         "most confident first", path)
             written.append(path)
     return written
 

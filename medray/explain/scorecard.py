@@ -10,43 +10,58 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 import pyarrow.parquet as pq
 
 # Adebayo et al.: a map that still ranks pixels alike after the weights are re-initialised shows
 # the architecture, not what the model learned. A median Spearman rho at or above this fails.
 RANDOMISATION_MAX_RANK_CORR = 0.5
-SUMMARY_COLUMNS = ("row_id", "method", "empty", "pointing_game", "energy_in_lesion", "lesion_share", "deletion_auc",
-                   "insertion_auc", "random_order_deletion_auc", "random_order_insertion_auc",
-                   "random_model_rank_corr")
+NUMBER_COLUMNS = ("empty", "pointing_game", "energy_in_lesion", "lesion_share", "deletion_auc", "insertion_auc",
+                  "random_order_deletion_auc", "random_order_insertion_auc", "random_model_rank_corr")
+SUMMARY_COLUMNS = ("row_id", "method", *NUMBER_COLUMNS)
 
 
 def score_methods(maps_dir: Path) -> dict:
-    """{method: {figure: value}} over every map in the shards of `maps_dir`."""
-    if not any(maps_dir.glob("part-*.parquet")):
-        return {}
-    frame = pq.read_table(maps_dir, columns=list(SUMMARY_COLUMNS)).to_pandas()
-    return {method: _score(rows) for method, rows in frame.groupby("method", sort=False)}
+    """{method: {figure: value}} over every map in the shards of `maps_dir`.
+
+    Shards are read one at a time and only their numbers are kept (a few bytes a map), so the
+    driver's memory does not grow with the number of images; each image's maps are all in one
+    shard, so distinct row ids per shard add up to the images.
+    """
+    columns: dict[str, dict[str, list[np.ndarray]]] = {}
+    images: dict[str, int] = {}
+    for shard in sorted(maps_dir.glob("part-*.parquet")):
+        table = pq.read_table(shard, columns=list(SUMMARY_COLUMNS))
+        methods = table["method"].to_numpy(zero_copy_only=False)
+        row_ids = table["row_id"].to_numpy(zero_copy_only=False)
+        for method in dict.fromkeys(methods):
+            chosen = methods == method
+            images[method] = images.get(method, 0) + len(set(row_ids[chosen]))
+            store = columns.setdefault(method, {name: [] for name in NUMBER_COLUMNS})
+            for name in NUMBER_COLUMNS:
+                store[name].append(table[name].to_numpy(zero_copy_only=False)[chosen].astype(np.float32))
+    return {method: _score({name: np.concatenate(parts) for name, parts in store.items()}, images[method])
+            for method, store in columns.items()}
 
 
-def _score(rows: pd.DataFrame) -> dict:
-    def mean(column: str) -> float | None:
-        values = rows[column].dropna()
-        return None if values.empty else float(values.mean())
+def _score(values: dict[str, np.ndarray], images: int) -> dict:
+    def mean(name: str, where: np.ndarray | None = None) -> float | None:
+        column = values[name] if where is None else values[name][where]
+        column = column[~np.isnan(column)]
+        return None if column.size == 0 else float(column.mean())
 
-    with_lesion = rows.dropna(subset=["pointing_game"])
-    rank_corr = rows["random_model_rank_corr"].dropna()
-    median_corr = None if rank_corr.empty else float(rank_corr.median())
+    with_lesion = ~np.isnan(values["pointing_game"])
+    rank_corr = values["random_model_rank_corr"][~np.isnan(values["random_model_rank_corr"])]
+    median_corr = None if rank_corr.size == 0 else float(np.median(rank_corr))
     return {
-        "maps": int(len(rows)),
-        "images": int(rows["row_id"].nunique()),
-        "empty_share": float(rows["empty"].mean()),
-        "empty_maps": int(rows["empty"].sum()),
-        "lesion_maps": int(len(with_lesion)),
+        "maps": int(values["empty"].size),
+        "images": int(images),
+        "empty_share": float(values["empty"].mean()),
+        "empty_maps": int(values["empty"].sum()),
+        "lesion_maps": int(with_lesion.sum()),
         "pointing_game": mean("pointing_game"),
         "energy_in_lesion": mean("energy_in_lesion"),
         # the lesion's area share: what a map with no information scores on both
-        "localisation_chance": None if with_lesion.empty else float(with_lesion["lesion_share"].mean()),
+        "localisation_chance": mean("lesion_share", with_lesion) if with_lesion.any() else None,
         "deletion_auc": mean("deletion_auc"),
         "random_order_deletion_auc": mean("random_order_deletion_auc"),
         "insertion_auc": mean("insertion_auc"),
