@@ -112,3 +112,14 @@ def test_a_layer_the_model_does_not_have_is_refused_by_name(model):
 def test_an_unknown_method_is_refused_with_the_choices(model):
     with pytest.raises(MedrayError, match="gradcam, gradcam\\+\\+, hirescam, scorecam"):
         CamExplainer(model, LAYER, "eigencam")
+
+
+def test_the_registry_ensemble_gets_a_map_for_each_of_its_branches():
+    backbone = get_backbone("ensemble")
+    model = build_classifier(backbone, 64, 3, ModelConfig(backbone="ensemble", weights="none"))
+    images = np.random.default_rng(2).random((2, 64, 64, 3)).astype(np.float32) * 255
+    explained = CamExplainer(model, backbone.cam_layers, "gradcam")(images)
+    assert len(backbone.cam_layers) == 2
+    for layer in backbone.cam_layers:  # MobileNetV2 and DenseNet169 both reduce 64 px to a 2 x 2 grid
+        maps = explained.maps[("gradcam", layer)]
+        assert maps.shape == (2, 1, 2, 2) and maps.min() >= 0 and maps.max() <= 1
