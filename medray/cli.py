@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the run's folder (holds model.keras), e.g. results/demo-20261123-053822")
     explain.set_defaults(command=command_explain)
 
+    resume = commands.add_parser("resume", help="continue a run whose driver was killed, from its checkpoints")
+    resume.add_argument("run_dir", help="the run's folder, e.g. results/demo-20261123-053822")
+    resume.set_defaults(command=command_resume)
+
     data = commands.add_parser("data", help="dataset tools").add_subparsers(required=True, metavar="TOOL")
     synth = data.add_parser("synth", help="write the synthetic brain-MRI phantom dataset")
     synth.add_argument("--out", required=True, help="folder to write parquet/, folders/ and masks/ into")
@@ -72,6 +76,19 @@ def command_run(args: argparse.Namespace) -> None:
 
     config = load_config(args.config, args.overrides)
     outcome = run_job(config)
+    print((outcome.run_dir / "summary.txt").read_text(), end="")
+
+
+def command_resume(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from medray.config import load_config
+    from medray.run import run_job
+
+    config_path = Path(args.run_dir) / "config.yaml"
+    if not config_path.is_file():
+        raise MedrayError(f"{args.run_dir} holds no config.yaml; pass the folder of a run medray started")
+    outcome = run_job(load_config(config_path))
     print((outcome.run_dir / "summary.txt").read_text(), end="")
 
 

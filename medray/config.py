@@ -7,8 +7,9 @@ errors name the dotted key, the bad value and what is allowed, in one line each.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -44,11 +45,24 @@ class DataConfig(_Section):
 
 class ModelConfig(_Section):
     backbone: str = "baseline_cnn"
+    # "none" (random init), "imagenet" (Keras's cache, ~/.keras/models) or a path to a weights file
+    weights: str = "none"
+    # Phase one: "all" (pretrained base frozen), "none" (everything trains) or N (top N base layers train)
+    freeze: Literal["all", "none"] | Annotated[int, Field(ge=0)] = "all"
+    head_units: int = Field(128, ge=1, le=65_536)
     # Side of the square model input; None means the backbone's own default.
     input_size: int | None = Field(None, ge=16, le=1024)
     # Global max pooling finds a small lesion anywhere; average pooling dilutes it.
     pooling: Literal["max", "avg"] = "max"
     dropout: float = Field(0.3, ge=0, lt=1)
+
+
+class FineTuneConfig(_Section):
+    """Phase two of transfer learning: after train.epochs, unfreeze the top layers at a lower rate."""
+
+    epochs: int = Field(0, ge=0, le=10_000)
+    layers: int = Field(20, ge=1)
+    lr: float = Field(1e-5, gt=0, le=10)
 
 
 class TrainConfig(_Section):
@@ -59,6 +73,14 @@ class TrainConfig(_Section):
     class_weight: Literal["none", "balanced"] = "balanced"
     # The validation metric that picks the exported model; loss has no ties, unlike a saturated AUC.
     monitor: Literal["val_loss", "val_auc", "val_accuracy"] = "val_loss"
+    # Stop after this many epochs without improvement of `monitor`; 0 never stops early.
+    early_stopping_patience: int = Field(5, ge=0)
+    # Multiply the learning rate by lr_plateau_factor after this many epochs without improvement.
+    lr_plateau_patience: int = Field(2, ge=0)
+    lr_plateau_factor: float = Field(0.5, gt=0, lt=1)
+    fine_tune: FineTuneConfig = FineTuneConfig()
+    # Worker-group restarts (from the latest checkpoint) before the run fails.
+    max_failures: int = Field(2, ge=0, le=100)
 
     @property
     def monitor_mode(self) -> Literal["min", "max"]:
@@ -134,13 +156,21 @@ class RunConfig(_Section):
     tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
-    def _batch_covers_workers(self) -> RunConfig:
+    def _consistent(self) -> RunConfig:
         if self.train.batch_size < self.scaling.num_workers:
             raise ValueError(
                 f"train.batch_size={self.train.batch_size} is smaller than "
                 f"scaling.num_workers={self.scaling.num_workers}; the global batch is split "
                 "across workers, so it needs at least one row per worker"
             )
+        if self.train.fine_tune.epochs and self.model.backbone == "baseline_cnn":
+            raise ValueError("train.fine_tune.epochs needs a pretrained backbone; baseline_cnn trains "
+                             "from scratch in one phase, so set train.fine_tune.epochs=0")
+        if self.model.weights not in ("none", "imagenet") and not Path(self.model.weights).is_file():
+            raise ValueError(f"model.weights={self.model.weights!r} is neither none, imagenet nor an "
+                             "existing weights file")
+        if self.model.weights != "none" and self.model.backbone == "baseline_cnn":
+            raise ValueError("model.weights: baseline_cnn has no pretrained weights; use weights: none")
         return self
 
 
@@ -164,7 +194,7 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as error:
-        lines = [describe_error(item) for item in error.errors()]
+        lines = _merge_union_errors([describe_error(item) for item in error.errors()])
         raise MedrayError(f"{source}: " + "; ".join(lines)) from None
 
 
@@ -183,8 +213,12 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     node[leaf] = yaml.safe_load(text) if text.strip() else None
 
 
+# Pydantic names the alternatives of a union in the location ("literal['all','none']", "int").
+_UNION_TAG = re.compile(r"[\[\]'-]|^(int|float|str|bool)$")
+
+
 def describe_error(item: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in item["loc"])
+    key = ".".join(str(part) for part in item["loc"] if not _UNION_TAG.search(str(part)))
     if item["type"] == "extra_forbidden":
         return f"unknown key {key}{_suggestion(item['loc'])}"
     if item["type"] == "missing":
@@ -192,6 +226,15 @@ def describe_error(item: dict[str, Any]) -> str:
     if not key:  # a cross-field check: its message names the keys itself
         return item["msg"].removeprefix("Value error, ")
     return f"{key}={item.get('input')!r} is not allowed: {item['msg']}"
+
+
+def _merge_union_errors(lines: list[str]) -> list[str]:
+    """One line per key: a value that fits no alternative of a union lists every alternative's rule."""
+    merged: dict[str, str] = {}
+    for line in lines:
+        head, sep, rule = line.partition(" is not allowed: ")
+        merged[head] = f"{merged[head]} or {rule}" if sep and head in merged else line
+    return list(merged.values())
 
 
 def _suggestion(loc: tuple) -> str:

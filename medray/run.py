@@ -16,6 +16,8 @@ from medray.data.sources import SPLITS, Source, discover
 from medray.evaluate import compute_metrics, plot_confusion_matrix, predict
 from medray.explain.bulk import ExplainOutcome, explain_split
 from medray.explain.scorecard import format_scorecard
+from medray.errors import MedrayError
+from medray.models.classifier import initial_model_bytes
 from medray.models.registry import get_backbone
 from medray.report import build_report
 from medray.tracking import log_run
@@ -36,13 +38,16 @@ def run_job(config: RunConfig) -> RunOutcome:
     backbone = get_backbone(config.model.backbone)
     image_size = config.model.input_size or backbone.input_size
     source = discover(config.data)
+    initial_model = pretrained_model(backbone, image_size, len(source.class_names), config.model)
     run_dir = create_run_dir(config)
+    # The saved config names its run, so `medray resume <run-dir>` continues this very run.
+    config = config.model_copy(update={"output": config.output.model_copy(update={"run_id": run_dir.name})})
     (run_dir / "config.yaml").write_text(to_yaml(config))
     (run_dir / "data.json").write_text(json.dumps(describe_source(source), indent=2))
 
     connect(config.scaling)
     training = train_model(config, source, training_data(source, backbone, image_size, config),
-                           image_size, run_dir)
+                           image_size, run_dir, initial_model)
     pd.DataFrame(training.history).to_csv(run_dir / "history.csv", index=False)
 
     model_bytes = training.model_path.read_bytes()
@@ -67,6 +72,16 @@ def run_job(config: RunConfig) -> RunOutcome:
     if config.tracking.enabled:  # last, so that the report and plots are logged with the run
         log_run(run_dir, config.tracking, config.output.dir)
     return outcome
+
+
+def pretrained_model(backbone, image_size: int, num_classes: int, model_config) -> bytes | None:
+    try:
+        return initial_model_bytes(backbone, image_size, num_classes, model_config)
+    except (OSError, ValueError) as error:  # a failed download, or weights of the wrong shape
+        raise MedrayError(
+            f"model.weights={model_config.weights!r} for {backbone.name}: {error}; on machines without "
+            "internet, pre-fetch ImageNet weights into ~/.keras/models (see README) or pass a weights file"
+        ) from None
 
 
 def create_run_dir(config: RunConfig) -> Path:
@@ -101,6 +116,7 @@ def summarise(outcome: RunOutcome) -> str:
           for split in SPLITS),
         f"  training   {len(training.history)} epochs, best epoch {training.best_epoch} "
         f"(val_loss {training.best_metrics['val_loss']:.4f}, val_auc {training.best_metrics['val_auc']:.4f})",
+        *(f"  stopped    {reason}" for reason in training.stop_reasons),
         f"  test       accuracy {metrics['accuracy']:.4f} (majority class {chance:.4f})  "
         f"macro F1 {metrics['macro_f1']:.4f}  ROC AUC {auc}",
     ]
