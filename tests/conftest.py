@@ -23,6 +23,24 @@ def tiny_overrides(data_path: Path, output_dir: Path) -> list[str]:
             "train.epochs=2", "train.batch_size=16", "explain.batch_size=16"]
 
 
+def cli_args(overrides: list[str]) -> list[str]:
+    """`medray run` on the demo config with these overrides, as the CLI receives it."""
+    args = ["run", "--config", str(DEMO_CONFIG)]
+    for override in overrides:
+        args += ["--set", override]
+    return args
+
+
+@pytest.fixture(scope="session")
+def finished_run(tiny_dataset, tmp_path_factory, ray_cluster) -> Path:
+    """One full run of the demo config on the tiny dataset, shared by every test that reads outputs."""
+    from medray.cli import main
+
+    out = tmp_path_factory.mktemp("results")
+    assert main(cli_args([*tiny_overrides(tiny_dataset / "parquet", out), "output.run_id=tiny"])) == 0
+    return out / "tiny"
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     from medray.data.synth import write_demo_dataset

@@ -8,14 +8,11 @@ import pytest
 
 from medray.cli import main
 
-from conftest import DEMO_CONFIG, tiny_overrides
+from conftest import cli_args, tiny_overrides
 
 
 def run_cli(overrides: list[str]) -> int:
-    args = ["run", "--config", str(DEMO_CONFIG)]
-    for override in overrides:
-        args += ["--set", override]
-    return main(args)
+    return main(cli_args(overrides))
 
 
 def one_error_line(capsys) -> str:

@@ -10,20 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from medray.cli import main
 from medray.models.classifier import load_model_file
 
-from conftest import DEMO_CONFIG, tiny_overrides
-
-
-@pytest.fixture(scope="module")
-def finished_run(tiny_dataset, tmp_path_factory, ray_cluster):
-    out = tmp_path_factory.mktemp("results")
-    args = ["run", "--config", str(DEMO_CONFIG)]
-    for override in [*tiny_overrides(tiny_dataset / "parquet", out), "output.run_id=tiny"]:
-        args += ["--set", override]
-    assert main(args) == 0
-    return out / "tiny"
 
 
 def test_run_writes_config_metrics_and_confusion_matrix(finished_run):

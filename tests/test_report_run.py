@@ -22,9 +22,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medray.cli import main
-
-from conftest import DEMO_CONFIG, tiny_overrides
 from test_report_build import RUN_PLOTS, image_sources
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -35,16 +32,6 @@ PAGE_PROBE = """JSON.stringify({
                                          e => [e.dataset.metric, e.innerText])),
   sections: Array.from(document.querySelectorAll('h2'), h => h.innerText),
   height: document.documentElement.scrollHeight})"""
-
-
-@pytest.fixture(scope="module")
-def finished_run(tiny_dataset, tmp_path_factory, ray_cluster):
-    out = tmp_path_factory.mktemp("results")
-    args = ["run", "--config", str(DEMO_CONFIG)]
-    for override in [*tiny_overrides(tiny_dataset / "parquet", out), "output.run_id=report"]:
-        args += ["--set", override]
-    assert main(args) == 0
-    return out / "report"
 
 
 def shown_metrics(html: str) -> dict[str, str]:

@@ -18,7 +18,7 @@ from ray.train.tensorflow import TensorflowTrainer
 from medray.cli import main
 from medray.train.loop import CRASH_AFTER_EPOCH_ENV
 
-from conftest import DEMO_CONFIG, ROOT, tiny_overrides
+from conftest import ROOT, cli_args, tiny_overrides
 
 GLOBAL_BATCH, STEPS = 16, 4
 # Ray workers cannot import this test module, so its train function travels by value.
@@ -86,13 +86,6 @@ def test_two_workers_stay_in_sync_and_match_one_worker_on_the_same_global_batche
 def run_overrides(data: Path, out: Path, run_id: str, epochs: int) -> list[str]:
     return [*tiny_overrides(data, out), f"output.run_id={run_id}", f"train.epochs={epochs}",
             "train.early_stopping_patience=0", "explain.enabled=false"]
-
-
-def cli_args(overrides: list[str]) -> list[str]:
-    args = ["run", "--config", str(DEMO_CONFIG)]
-    for override in overrides:
-        args += ["--set", override]
-    return args
 
 
 def test_a_worker_crash_resumes_from_the_last_checkpoint_without_redoing_epochs(
