@@ -31,7 +31,7 @@ def fake_run(folder, seed=0):
     keras.utils.set_random_seed(seed)
     model = build_classifier(get_backbone("baseline_cnn"), 32, 3, load_config(DEMO_CONFIG, [
         "data.path=unused"]).model)
-    model.save(folder / "model.keras")
+    model.save(str(folder / "model.keras"))  # a str: tf-keras writes legacy HDF5 for a Path
     return folder
 
 

@@ -93,7 +93,7 @@ def throughput(name: str, size: int, images: int, loop_images: int, work: Path) 
     model = trained_model(backbone, size)
     model_path = work / "model.keras"
     model_path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(model_path)
+    model.save(str(model_path))  # a str: tf-keras writes legacy HDF5 for a Path
     data = work / "data"
     write_demo_dataset(data, train=3, val=3, test=images, size=size, seed=1)
     test_file = next((data / "parquet").glob("test-*.parquet"))
@@ -211,7 +211,7 @@ def memory(sizes: list[int], work: Path, overlays: bool) -> None:
     size = SIZES["baseline_cnn"]
     model_path = work / "model.keras"
     model_path.parent.mkdir(parents=True, exist_ok=True)
-    trained_model(get_backbone("baseline_cnn"), size).save(model_path)
+    trained_model(get_backbone("baseline_cnn"), size).save(str(model_path))
     seed_data = work / "seed"
     write_demo_dataset(seed_data, train=3, val=3, test=256, size=size, seed=2)
     seed_test = pq.read_table(next((seed_data / "parquet").glob("test-*.parquet")))
