@@ -8,6 +8,11 @@ from pathlib import Path
 from medray.keras_setup import keras
 from medray.models.registry import Backbone
 
+# Always the zip format, where safe_mode refuses code. Left to infer it from ".keras", tf-keras
+# switches to legacy HDF5 after its first save in any thread but the main one (its v3 flag is
+# thread-local and restored to False), and Ray Train runs the training loop in such a thread.
+KERAS_V3 = "keras_v3"
+
 
 def build_classifier(backbone: Backbone, input_size: int, num_classes: int, model_config) -> keras.Model:
     return backbone.build(input_size, backbone.channels, num_classes, model_config)
@@ -29,7 +34,7 @@ def initial_model_bytes(backbone: Backbone, input_size: int, num_classes: int, m
     model = build_classifier(backbone, input_size, num_classes, model_config)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "initial.keras"
-        model.save(str(path))  # a str: tf-keras takes a Path for legacy HDF5
+        model.save(path, save_format=KERAS_V3)
         return path.read_bytes()
 
 

@@ -16,7 +16,7 @@ import ray.train
 from medray.config import RunConfig
 from medray.keras_setup import keras, tf
 from medray.models.applications import set_trainable_top
-from medray.models.classifier import build_classifier, copy_weights, load_model_bytes, load_model_file
+from medray.models.classifier import KERAS_V3, build_classifier, copy_weights, load_model_bytes, load_model_file
 from medray.models.registry import get_backbone
 from medray.train.progress import Progress
 
@@ -134,7 +134,7 @@ def report_epoch(model: keras.Model, metrics: dict, progress: Progress, chief: b
     collective operation, so a save on the chief alone waits for the others forever.
     """
     with tempfile.TemporaryDirectory() as directory:
-        model.save(str(Path(directory) / CHECKPOINT_MODEL))  # a str: tf-keras takes a Path for HDF5
+        model.save(Path(directory) / CHECKPOINT_MODEL, save_format=KERAS_V3)
         if not chief:
             ray.train.report(metrics)
             return
