@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import ray
 
+from medray.data.pipeline import one_batch_per_block
 from medray.models.actor import ModelActor
-from medray.report import plots
 from medray.report.metrics import classification_metrics, prediction_arrays
 
 
@@ -23,7 +21,7 @@ class Predictor(ModelActor):
 def predict(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: str, class_names: list[str],
             batch_size: int, concurrency: int) -> pd.DataFrame:
     """One row per image: row_id, label, prediction, confidence and the class probabilities."""
-    scored = decoded.map_batches(
+    scored = one_batch_per_block(decoded, batch_size).map_batches(
         Predictor, fn_constructor_kwargs={"model_bytes": model_bytes, "backbone_name": backbone_name},
         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency),
     )
@@ -47,6 +45,3 @@ def compute_metrics(predictions: pd.DataFrame, class_names: list[str]) -> dict:
     """metrics.json: the scikit-learn scores of the predictions table (see medray.report.metrics)."""
     return classification_metrics(*prediction_arrays(predictions), class_names)
 
-
-def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path) -> None:
-    plots.plot_confusion_matrix(matrix, class_names, path)

@@ -13,13 +13,14 @@ from medray.cluster import connect
 from medray.config import RunConfig, to_yaml
 from medray.data.pipeline import read_split, training_data
 from medray.data.sources import SPLITS, Source, discover
-from medray.evaluate import compute_metrics, plot_confusion_matrix, predict
+from medray.evaluate import compute_metrics, predict
 from medray.explain.bulk import ExplainOutcome, explain_split
 from medray.explain.scorecard import format_scorecard
 from medray.errors import MedrayError
 from medray.models.classifier import initial_model_bytes
 from medray.models.registry import get_backbone
 from medray.report import build_report
+from medray.report.plots import plot_confusion_matrix
 from medray.tracking import log_run
 from medray.train.trainer import TrainingOutcome, train_model
 

@@ -103,6 +103,16 @@ def _rows(row_ids: list, pixels: list, labels: list, image_size: int) -> dict:
     }
 
 
+def one_batch_per_block(decoded: ray.data.Dataset, batch_size: int) -> ray.data.Dataset:
+    """Decoded rows re-blocked for an actor pool (prediction, CAMs).
+
+    Rows arrive in blocks of whole parquet row groups, and an actor's task would bundle enough of
+    those to make one batch: the whole test set in one task, on one actor. One batch per block
+    (streamed, no shuffle) spreads batches over the pool and lets results reach the driver early.
+    """
+    return decoded.repartition(target_num_rows_per_block=batch_size)
+
+
 def training_data(source: Source, backbone: Backbone, image_size: int, config) -> TrainingData:
     """Train rows augmented afresh every epoch, validation rows as they are; both preprocessed."""
     augment = config.data.augment

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
+from medray.data.pipeline import one_batch_per_block
 from medray.errors import MedrayError
 from medray.explain import checks
 from medray.explain.cam import CamExplainer
@@ -176,11 +177,7 @@ def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: 
     overlay_dir = out_dir / "overlays" if explain_config.overlays else None
     done, next_index = completed_shards(maps_dir)
     todo = decoded if not done else decoded.map_batches(drop_rows, fn_kwargs={"done": done})
-    # Decoded rows arrive in blocks of whole parquet row groups, and an actor's task would bundle
-    # enough of those *pieces* to make one batch: the whole test set in one task, on one actor.
-    # Re-blocking to one batch per block (streamed, no shuffle) spreads batches over the pool and
-    # lets shards reach the driver as they are computed.
-    todo = todo.repartition(target_num_rows_per_block=explain_config.batch_size)
+    todo = one_batch_per_block(todo, explain_config.batch_size)
     mapped = todo.map_batches(
         CamActor,
         fn_constructor_kwargs={
