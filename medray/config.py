@@ -36,7 +36,6 @@ class DataConfig(_Section):
     label_column: str = "label"
     # Optional lesion masks (image struct or binary), read for the test split to score CAMs.
     mask_column: str | None = "mask"
-    mask_column: str | None = "mask"
     # Overrides the class names found in the data (Hugging Face metadata or folder names).
     class_names: list[str] | None = None
     max_image_pixels: int = Field(50_000_000, gt=0)
