@@ -29,16 +29,41 @@ class AugmentConfig(_Section):
     rotation_degrees: float = Field(10.0, ge=0, le=180)
 
 
+class SplitConfig(_Section):
+    """The stratified split medray makes when a dataset has none (folders of root/<class>/*)."""
+
+    train: float = Field(0.7, gt=0, lt=1)
+    val: float = Field(0.15, gt=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+    # Its own seed: changing the augmentation seed must not move images between splits.
+    seed: int = Field(0, ge=0, lt=2**32)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitConfig:
+        if abs(self.train + self.val + self.test - 1.0) > 1e-6:
+            raise ValueError(f"data.split: train {self.train} + val {self.val} + test {self.test} must add up to 1")
+        return self
+
+
 class DataConfig(_Section):
     source: Literal["parquet", "folders", "npz"] = "parquet"
-    path: Path
+    # A folder, a file, a glob (`data/*.parquet`) or a list of them.
+    path: Path | list[Path]
     image_column: str = "image"
+    # A parquet column of image file paths (relative to the parquet file's folder), instead of image_column.
+    path_column: str | None = None
+    # Integer class indices or class-name strings.
     label_column: str = "label"
     # Optional lesion masks (image struct or binary), read for the test split to score CAMs.
     mask_column: str | None = "mask"
     # Overrides the class names found in the data (Hugging Face metadata or folder names).
     class_names: list[str] | None = None
     max_image_pixels: int = Field(50_000_000, gt=0)
+    # error: stop at the first unusable row, naming it; skip: leave such rows out, counted in data.json.
+    on_bad_image: Literal["error", "skip"] = "error"
+    split: SplitConfig = SplitConfig()
+    # A manifest written by `medray data inspect --dedupe`, used instead of building one.
+    manifest: Path | None = None
     augment: AugmentConfig = AugmentConfig()
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 
 from medray.cluster import connect
 from medray.config import RunConfig, to_yaml
+from medray.data.manifest import describe_data_report, prepare_source
 from medray.data.pipeline import read_split, training_data
 from medray.data.sources import SPLITS, Source, discover
 from medray.evaluate import compute_metrics, predict
@@ -44,9 +45,12 @@ def run_job(config: RunConfig) -> RunOutcome:
     # The saved config names its run, so `medray resume <run-dir>` continues this very run.
     config = config.model_copy(update={"output": config.output.model_copy(update={"run_id": run_dir.name})})
     (run_dir / "config.yaml").write_text(to_yaml(config))
-    (run_dir / "data.json").write_text(json.dumps(describe_source(source), indent=2))
 
     connect(config.scaling)
+    # The manifest (built once, reused on resume) decides the rows every stage sees.
+    source, data_report = prepare_source(source, config.data, run_dir)
+    (run_dir / "data.json").write_text(json.dumps(data_report, indent=2))
+    print(describe_data_report(data_report))
     training = train_model(config, source, training_data(source, backbone, image_size, config),
                            image_size, run_dir, initial_model)
     pd.DataFrame(training.history).to_csv(run_dir / "history.csv", index=False)
@@ -96,15 +100,6 @@ def create_run_dir(config: RunConfig) -> Path:
     return run_dir.resolve()
 
 
-def describe_source(source: Source) -> dict:
-    return {
-        "kind": source.kind,
-        "path": str(source.path),
-        "class_names": source.class_names,
-        "class_counts": {split: dict(zip(source.class_names, source.class_counts[split])) for split in SPLITS},
-    }
-
-
 def summarise(outcome: RunOutcome) -> str:
     metrics, training, source = outcome.metrics, outcome.training, outcome.source
     chance = max(source.class_counts["test"]) / source.num_rows("test")
@@ -117,6 +112,7 @@ def summarise(outcome: RunOutcome) -> str:
           for split in SPLITS),
         f"  training   {len(training.history)} epochs, best epoch {training.best_epoch} "
         f"(val_loss {training.best_metrics['val_loss']:.4f}, val_auc {training.best_metrics['val_auc']:.4f})",
+        *([f"  left out   {len(source.rejected)} rows (see data.json)"] if source.rejected else []),
         *(f"  stopped    {reason}" for reason in training.stop_reasons),
         f"  test       accuracy {metrics['accuracy']:.4f} (majority class {chance:.4f})  "
         f"macro F1 {metrics['macro_f1']:.4f}  ROC AUC {auc}",

@@ -2,13 +2,17 @@
 
 Discovery reads only listings and parquet metadata plus the label column, so a missing path, an
 empty split or a single class stops the run in a second with a sentence, not in a Ray worker.
-Each split becomes a list of read tasks ("pieces"): one parquet row group, or one image file.
+Each split becomes a list of read tasks ("pieces"), one shape for every source:
+`{file, part, offset, rows, row_ids, labels, split}` - a parquet row group (starting at row `offset`
+of its file), a chunk of an .npz split or one image file, with the positions of its rows in that part
+and their labels as class indices.
 """
 
 from __future__ import annotations
 
+import glob
 import json
-from collections import Counter
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +24,10 @@ from medray.errors import MedrayError
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                  "validation": "val", "test": "test", "testing": "test"}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm"}
 # MedMNIST arrays are read in chunks of this many rows, one Ray task each.
 NPZ_ROWS_PER_PIECE = 1024
+UNKNOWN_LABEL = "unknown label"
 
 
 @dataclass(frozen=True)
@@ -36,21 +41,19 @@ class Source:
     class_counts: dict[str, list[int]] = field(default_factory=dict)
     # whether rows carry ground-truth lesion masks (the parquet has data.mask_column)
     has_masks: bool = False
+    # rows refused before decoding (unknown labels, with on_bad_image: skip): row_id, split, source, ...
+    rejected: list[dict] = field(default_factory=list)
+    # files in class folders that are not images (.DS_Store, notes.txt): ignored, but counted
+    ignored_files: list[str] = field(default_factory=list)
 
     def num_rows(self, split: str) -> int:
         return sum(self.class_counts[split])
 
 
 def discover(data_config) -> Source:
-    path = Path(data_config.path)
-    if not path.exists():
-        raise MedrayError(
-            f"data.path {path} does not exist; create the demo data with `medray data synth "
-            f"--out {path.parent if path.name in ('parquet', 'folders') else path}` or point data.path at your dataset"
-        )
     discover_kind = {"parquet": _discover_parquet, "folders": _discover_folders, "npz": _discover_npz}
-    source = discover_kind[data_config.source](path, data_config)
-    _check_usable(source)
+    source = discover_kind[data_config.source](data_config)
+    check_usable(source)
     return source
 
 
@@ -62,41 +65,141 @@ def split_of(name: str) -> str | None:
     return SPLIT_ALIASES.get(stem.lower())
 
 
-def _discover_parquet(path: Path, data_config) -> Source:
-    files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
-    pieces: dict[str, list[dict]] = {split: [] for split in SPLITS}
-    labels: dict[str, list[int]] = {split: [] for split in SPLITS}
-    class_names = data_config.class_names
-    has_masks = bool(files) and data_config.mask_column is not None
+def count_labels(pieces: list[dict], num_classes: int) -> list[int]:
+    labels = [label for piece in pieces for label in piece["labels"]]
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).tolist()
+
+
+def _missing(path: Path) -> MedrayError:
+    return MedrayError(
+        f"data.path {path} does not exist; create the demo data with `medray data synth "
+        f"--out {path.parent if path.name in ('parquet', 'folders') else path}` or point data.path at your dataset")
+
+
+def _paths(data_config) -> list[Path]:
+    return list(data_config.path) if isinstance(data_config.path, list) else [data_config.path]
+
+
+class _Labeller:
+    """Turns raw labels into class indices; unknown ones stop discovery or become rejected rows."""
+
+    def __init__(self, class_names: list[str], skip: bool):
+        self.class_names, self.skip, self.rejected = class_names, skip, []
+
+    def rows(self, values: list, row_ids: list[str], where: list[str], split: str) -> list[int | None]:
+        indices = []
+        for value, row_id, place in zip(values, row_ids, where):
+            index = self.index(value)
+            if index is None:
+                message = (f"{place}: label {value!r} is not a known class ({', '.join(self.class_names)}); "
+                           "fix the label, list every class in data.class_names, or set "
+                           "data.on_bad_image: skip to leave such rows out")
+                if not self.skip:
+                    raise MedrayError(message)
+                self.rejected.append({"row_id": row_id, "split": split, "source": place,
+                                      "status": UNKNOWN_LABEL, "message": message})
+            indices.append(index)
+        return indices
+
+    def index(self, value) -> int | None:
+        if isinstance(value, str):
+            return self.class_names.index(value) if value in self.class_names else None
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            return int(value) if 0 <= value < len(self.class_names) else None
+        return None
+
+
+def _pieces_from_rows(file: str, part: int, positions: list[int], row_ids: list[str],
+                      labels: list[int | None], split: str, offset: int = 0) -> dict | None:
+    """One read task of the rows that have a class; None if it has none."""
+    kept = [i for i, label in enumerate(labels) if label is not None]
+    if not kept:
+        return None
+    return {"file": file, "part": part, "offset": offset, "rows": [positions[i] for i in kept],
+            "row_ids": [row_ids[i] for i in kept], "labels": [labels[i] for i in kept], "split": split}
+
+
+def _source(kind: str, path: Path, class_names: list[str], pieces: dict[str, list[dict]], labeller: _Labeller,
+            **extra) -> Source:
+    counts = {split: count_labels(pieces[split], len(class_names)) for split in SPLITS}
+    return Source(kind, path, list(class_names), pieces, counts, rejected=labeller.rejected, **extra)
+
+
+# --- parquet ------------------------------------------------------------------------------------
+
+def parquet_files(data_config) -> list[Path]:
+    files = []
+    for path in _paths(data_config):
+        if glob.has_magic(str(path)):
+            matches = sorted(Path(match) for match in glob.glob(str(path), recursive=True))
+            if not matches:
+                raise MedrayError(f"data.path {path}: the pattern matches no file")
+            files += [match for match in matches if match.suffix == ".parquet"]
+        elif path.is_dir():
+            files += sorted(path.rglob("*.parquet"))
+        elif path.exists():
+            files.append(path)
+        else:
+            raise _missing(path)
+    if not files:
+        raise MedrayError(f"data.path {data_config.path}: no .parquet files found")
+    return list(dict.fromkeys(file.resolve() for file in files))
+
+
+def _discover_parquet(data_config) -> Source:
+    files = parquet_files(data_config)
+    root = Path(os.path.commonpath([file.parent for file in files]))
+    image_column = data_config.path_column or data_config.image_column
+    tables = {}
     for file in files:
         split = split_of(file.name)
         if split is None:
             raise MedrayError(
                 f"{file}: cannot tell its split from the file name; name parquet files "
-                "train-*.parquet, val-*.parquet (or validation-*) and test-*.parquet"
-            )
+                "train-*.parquet, val-*.parquet (or validation-*) and test-*.parquet")
         metadata = pq.ParquetFile(file)
         names = metadata.schema_arrow.names
-        for column in (data_config.image_column, data_config.label_column):
+        for column, key in ((image_column, "data.path_column" if data_config.path_column else "data.image_column"),
+                            (data_config.label_column, "data.label_column")):
             if column not in names:
-                raise MedrayError(
-                    f"{file}: no column {column!r} (columns: {', '.join(names)}); set "
-                    "data.image_column / data.label_column to the right names"
-                )
-        has_masks = has_masks and data_config.mask_column in names
-        class_names = class_names or _huggingface_class_names(metadata, data_config.label_column)
+                raise MedrayError(f"{file}: no column {column!r} (columns: {', '.join(names)}); set {key} "
+                                  "to the right name")
+        tables[file] = (split, metadata, metadata.read(columns=[data_config.label_column]).column(0).to_pylist())
+    class_names = data_config.class_names or _parquet_class_names(tables, data_config.label_column)
+    labeller = _Labeller(class_names, data_config.on_bad_image == "skip")
+    pieces: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    for file, (split, metadata, values) in tables.items():
+        name = file.relative_to(root).as_posix()
         offset = 0
         for group in range(metadata.num_row_groups):
             rows = metadata.metadata.row_group(group).num_rows
-            pieces[split].append({"file": str(file), "row_group": group, "first_row": offset})
+            numbers = range(offset, offset + rows)
+            row_ids = [f"{name}#{number}" for number in numbers]
+            labels = labeller.rows(values[offset:offset + rows], row_ids, [f"{file} row {n}" for n in numbers], split)
+            piece = _pieces_from_rows(str(file), group, list(range(rows)), row_ids, labels, split, offset)
+            pieces[split] += [piece] if piece else []
             offset += rows
-        file_labels = metadata.read(columns=[data_config.label_column]).column(0)
-        labels[split].extend(_integer_labels(file, file_labels.to_pylist()))
-    if class_names is None:
-        largest = max((max(split_labels) for split_labels in labels.values() if split_labels), default=0)
-        class_names = [f"class_{index}" for index in range(largest + 1)]
-    counts = {split: _count(labels[split], class_names, path) for split in SPLITS}
-    return Source("parquet", path, list(class_names), pieces, counts, has_masks)
+    has_masks = data_config.mask_column is not None and all(
+        data_config.mask_column in metadata.schema_arrow.names for _, metadata, _ in tables.values())
+    return _source("parquet", root, class_names, pieces, labeller, has_masks=has_masks)
+
+
+def _parquet_class_names(tables: dict, label_column: str) -> list[str]:
+    values = [value for _, _, labels in tables.values() for value in labels if value is not None]
+    if values and all(isinstance(value, str) for value in values):
+        return sorted(set(values))  # string labels name their classes
+    if any(isinstance(value, str) for value in values):
+        raise MedrayError(f"data.label_column {label_column!r} mixes strings and numbers; use one kind")
+    for _, metadata, _ in tables.values():
+        names = _huggingface_class_names(metadata, label_column)
+        if names:
+            return names
+    integers = [value for value in values if isinstance(value, int) and not isinstance(value, bool)]
+    if len(integers) != len(values):
+        bad = next(value for value in values if value not in integers)
+        raise MedrayError(f"data.label_column {label_column!r}: label {bad!r} is neither a class index nor "
+                          "a class name")
+    return [f"class_{index}" for index in range(max(integers, default=0) + 1)]
 
 
 def _huggingface_class_names(metadata: pq.ParquetFile, label_column: str) -> list[str] | None:
@@ -107,61 +210,79 @@ def _huggingface_class_names(metadata: pq.ParquetFile, label_column: str) -> lis
     return features.get(label_column, {}).get("names")
 
 
-def _integer_labels(file: Path, values: list) -> list[int]:
-    for row, value in enumerate(values):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise MedrayError(
-                f"{file} row {row}: label {value!r} is not an integer class index; "
-                "medray reads integer labels with class names from the Hugging Face metadata or data.class_names"
-            )
-    return values
+# --- class folders ------------------------------------------------------------------------------
 
-
-def _count(labels: list[int], class_names: list[str], path: Path) -> list[int]:
-    counter = Counter(labels)
-    unknown = sorted(label for label in counter if not 0 <= label < len(class_names))
-    if unknown:
-        raise MedrayError(
-            f"{path}: labels {unknown} have no class name (classes: {', '.join(class_names)}); "
-            "fix the labels or list every class in data.class_names"
-        )
-    return [counter.get(index, 0) for index in range(len(class_names))]
-
-
-def _discover_folders(path: Path, data_config) -> Source:
-    class_dirs = {
-        split: sorted(d for d in (path / split).iterdir() if d.is_dir())
-        for split in SPLITS
-        if (path / split).is_dir()
-    }
-    for alias, split in SPLIT_ALIASES.items():
-        if split not in class_dirs and (path / alias).is_dir():
-            class_dirs[split] = sorted(d for d in (path / alias).iterdir() if d.is_dir())
-    found = sorted({d.name for dirs in class_dirs.values() for d in dirs})
+def _discover_folders(data_config) -> Source:
+    paths = _paths(data_config)
+    if len(paths) != 1 or not paths[0].is_dir():
+        if len(paths) == 1 and not paths[0].exists():
+            raise _missing(paths[0])
+        raise MedrayError(f"data.path {data_config.path}: data.source folders needs one folder")
+    root = paths[0]
+    split_dirs = {}
+    for child in sorted(root.iterdir()):
+        if child.is_dir() and child.name.lower() in SPLIT_ALIASES:
+            split_dirs.setdefault(SPLIT_ALIASES[child.name.lower()], child)
+    ignored: list[str] = []
+    if split_dirs:  # root/<split>/<class>/*: the splits are used as given
+        files = {split: _class_files(split_dirs[split], ignored) if split in split_dirs else {}
+                 for split in SPLITS}
+        ignored += [str(file) for file in root.iterdir() if file.is_file()]
+    else:  # root/<class>/*: medray makes a stratified split
+        files = stratified_split(_class_files(root, ignored), data_config.split)
+    found = sorted({name for by_class in files.values() for name in by_class})
     class_names = data_config.class_names or found
+    labeller = _Labeller(class_names, data_config.on_bad_image == "skip")
     pieces: dict[str, list[dict]] = {split: [] for split in SPLITS}
-    counts: dict[str, list[int]] = {}
     for split in SPLITS:
-        labels = []
-        for class_dir in class_dirs.get(split, []):
-            if class_dir.name not in class_names:
-                raise MedrayError(
-                    f"{class_dir}: folder is not one of data.class_names ({', '.join(class_names)})"
-                )
-            label = class_names.index(class_dir.name)
-            for file in sorted(class_dir.iterdir()):
-                if file.suffix.lower() in IMAGE_SUFFIXES:
-                    pieces[split].append({"file": str(file), "label": label,
-                                          "row_id": str(file.relative_to(path))})
-                    labels.append(label)
-        counts[split] = _count(labels, class_names, path)
-    return Source("folders", path, list(class_names), pieces, counts)
+        for class_name, class_files in files[split].items():
+            for file in class_files:
+                row_id = file.relative_to(root).as_posix()
+                label = labeller.rows([class_name], [row_id], [str(file)], split)
+                piece = _pieces_from_rows(str(file), 0, [0], [row_id], label, split)
+                pieces[split] += [piece] if piece else []
+    return _source("folders", root, class_names, pieces, labeller, ignored_files=sorted(ignored))
 
 
-def _discover_npz(path: Path, data_config) -> Source:
+def _class_files(folder: Path, ignored: list[str]) -> dict[str, list[Path]]:
+    """class -> image files under folder/<class>/ (nested folders too); anything else goes to `ignored`."""
+    by_class = {}
+    for child in sorted(folder.iterdir()):
+        if not child.is_dir():
+            ignored.append(str(child))
+            continue
+        files = sorted(file for file in child.rglob("*") if file.is_file())
+        by_class[child.name] = [file for file in files if _is_image_name(file)]
+        ignored += [str(file) for file in files if not _is_image_name(file)]
+    return by_class
+
+
+def _is_image_name(file: Path) -> bool:
+    return file.suffix.lower() in IMAGE_SUFFIXES and not file.name.startswith(".")
+
+
+def stratified_split(by_class: dict[str, list[Path]], split_config) -> dict[str, dict[str, list[Path]]]:
+    """Each class shuffled by data.split.seed and cut by the fractions: every split keeps the class mix."""
+    splits: dict[str, dict[str, list[Path]]] = {split: {} for split in SPLITS}
+    for index, (class_name, files) in enumerate(sorted(by_class.items())):
+        order = np.random.default_rng([split_config.seed, index]).permutation(len(files))
+        shuffled = [files[i] for i in order]
+        n_val, n_test = round(len(files) * split_config.val), round(len(files) * split_config.test)
+        splits["val"][class_name] = sorted(shuffled[:n_val])
+        splits["test"][class_name] = sorted(shuffled[n_val:n_val + n_test])
+        splits["train"][class_name] = sorted(shuffled[n_val + n_test:])
+    return splits
+
+
+# --- MedMNIST .npz ------------------------------------------------------------------------------
+
+def _discover_npz(data_config) -> Source:
     """MedMNIST layout: train_images / train_labels, val_*, test_* in one .npz file."""
-    pieces: dict[str, list[dict]] = {split: [] for split in SPLITS}
-    labels: dict[str, list[int]] = {}
+    paths = _paths(data_config)
+    path = paths[0]
+    if len(paths) != 1 or not path.is_file():
+        raise _missing(path) if not path.exists() else MedrayError(f"data.path {path}: expected one .npz file")
+    raw: dict[str, list[int]] = {}
     # allow_pickle=False: an .npz may carry pickled objects, which would run code on load.
     with np.load(path, allow_pickle=False) as arrays:
         for split in SPLITS:
@@ -173,16 +294,22 @@ def _discover_npz(path: Path, data_config) -> Source:
             if split_labels.ndim > 1 and split_labels.shape[1] != 1:
                 raise MedrayError(f"{path}: {split}_labels has shape {split_labels.shape}; medray trains "
                                   "single-label classifiers (one label per image)")
-            labels[split] = [int(label) for label in split_labels.reshape(-1)]
-            if len(arrays[f"{split}_images"]) != len(labels[split]):
+            raw[split] = [int(label) for label in split_labels.reshape(-1)]
+            if len(arrays[f"{split}_images"]) != len(raw[split]):
                 raise MedrayError(f"{path}: {split}_images and {split}_labels differ in length")
-            for start in range(0, len(labels[split]), NPZ_ROWS_PER_PIECE):
-                stop = min(start + NPZ_ROWS_PER_PIECE, len(labels[split]))
-                pieces[split].append({"file": str(path), "split": split, "start": start, "stop": stop})
-    largest = max((max(values) for values in labels.values() if values), default=0)
+    largest = max((max(values) for values in raw.values() if values), default=0)
     class_names = data_config.class_names or [f"class_{index}" for index in range(largest + 1)]
-    counts = {split: _count(labels[split], class_names, path) for split in SPLITS}
-    return Source("npz", path, list(class_names), pieces, counts)
+    labeller = _Labeller(class_names, data_config.on_bad_image == "skip")
+    pieces: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    for split in SPLITS:
+        for start in range(0, len(raw[split]), NPZ_ROWS_PER_PIECE):
+            positions = list(range(start, min(start + NPZ_ROWS_PER_PIECE, len(raw[split]))))
+            row_ids = [f"{path.name}#{split}#{n}" for n in positions]
+            labels = labeller.rows([raw[split][n] for n in positions], row_ids,
+                                   [f"{path} {split} row {n}" for n in positions], split)
+            piece = _pieces_from_rows(str(path), 0, positions, row_ids, labels, split)
+            pieces[split] += [piece] if piece else []
+    return _source("npz", path, class_names, pieces, labeller)
 
 
 def _load_array(arrays, key: str, path: Path) -> np.ndarray:
@@ -192,16 +319,15 @@ def _load_array(arrays, key: str, path: Path) -> np.ndarray:
         raise MedrayError(f"{path}: array {key!r} cannot be read safely ({error}); save it as numbers") from None
 
 
-def _check_usable(source: Source) -> None:
+def check_usable(source: Source) -> None:
     for split in SPLITS:
         if source.num_rows(split) == 0:
             layout = {"parquet": "<path>/train-*.parquet, val-*.parquet and test-*.parquet",
-                      "folders": "<path>/<split>/<class>/*.png",
+                      "folders": "<path>/<split>/<class>/*.png or <path>/<class>/*.png",
                       "npz": "<split>_images and <split>_labels arrays"}[source.kind]
             raise MedrayError(f"{source.path}: the {split} split has no images; medray expects {layout}")
     present = [name for name, count in zip(source.class_names, source.class_counts["train"]) if count]
     if len(present) < 2:
         raise MedrayError(
             f"{source.path}: the train split has only {len(present)} class ({', '.join(present)}); "
-            "a classifier needs at least two"
-        )
+            "a classifier needs at least two")

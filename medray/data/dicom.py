@@ -1,0 +1,67 @@
+"""DICOM (.dcm) -> 8-bit grayscale, the way a radiologist's viewer shows it.
+
+Stored values become physical ones through the modality LUT (RescaleSlope / RescaleIntercept),
+then the file's own window (WindowCenter / WindowWidth) maps them to 0-255; without a window the
+image's range is stretched. MONOCHROME1 stores white as the lowest value, so it is inverted.
+pydicom reads the file; nothing in it is ever unpickled or executed.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut
+
+
+# Every DICOM Part 10 file has "DICM" after a 128-byte preamble.
+MAGIC_OFFSET = 128
+
+
+def is_dicom(data: bytes) -> bool:
+    return data[MAGIC_OFFSET:MAGIC_OFFSET + 4] == b"DICM"
+
+
+def dicom_to_gray(data: bytes, max_pixels: int, where: str) -> tuple[np.ndarray, str]:
+    from medray.data.decode import BadImage  # decode imports this module
+
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data))
+        rows, columns = int(dataset.Rows), int(dataset.Columns)
+        frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    except (InvalidDicomError, AttributeError, ValueError, TypeError, EOFError, OSError) as error:
+        raise BadImage(f"{where}: cannot read the DICOM header ({error}); remove or replace it") from None
+    if rows * columns * frames > max_pixels:
+        raise BadImage(f"{where}: DICOM is {columns}x{rows}x{frames} pixels, over data.max_image_pixels="
+                       f"{max_pixels}; raise the limit only for files you trust", "over pixel limit")
+    if frames > 1:
+        raise BadImage(f"{where}: DICOM holds {frames} frames; medray classifies 2-D images, so export "
+                       "one slice per file", "unsupported DICOM")
+    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
+    try:
+        stored = dataset.pixel_array
+    except Exception as error:  # noqa: BLE001  (each pixel-data decoder raises its own types)
+        raise BadImage(f"{where}: cannot decode the DICOM pixel data ({error}); remove or replace it") from None
+    if stored.ndim == 3:  # colour (RGB; pydicom converts YBR to RGB)
+        return np.asarray(Image.fromarray(stored.astype(np.uint8)).convert("L")), f"DICOM {photometric}"
+    values = np.asarray(apply_modality_lut(stored, dataset), dtype=np.float64)
+    low, high = _window(dataset, values)
+    scaled = np.clip((values - low) / (high - low), 0.0, 1.0) * 255.0 if high > low else np.zeros_like(values)
+    gray = np.round(scaled).astype(np.uint8)
+    if photometric == "MONOCHROME1":
+        gray = 255 - gray
+    return gray, f"DICOM {photometric}"
+
+
+def _window(dataset, values: np.ndarray) -> tuple[float, float]:
+    """The file's first window (center, width) as (lowest, highest) value shown; else the data's range."""
+    center, width = dataset.get("WindowCenter"), dataset.get("WindowWidth")
+    if center is not None and width is not None:
+        center = float(center[0] if isinstance(center, pydicom.multival.MultiValue) else center)
+        width = float(width[0] if isinstance(width, pydicom.multival.MultiValue) else width)
+        if width > 0:
+            return center - width / 2.0, center + width / 2.0
+    return float(values.min()), float(values.max())

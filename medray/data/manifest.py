@@ -1,0 +1,199 @@
+"""The manifest: every row of a dataset, its split, label, content hash and whether it is usable.
+
+Built once by a Ray Data pass that decodes every row at its own size (so bad rows are found in
+the workers, recorded, and never crash them) and written to `<run>/manifest.parquet`; a resumed
+run reads it back, and `medray data inspect --dedupe` writes one that a run can use through
+`data.manifest`. Every later stage reads only the manifest's usable rows, so all stages and all
+re-runs see the same rows, and rows in = rows used + rows reported, always.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from medray.data.decode import BadImage, content_hash
+from medray.data.readers import decode_row, pieces_of, pieces_per_batch, reader_settings, rows_of
+from medray.data.sources import SPLITS, Source, check_usable, count_labels
+from medray.errors import MedrayError
+
+OK = "ok"
+# Statuses `inspect --dedupe` gives; the rows are fine as images, so on_bad_image does not apply.
+DEDUPLICATED = ("duplicate", "leak")
+# The data settings that decide which rows exist and how they decode: a manifest is reused only for these.
+ROW_SETTINGS = ("source", "path", "image_column", "path_column", "label_column", "class_names",
+                "max_image_pixels", "split")
+FINGERPRINT_KEY = b"medray.data"
+REPORTED_EXAMPLES = 200
+
+
+def scan_rows(source: Source, data_config) -> pd.DataFrame:
+    """One record per row of every split (decoded in Ray Data workers), in discovery order."""
+    pieces = [piece | {"order": order} for order, piece in
+              enumerate(piece for split in SPLITS for piece in source.pieces[split])]
+    records = (
+        ray.data.from_items(pieces, override_num_blocks=max(1, min(len(pieces), 64)))
+        .map_batches(describe_rows, batch_size=pieces_per_batch(source.kind),
+                     fn_kwargs={"settings": reader_settings(source, data_config)})
+        .to_pandas()  # small per-row records, never pixels
+    )
+    rejected = pd.DataFrame(source.rejected, columns=["row_id", "split", "source", "status", "message"])
+    rejected = rejected.assign(label=-1, order=len(pieces), position=np.arange(len(rejected)))
+    frame = pd.concat([records, rejected], ignore_index=True) if len(rejected) else records
+    return frame.sort_values(["order", "position"], kind="stable").reset_index(drop=True)[_columns(frame)]
+
+
+def _columns(frame: pd.DataFrame) -> list[str]:
+    return [column for column in ("row_id", "split", "label", "source", "status", "message", "content_hash",
+                                  "height", "width", "mode", "mean", "std", "file", "part", "offset", "row",
+                                  "order", "position") if column in frame]
+
+
+def describe_rows(batch: dict, settings: dict) -> dict:
+    """Ray Data worker: decode each row once; record its hash and statistics, or why it is unusable."""
+    records = []
+    for piece in pieces_of(batch):
+        for position, row in enumerate(rows_of(settings["kind"], piece, settings)):
+            record = {"row_id": row.row_id, "split": str(piece["split"]), "label": row.label, "source": row.where,
+                      "file": str(piece["file"]), "part": int(piece["part"]), "offset": int(piece["offset"]),
+                      "row": int(piece["rows"][position]), "order": int(piece["order"]), "position": position,
+                      "status": OK, "message": "", "content_hash": "", "height": 0, "width": 0, "mode": "",
+                      "mean": np.nan, "std": np.nan}
+            try:
+                pixels, mode = decode_row(row, settings["max_pixels"])
+            except BadImage as error:
+                record |= {"status": error.reason, "message": str(error)}
+            else:
+                record |= {"content_hash": content_hash(pixels), "height": pixels.shape[0],
+                           "width": pixels.shape[1], "mode": mode, "mean": float(pixels.mean()),
+                           "std": float(pixels.std())}
+            records.append(record)
+    return {key: np.asarray([record[key] for record in records]) for key in records[0]} if records else {}
+
+
+def fingerprint(data_config) -> str:
+    settings = data_config.model_dump(mode="json", include=set(ROW_SETTINGS))
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def write_manifest(frame: pd.DataFrame, path: Path, data_config) -> Path:
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                           FINGERPRINT_KEY: fingerprint(data_config).encode()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
+
+
+def read_manifest(path: Path, data_config) -> pd.DataFrame:
+    if not Path(path).is_file():
+        raise MedrayError(f"data.manifest {path} does not exist; write one with `medray data inspect --dedupe`")
+    table = pq.read_table(path)
+    written_for = (table.schema.metadata or {}).get(FINGERPRINT_KEY, b"").decode()
+    if written_for != fingerprint(data_config):
+        raise MedrayError(f"{path} was written for other data settings (data.{', data.'.join(ROW_SETTINGS)}); "
+                          "rebuild it with `medray data inspect` on this config, or delete it")
+    return table.to_pandas()
+
+
+def load_or_build_manifest(source: Source, data_config, path: Path) -> pd.DataFrame:
+    """The run's manifest: data.manifest if given, else `path` if written for these settings, else a new one."""
+    if data_config.manifest is not None:
+        frame = read_manifest(data_config.manifest, data_config)
+    elif path.is_file() and _written_for(path, data_config):
+        frame = pq.read_table(path).to_pandas()
+    else:
+        frame = scan_rows(source, data_config)
+        write_manifest(frame, path, data_config)
+        return frame
+    expected = sum(len(piece["rows"]) for pieces in source.pieces.values() for piece in pieces) + len(source.rejected)
+    if len(frame) != expected:
+        raise MedrayError(f"{data_config.manifest or path} lists {len(frame)} rows but the data at "
+                          f"{source.path} has {expected}; the data changed since it was written: rebuild "
+                          "it (`medray data inspect`) or delete it")
+    if data_config.manifest is not None:
+        write_manifest(frame, path, data_config)
+    return frame
+
+
+def _written_for(path: Path, data_config) -> bool:
+    metadata = pq.read_schema(path).metadata or {}
+    return metadata.get(FINGERPRINT_KEY, b"").decode() == fingerprint(data_config)
+
+
+def unusable(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[~frame["status"].isin((OK, *DEDUPLICATED))]
+
+
+def enforce_policy(frame: pd.DataFrame, on_bad_image: str) -> None:
+    bad = unusable(frame)
+    if on_bad_image == "error" and len(bad):
+        first = bad.iloc[0]
+        more = f" ({len(bad)} unusable rows in all)" if len(bad) > 1 else ""
+        raise MedrayError(f"{first['message']}{more}; or set data.on_bad_image: skip to leave such rows out "
+                          "and count them in data.json")
+
+
+def usable_source(source: Source, frame: pd.DataFrame) -> Source:
+    """The source reduced to the manifest's usable rows: its read tasks, counts and reported rows."""
+    used = frame[frame["status"] == OK]
+    pieces: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    for (split, _order), rows in used.groupby(["split", "order"], sort=False):
+        first = rows.iloc[0]
+        pieces[split].append({"file": first["file"], "part": int(first["part"]), "offset": int(first["offset"]),
+                              "rows": rows["row"].astype(int).tolist(), "row_ids": rows["row_id"].tolist(),
+                              "labels": rows["label"].astype(int).tolist(), "split": split})
+    counts = {split: count_labels(pieces[split], len(source.class_names)) for split in SPLITS}
+    reported = frame[frame["status"] != OK][["row_id", "split", "source", "status", "message"]]
+    usable = replace(source, pieces=pieces, class_counts=counts, rejected=reported.to_dict("records"))
+    check_usable(usable)
+    return usable
+
+
+def prepare_source(source: Source, data_config, run_dir: Path) -> tuple[Source, dict]:
+    """Manifest -> policy -> the usable source and the data report (data.json) of a run."""
+    frame = load_or_build_manifest(source, data_config, run_dir / "manifest.parquet")
+    enforce_policy(frame, data_config.on_bad_image)
+    usable = usable_source(source, frame)
+    return usable, data_report(usable, frame, run_dir / "manifest.parquet")
+
+
+def data_report(source: Source, frame: pd.DataFrame, manifest_path: Path) -> dict:
+    reported = frame[frame["status"] != OK]
+    report = {
+        "kind": source.kind,
+        "path": str(source.path),
+        "class_names": source.class_names,
+        "class_counts": {split: dict(zip(source.class_names, source.class_counts[split])) for split in SPLITS},
+        "manifest": str(manifest_path),
+        "rows_in": len(frame),
+        "rows_used": int(sum(source.num_rows(split) for split in SPLITS)),
+        "rows_reported": len(reported),
+        "reported_by_reason": reported["status"].value_counts().sort_index().to_dict(),
+        "reported_rows": reported[["row_id", "split", "source", "status", "message"]]
+        .head(REPORTED_EXAMPLES).to_dict("records"),
+        "ignored_files": {"count": len(source.ignored_files), "files": source.ignored_files[:REPORTED_EXAMPLES]},
+    }
+    if report["rows_in"] != report["rows_used"] + report["rows_reported"]:
+        raise MedrayError(f"internal check failed: {report['rows_in']} rows in, {report['rows_used']} used, "
+                          f"{report['rows_reported']} reported; please report this with {manifest_path}")
+    return report
+
+
+def describe_data_report(report: dict) -> str:
+    """Two lines for the console: what was left out and why, and what was ignored."""
+    lines = [f"data: {report['rows_in']} rows in, {report['rows_used']} used, {report['rows_reported']} reported"
+             + (" (" + ", ".join(f"{reason} {count}" for reason, count in report["reported_by_reason"].items())
+                + ")" if report["rows_reported"] else "")]
+    if report["ignored_files"]["count"]:
+        lines.append(f"data: {report['ignored_files']['count']} files that are not images ignored, e.g. "
+                     + ", ".join(Path(file).name for file in report["ignored_files"]["files"][:3]))
+    return "\n".join(lines)

@@ -1,0 +1,117 @@
+"""The rows of read tasks ("pieces", see sources.py) as raw content, inside Ray Data workers.
+
+One generator per source kind yields `RawRow`s: the stored image (bytes, or an array for .npz),
+where it came from, and its label. Two consumers share them: the pipeline decodes and resizes,
+the manifest pass hashes and measures. Bad content is not judged here, only in decode.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from medray.data.decode import BadImage, decode_native
+
+
+@dataclass(frozen=True)
+class RawRow:
+    row_id: str
+    label: int
+    # where the row lives, for messages: "<file> row 7" or the image file's path
+    where: str
+    # the stored image, or why it could not be read (raised when the row is decoded)
+    content: bytes | np.ndarray | BadImage
+    mask: bytes | None = None
+
+
+def pieces_of(batch: dict) -> Iterator[dict]:
+    """A Ray Data batch of pieces (columns of arrays) back into one dict per piece."""
+    for index in range(len(batch["file"])):
+        yield {key: values[index] for key, values in batch.items()}
+
+
+def parquet_rows(piece: dict, image_column: str, path_column: str | None, label_column: str,
+                 mask_column: str | None) -> Iterator[RawRow]:
+    file = str(piece["file"])
+    column = path_column or image_column
+    columns = [column, *([mask_column] if mask_column else [])]
+    table = pq.ParquetFile(file).read_row_group(int(piece["part"]), columns=columns).take(
+        np.asarray(piece["rows"], dtype=np.int64))
+    images = table.column(column).to_pylist()
+    masks = table.column(mask_column).to_pylist() if mask_column else [None] * len(images)
+    for position, image, mask, row_id, label in zip(piece["rows"], images, masks, piece["row_ids"], piece["labels"]):
+        where = f"{file} row {int(piece['offset']) + int(position)}"
+        content = _read_linked(file, image, where) if path_column else _blob(image)
+        yield RawRow(str(row_id), int(label), where, content, _blob(mask) if mask_column else None)
+
+
+def _blob(value) -> bytes:
+    """Hugging Face stores images as struct {bytes, path}; plain binary columns work too."""
+    if isinstance(value, dict):
+        value = value.get("bytes")
+    return value or b""
+
+
+def _read_linked(parquet_file: str, value, where: str) -> bytes | BadImage:
+    if not value:
+        return BadImage(f"{where}: the image path is empty; fill data.path_column", "missing file")
+    path = Path(parquet_file).parent / str(value)  # relative to the parquet file; absolute paths stay
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        return BadImage(f"{where}: cannot read image file {path} ({error.strerror}); fix the path or the file",
+                        "missing file")
+
+
+def file_rows(piece: dict) -> Iterator[RawRow]:
+    path = str(piece["file"])
+    try:
+        with open(path, "rb") as handle:
+            content = handle.read()
+    except OSError as error:
+        content = BadImage(f"{path}: cannot read the file ({error.strerror})", "missing file")
+    yield RawRow(str(piece["row_ids"][0]), int(piece["labels"][0]), path, content)
+
+
+def npz_rows(piece: dict) -> Iterator[RawRow]:
+    file, split = str(piece["file"]), str(piece["split"])
+    positions = np.asarray(piece["rows"], dtype=np.int64)
+    with np.load(file, allow_pickle=False) as arrays:
+        images = arrays[f"{split}_images"][positions]
+    for position, image, row_id, label in zip(positions, images, piece["row_ids"], piece["labels"]):
+        yield RawRow(str(row_id), int(label), f"{file} {split} row {position}", image)
+
+
+def decode_row(row: RawRow, max_pixels: int) -> tuple[np.ndarray, str]:
+    """The row's image at its own size and stored mode; BadImage if it cannot be used."""
+    if isinstance(row.content, BadImage):
+        raise row.content
+    return decode_native(row.content, max_pixels, row.where)
+
+
+def rows_of(kind: str, piece: dict, settings: dict) -> Iterator[RawRow]:
+    if kind == "parquet":
+        return parquet_rows(piece, settings["image_column"], settings["path_column"], settings["label_column"],
+                            settings["mask_column"])
+    if kind == "npz":
+        return npz_rows(piece)
+    return file_rows(piece)
+
+
+def reader_settings(source, data_config) -> dict:
+    return {"kind": source.kind, "image_column": data_config.image_column,
+            "path_column": data_config.path_column, "label_column": data_config.label_column,
+            "mask_column": data_config.mask_column if source.has_masks else None,
+            "max_pixels": data_config.max_image_pixels}
+
+
+# Parquet and .npz pieces hold hundreds of rows; image files are read a few dozen at a time.
+FILES_PER_READ = 32
+
+
+def pieces_per_batch(kind: str) -> int:
+    return FILES_PER_READ if kind == "folders" else 1
