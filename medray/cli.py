@@ -42,6 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the run's folder (holds model.keras), e.g. results/demo-20261123-053822")
     explain.set_defaults(command=command_explain)
 
+    tune = commands.add_parser("tune", help="search hyperparameters and backbones with Ray Tune, rank them")
+    tune.add_argument("--config", help="sweep YAML (a base run config and a search space), "
+                                       "e.g. configs/demo_sweep.yaml")
+    tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                      help="override one sweep key, e.g. --set num_samples=4 or --set set.train.epochs=2")
+    tune.add_argument("--resume", metavar="SWEEP", help="continue an interrupted sweep: its folder or its name "
+                                                       "under results/; finished trials are not run again")
+    tune.set_defaults(command=command_tune)
+
     resume = commands.add_parser("resume", help="continue a run whose driver was killed, from its checkpoints")
     resume.add_argument("run_dir", help="the run's folder, e.g. results/demo-20261123-053822")
     resume.set_defaults(command=command_resume)
@@ -55,6 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--size", type=int, default=64, help="image side in pixels")
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(command=command_synth)
+    inspect = data.add_parser("inspect", help="quality report: class balance, sizes, bad files, duplicates, "
+                                              "train/test leakage, outliers")
+    inspect.add_argument("--config", help="run config YAML whose data section to inspect")
+    inspect.add_argument("--path", help="a dataset to inspect without a config (with --source)")
+    inspect.add_argument("--source", choices=["parquet", "folders", "npz"], default="parquet")
+    inspect.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                         help="override one config key, e.g. --set data.class_names=[normal,pneumonia]")
+    inspect.add_argument("--out", help="folder for inspect.json / inspect.png (default <output.dir>/inspect-<name>)")
+    inspect.add_argument("--dedupe", action="store_true",
+                         help="also write manifest.parquet without duplicates and leaked train rows")
+    inspect.set_defaults(command=command_inspect)
 
     report = commands.add_parser("report", help="rebuild report.html of a run or sweep folder")
     report.add_argument("results_dir", help="a run folder (results/<run-id>) or a sweep folder")
@@ -77,6 +97,19 @@ def command_run(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.overrides)
     outcome = run_job(config)
     print((outcome.run_dir / "summary.txt").read_text(), end="")
+
+
+def command_tune(args: argparse.Namespace) -> None:
+    from medray.tune.sweep import resume_sweep, run_sweep, summarise
+    from medray.tune.space import load_sweep
+
+    if (args.config is None) == (args.resume is None):
+        raise MedrayError("medray tune needs either --config <sweep YAML> or --resume <sweep folder or name>")
+    if args.resume is not None:
+        outcome = resume_sweep(args.resume)
+    else:
+        outcome = run_sweep(*load_sweep(args.config, args.overrides))
+    print(summarise(outcome), end="")
 
 
 def command_resume(args: argparse.Namespace) -> None:
@@ -115,12 +148,41 @@ def command_synth(args: argparse.Namespace) -> None:
     print(f"wrote {summary['path']}")
 
 
+def command_inspect(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from medray.config import apply_override, load_config, validate_config
+    from medray.data.inspect import default_out_dir, format_inspection, inspect_data
+
+    if bool(args.config) == bool(args.path):
+        raise MedrayError("medray data inspect: pass either --config FILE or --path DATA (with --source)")
+    if args.config:
+        config = load_config(args.config, args.overrides)
+    else:
+        raw = {"data": {"path": args.path, "source": args.source}}
+        for override in args.overrides:
+            apply_override(raw, override)
+        config = validate_config(raw, source="--path")
+    out_dir = Path(args.out) if args.out else default_out_dir(config)
+    print(format_inspection(inspect_data(config, out_dir, dedupe=args.dedupe)))
+
+
 def command_report(args: argparse.Namespace) -> None:
     from medray.report import build_report
 
     if args.examples_per_class < 0:
         raise MedrayError(f"--examples-per-class={args.examples_per_class}: give 0 or more images per class")
+    if is_sweep_dir(args.results_dir):  # the leaderboard is rebuilt from the trial folders first
+        from medray.tune.leaderboard import write_leaderboard
+
+        write_leaderboard(args.results_dir)
     print(build_report(args.results_dir, examples_per_class=args.examples_per_class))
+
+
+def is_sweep_dir(path: str) -> bool:
+    from pathlib import Path
+
+    return (Path(path) / "sweep.yaml").is_file()
 
 
 if __name__ == "__main__":

@@ -23,10 +23,19 @@ class _Section(BaseModel):
 
 
 class AugmentConfig(_Section):
-    """Random transforms applied to the training split only."""
+    """Random transforms applied to the training split only, drawn anew for every row and epoch.
 
-    flip: bool = True
-    rotation_degrees: float = Field(10.0, ge=0, le=180)
+    Each range is multiplied by `strength` (0 turns augmentation off), so a Tune search space can
+    sample one number. Rotation, shift and zoom are one affine map with one bilinear resampling.
+    """
+
+    flip: bool = True  # left-right, with probability 1/2
+    rotation_degrees: float = Field(10.0, ge=0, le=180)  # uniform in +-rotation_degrees
+    shift_fraction: float = Field(0.0, ge=0, le=0.5)  # per axis, uniform in +-fraction of the side
+    zoom_fraction: float = Field(0.0, ge=0, lt=1)  # scale uniform in [1 - z, 1 + z]
+    brightness: float = Field(0.0, ge=0, le=1)  # offset uniform in +-brightness * 255
+    contrast: float = Field(0.0, ge=0, lt=1)  # deviation from the image's mean scaled by [1 - c, 1 + c]
+    strength: float = Field(1.0, ge=0, le=4)
 
 
 class SplitConfig(_Section):
@@ -94,7 +103,11 @@ class TrainConfig(_Section):
     # Global batch size: each of N workers gets batch_size / N rows per step.
     batch_size: int = Field(64, ge=1, le=65_536)
     lr: float = Field(1e-3, gt=0, le=10)
-    class_weight: Literal["none", "balanced"] = "balanced"
+    # "weights": class c's loss weighted by n / (k * n_c) from the train counts; "oversample": train
+    # rows repeated (or, above the target, subsampled) to exactly oversample_to rows per class and epoch.
+    class_balance: Literal["none", "weights", "oversample"] = "weights"
+    # rows per class and epoch when oversampling; "max" = the largest class's count
+    oversample_to: Annotated[int, Field(ge=1)] | Literal["max"] = "max"
     # The validation metric that picks the exported model; loss has no ties, unlike a saturated AUC.
     monitor: Literal["val_loss", "val_auc", "val_accuracy"] = "val_loss"
     # Stop after this many epochs without improvement of `monitor`; 0 never stops early.

@@ -1,4 +1,4 @@
-"""Decoding, preprocessing and augmentation, and both on-disk sources through Ray Data."""
+"""Decoding and preprocessing, and both on-disk sources through Ray Data (augmentation: test_augment.py)."""
 
 import io
 
@@ -7,7 +7,6 @@ import pytest
 from PIL import Image
 
 from medray.config import DataConfig
-from medray.data.augment import augment_pixels, rotate_batch
 from medray.data.decode import decode_gray
 from medray.data.pipeline import read_split
 from medray.data.preprocess import to_model_input
@@ -49,20 +48,6 @@ def test_model_input_repeats_gray_to_the_backbones_channels():
     assert to_model_input(pixels, three).shape == (2, 8, 8, 3)
     assert to_model_input(pixels, get_backbone("baseline_cnn")).shape == (2, 8, 8, 1)
     assert to_model_input(pixels, three).max() == pytest.approx(1.0)
-
-
-def test_rotation_by_zero_is_identity_and_by_180_reverses_the_image():
-    images = np.random.default_rng(0).random((3, 9, 9)).astype(np.float32)
-    assert np.allclose(rotate_batch(images, np.zeros(3)), images)
-    assert np.allclose(rotate_batch(images, np.full(3, 180.0)), images[:, ::-1, ::-1], atol=1e-4)
-
-
-def test_augmentation_keeps_shape_changes_images_and_follows_its_seed():
-    images = np.random.default_rng(1).integers(0, 255, (16, 12, 12)).astype(np.float32)
-    first = augment_pixels(images, np.random.default_rng(5), flip=True, rotation_degrees=15)
-    again = augment_pixels(images, np.random.default_rng(5), flip=True, rotation_degrees=15)
-    assert first.shape == images.shape and np.array_equal(first, again)
-    assert not np.allclose(first, images)
 
 
 @pytest.mark.parametrize("name, split", [("train-00000-of-00001.parquet", "train"),

@@ -1,57 +1,108 @@
-"""Random flips and rotations of a whole batch at once, for the training split only.
+"""Random flips, rotations, shifts, zooms, brightness and contrast of a whole batch at once, for the
+training split only.
 
 Randomness comes from a per-row seed column that Ray Data draws anew for each epoch
-(`ray.data.expressions.random` with reseed_after_execution), so a run's augmentations follow
-its seed and still differ from epoch to epoch.
+(`ray.data.expressions.random` with reseed_after_execution), so a run's augmentations follow its
+seed, differ from epoch to epoch, and do not depend on how rows happen to be grouped into batches.
+
+Geometry is one inverse affine map per image (flip, rotation, zoom and shift composed) sampled once,
+bilinearly, by TensorFlow's batched ImageProjectiveTransformV3 kernel (the one behind Keras's
+random-rotation layers): chained resamplings would blur each image once per transform.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 SEED_COLUMN = "augment_seed"
+# One random number per row for each transform below, always drawn in this order.
+_DRAWS = ("flip", "angle", "shift_y", "shift_x", "zoom", "brightness", "contrast")
 
 
-def batch_rng(row_seeds: np.ndarray) -> np.random.Generator:
-    return np.random.default_rng((np.asarray(row_seeds) * 2**32).astype(np.uint64))
+@dataclass(frozen=True)
+class Transforms:
+    """One batch's transforms, one entry per image; shifts in pixels, angles in degrees."""
+
+    flip: np.ndarray
+    angle: np.ndarray
+    shift_y: np.ndarray
+    shift_x: np.ndarray
+    zoom: np.ndarray
+    brightness: np.ndarray  # added, in 0-255 units
+    contrast: np.ndarray  # factor on the deviation from the image's mean
 
 
-def augment_pixels(pixels: np.ndarray, rng: np.random.Generator, flip: bool,
-                   rotation_degrees: float) -> np.ndarray:
-    """(N, H, W) float32 -> the same shape, each image flipped and rotated independently."""
+def draw_transforms(row_seeds: np.ndarray, image_size: int, settings) -> Transforms:
+    """Each row's transforms from its own seed (a float in [0, 1)), scaled by settings.strength."""
+    uniforms = np.stack([np.random.default_rng(int(seed * 2**53)).random(len(_DRAWS)) for seed in row_seeds]) \
+        if len(row_seeds) else np.zeros((0, len(_DRAWS)))
+    draw = dict(zip(_DRAWS, uniforms.T))
+    strength = settings.strength
+
+    def symmetric(name: str, half_range: float) -> np.ndarray:
+        return (2 * draw[name] - 1) * half_range * strength
+
+    shift = settings.shift_fraction * image_size
+    return Transforms(
+        flip=(draw["flip"] < 0.5) & settings.flip & (strength > 0),
+        angle=symmetric("angle", settings.rotation_degrees),
+        shift_y=symmetric("shift_y", shift),
+        shift_x=symmetric("shift_x", shift),
+        # Capped below 1 so that a strength above 1 never zooms to nothing or mirrors the image.
+        zoom=1 + np.clip(symmetric("zoom", settings.zoom_fraction), -0.9, 0.9),
+        brightness=symmetric("brightness", settings.brightness * 255),
+        contrast=np.maximum(1 + symmetric("contrast", settings.contrast), 0.0),
+    )
+
+
+def augment_pixels(pixels: np.ndarray, row_seeds: np.ndarray, settings) -> np.ndarray:
+    """(N, H, W) pixels in [0, 255] -> float32 of the same shape and range, each image transformed
+    by the transforms its row seed draws."""
     images = np.asarray(pixels, dtype=np.float32)
-    if flip:
-        flipped = rng.random(len(images)) < 0.5
-        images = np.where(flipped[:, None, None], images[:, :, ::-1], images)
-    if rotation_degrees > 0:
-        angles = rng.uniform(-rotation_degrees, rotation_degrees, len(images))
-        images = rotate_batch(images, angles)
-    return images
+    if len(images) == 0 or settings.strength == 0:
+        return images
+    transforms = draw_transforms(row_seeds, images.shape[-1], settings)
+    images = affine_batch(images, transforms)
+    return adjust_intensity(images, transforms.brightness, transforms.contrast)
 
 
-def rotate_batch(images: np.ndarray, angles_degrees: np.ndarray) -> np.ndarray:
-    """Rotate each (H, W) image about its centre by its own angle; bilinear, zeros outside."""
+def affine_batch(images: np.ndarray, transforms: Transforms) -> np.ndarray:
+    """Flip, rotate, zoom and shift each (H, W) image about its centre in one bilinear sample; the
+    area that comes from outside the image is black."""
+    from medray.keras_setup import tf  # imported here: the CLI's config checks do not need TensorFlow
+
     count, height, width = images.shape
-    theta = np.deg2rad(angles_degrees)[:, None, None]
-    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
-    center_row, center_col = (height - 1) / 2, (width - 1) / 2
-    dy, dx = rows - center_row, cols - center_col
-    # Inverse mapping: for each output pixel, where it comes from in the input.
-    source_rows = center_row + np.cos(theta) * dy - np.sin(theta) * dx
-    source_cols = center_col + np.sin(theta) * dy + np.cos(theta) * dx
-    return _bilinear(images, source_rows, source_cols)
+    inverse = inverse_affine(transforms, height, width)
+    moved = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images[..., np.newaxis], transforms=inverse, output_shape=[height, width], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="CONSTANT")
+    return moved.numpy()[..., 0]
 
 
-def _bilinear(images: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    count, height, width = images.shape
-    top, left = np.floor(rows).astype(np.int64), np.floor(cols).astype(np.int64)
-    frac_row, frac_col = rows - top, cols - left
-    index = np.arange(count)[:, None, None]
-    result = np.zeros_like(rows, dtype=np.float32)
-    for d_row, d_col, weight in ((0, 0, (1 - frac_row) * (1 - frac_col)), (0, 1, (1 - frac_row) * frac_col),
-                                 (1, 0, frac_row * (1 - frac_col)), (1, 1, frac_row * frac_col)):
-        r, c = top + d_row, left + d_col
-        inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
-        values = images[index, np.clip(r, 0, height - 1), np.clip(c, 0, width - 1)]
-        result += np.where(inside, values, 0.0) * weight
-    return result
+def inverse_affine(transforms: Transforms, height: int, width: int) -> np.ndarray:
+    """(N, 8) rows [a0 a1 a2 b0 b1 b2 0 0] that map each output pixel (x, y) back to the input
+    point (a0 x + a1 y + a2, b0 x + b1 y + b2) it is sampled from.
+
+    Forward, about the centre c: out = c + shift + zoom * R(angle) * F * (in - c), with F the
+    optional left-right flip; so in = c + F * R(-angle) * (out - c - shift) / zoom.
+    """
+    theta = np.deg2rad(transforms.angle)
+    cos, sin = np.cos(theta) / transforms.zoom, np.sin(theta) / transforms.zoom
+    mirror = np.where(transforms.flip, -1.0, 1.0)
+    a0, a1, b0, b1 = mirror * cos, mirror * sin, -sin, cos
+    centre_x, centre_y = (width - 1) / 2, (height - 1) / 2
+    from_x, from_y = centre_x + transforms.shift_x, centre_y + transforms.shift_y
+    a2 = centre_x - a0 * from_x - a1 * from_y
+    b2 = centre_y - b0 * from_x - b1 * from_y
+    zeros = np.zeros_like(a0)
+    return np.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1).astype(np.float32)
+
+
+def adjust_intensity(images: np.ndarray, brightness: np.ndarray, contrast: np.ndarray) -> np.ndarray:
+    """Scale each image's deviation from its own mean by `contrast`, add `brightness`, clip to [0, 255]."""
+    mean = images.mean(axis=(1, 2), keepdims=True)
+    factor = contrast[:, None, None].astype(np.float32)
+    offset = brightness[:, None, None].astype(np.float32)
+    return np.clip((images - mean) * factor + mean + offset, 0.0, 255.0)

@@ -13,8 +13,9 @@ import numpy as np
 import ray
 from ray.data.expressions import random
 
-from medray.data.augment import SEED_COLUMN, augment_pixels, batch_rng
+from medray.data.augment import SEED_COLUMN, augment_pixels
 from medray.data.decode import decode_mask, resize_gray
+from medray.data.oversample import plan_oversampling, repeat_rows
 from medray.data.preprocess import to_model_input
 from medray.data.readers import decode_row, pieces_of, pieces_per_batch, reader_settings, rows_of
 from medray.data.sources import Source
@@ -24,6 +25,8 @@ from medray.models.registry import Backbone
 class TrainingData:
     train: ray.data.Dataset
     val: ray.data.Dataset
+    # rows in one epoch of `train` (after oversampling): decides the steps per epoch
+    train_rows: int
 
 
 def read_split(source: Source, split: str, image_size: int, data_config) -> ray.data.Dataset:
@@ -64,22 +67,34 @@ def one_batch_per_block(decoded: ray.data.Dataset, batch_size: int) -> ray.data.
 
 
 def training_data(source: Source, backbone: Backbone, image_size: int, config) -> TrainingData:
-    """Train rows augmented afresh every epoch, validation rows as they are; both preprocessed."""
-    augment = config.data.augment
-    train = (
-        read_split(source, "train", image_size, config.data)
-        .with_column(SEED_COLUMN, random(seed=config.seed))
-        .map_batches(augment_and_prepare, fn_kwargs={
-            "backbone": backbone, "flip": augment.flip, "rotation_degrees": augment.rotation_degrees})
-    )
-    val = read_split(source, "val", image_size, config.data).map_batches(
+    """Train rows (oversampled if configured) augmented afresh every epoch, validation rows as they
+    are; both preprocessed. Training never reads lesion masks."""
+    data_config = config.data.model_copy(update={"mask_column": None})
+    train = read_split(source, "train", image_size, data_config)
+    train_rows = source.num_rows("train")
+    if config.train.class_balance == "oversample":
+        plan = oversampling_plan(train, config)
+        train, train_rows = train.map_batches(repeat_rows, fn_kwargs={"plan": plan}), plan.total_rows
+    # Drawn after the repetition, so that every copy of a row gets its own augmentation.
+    train = train.with_column(SEED_COLUMN, random(seed=config.seed)).map_batches(
+        augment_and_prepare, fn_kwargs={"backbone": backbone, "augment": config.data.augment})
+    val = read_split(source, "val", image_size, data_config).map_batches(
         prepare, fn_kwargs={"backbone": backbone})
-    return TrainingData(train=train, val=val)
+    return TrainingData(train=train, val=val, train_rows=train_rows)
 
 
-def augment_and_prepare(batch: dict, backbone: Backbone, flip: bool, rotation_degrees: float) -> dict:
-    rng = batch_rng(batch[SEED_COLUMN])
-    pixels = augment_pixels(batch["pixels"], rng, flip=flip, rotation_degrees=rotation_degrees)
+def oversampling_plan(decoded_train: ray.data.Dataset, config):
+    """One pass over the train split for its row ids and labels (the pixels are dropped as they
+    stream), so the plan holds for exactly the rows the epochs will read."""
+    ids, labels = [], []
+    for batch in decoded_train.select_columns(["row_id", "label"]).iter_batches(batch_format="numpy"):
+        ids.append(batch["row_id"])
+        labels.append(batch["label"])
+    return plan_oversampling(np.concatenate(ids), np.concatenate(labels), config.train.oversample_to, config.seed)
+
+
+def augment_and_prepare(batch: dict, backbone: Backbone, augment) -> dict:
+    pixels = augment_pixels(batch["pixels"], batch[SEED_COLUMN], augment)
     return {"image": to_model_input(pixels, backbone), "label": batch["label"]}
 
 

@@ -38,9 +38,9 @@ def train_model(config: RunConfig, source: Source, data: TrainingData, image_siz
             "run": config.model_dump(mode="json"),
             "num_classes": len(source.class_names),
             "image_size": image_size,
-            "class_weights": class_weights(source.class_counts["train"], config.train.class_weight),
+            "class_weights": class_weights(source.class_counts["train"], config.train.class_balance),
             "initial_model": initial_model,
-            "rows": {split: source.num_rows(split) for split in ("train", "val")},
+            "rows": {"train": data.train_rows, "val": source.num_rows("val")},
             "crash_after_epoch": os.environ.get(CRASH_AFTER_EPOCH_ENV),
         },
         scaling_config=ray.train.ScalingConfig(
@@ -66,9 +66,10 @@ def train_model(config: RunConfig, source: Source, data: TrainingData, image_siz
     return export_best(result, run_dir, config.train)
 
 
-def class_weights(train_counts: list[int], mode: str) -> list[float]:
-    """'balanced' weighs class c by n / (k * n_c), as scikit-learn does; 'none' gives []."""
-    if mode == "none":
+def class_weights(train_counts: list[int], class_balance: str) -> list[float]:
+    """'weights' weighs class c by n / (k * n_c), as scikit-learn's 'balanced' does; otherwise []
+    (with 'oversample' the classes are already balanced in the data)."""
+    if class_balance != "weights":
         return []
     counts = np.asarray(train_counts, dtype=np.float64)
     present = counts > 0
