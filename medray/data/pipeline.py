@@ -21,6 +21,7 @@ from medray.data.readers import decode_row, pieces_of, pieces_per_batch, reader_
 from medray.data.sources import Source
 from medray.models.registry import Backbone
 
+
 @dataclass(frozen=True)
 class TrainingData:
     train: ray.data.Dataset

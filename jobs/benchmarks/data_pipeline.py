@@ -1,0 +1,180 @@
+"""Decode + preprocess + augment: medray's Ray Data pipeline against a plain single-process Pillow loop.
+
+Writes `--rows` generated 128x128 PNG phantoms (Hugging Face style parquet: image {bytes, path},
+label), then times one pass over the training rows each way:
+  medray: read_split -> augment_and_prepare, exactly as `training_data` builds it for the trainer,
+          iterated with iter_batches and thrown away; the second epoch is timed (the first starts
+          Ray Data's workers and their imports).
+  Pillow: a notebook's loop over the same parquet rows: PIL decode, convert("L"), resize, the same
+          flip/rotation/shift/zoom (one PIL affine transform) and brightness/contrast per image,
+          scaled to [0, 1] and stacked into batches.
+It also samples the driver's resident memory while medray streams `--small-rows` and `--rows`
+rows: streamed, the growth must not scale with the rows.
+
+    python jobs/benchmarks/data_pipeline.py [--rows 20000] [--small-rows 2000] [--input-size 128]
+    ray job submit --working-dir . -- python jobs/benchmarks/data_pipeline.py   # joins RAY_ADDRESS
+
+The data goes to --out (default: a temporary folder), which every node of a cluster must see.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from medray.cluster import connect
+from medray.config import validate_config
+from medray.data.augment import adjust_intensity, draw_transforms, inverse_affine
+from medray.data.phantoms import make_phantoms
+from medray.data.pipeline import training_data
+from medray.data.sources import discover
+from medray.data.synth import IMAGE_STRUCT, ROW_GROUP_ROWS, encode_png
+from medray.models.registry import get_backbone
+
+PNG_SIZE = 128
+# Distinct phantoms drawn; rows reuse them shifted and mirrored (drawing 20,000 would take minutes).
+PHANTOM_POOL = 400
+BATCH = 256
+AUGMENT = {"flip": True, "rotation_degrees": 10, "shift_fraction": 0.1, "zoom_fraction": 0.1,
+           "brightness": 0.1, "contrast": 0.1}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--small-rows", type=int, default=2_000)
+    parser.add_argument("--input-size", type=int, default=PNG_SIZE, help="model input side (resize target)")
+    parser.add_argument("--out", type=Path, default=None, help="where the parquet goes (default: a temp dir)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.out) as tmp:
+        root = Path(tmp)
+        started = time.perf_counter()
+        write_parquet(root / "large", args.rows, seed=0)
+        write_parquet(root / "small", args.small_rows, seed=0)
+        print(f"wrote {args.rows} + {args.small_rows} PNGs of {PNG_SIZE}x{PNG_SIZE} to parquet "
+              f"in {time.perf_counter() - started:.0f} s", flush=True)
+        large, small = (config_for(root / name, args.input_size) for name in ("large", "small"))
+        connect(large.scaling)
+        small_rate, small_growth = medray_epoch(small)
+        medray_rate, large_growth = medray_epoch(large)
+        pillow_rate = pillow_loop(root / "large" / "train-00000-of-00001.parquet", args.input_size, large)
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 0)
+    print(f"\n{args.rows} rows, {PNG_SIZE}x{PNG_SIZE} PNG -> {args.input_size}x{args.input_size} model input, "
+          f"augment {AUGMENT}; Ray cluster CPUs: {cpus:g}, machine load average {os.getloadavg()[0]:.1f}")
+    print(f"medray Ray Data pipeline:       {medray_rate:8.0f} images/s")
+    print(f"plain Pillow loop (1 process):  {pillow_rate:8.0f} images/s")
+    print(f"ratio medray / Pillow: {medray_rate / pillow_rate:.2f}  (goal >= 1.5 on 2 cores)")
+    print(f"driver peak RSS growth while streaming: {small_growth / 2**20:.0f} MiB for {args.small_rows} rows, "
+          f"{large_growth / 2**20:.0f} MiB for {args.rows} rows ({small_rate:.0f} images/s on the small set)")
+
+
+def write_parquet(directory: Path, rows: int, seed: int) -> None:
+    """train (`rows` PNGs), val and test (8 each, medray wants every split) in Hugging Face layout."""
+    images, _, labels = make_phantoms(PHANTOM_POOL, PNG_SIZE, seed)
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True)
+    for split, count in (("train", rows), ("val", 8), ("test", 8)):
+        schema = pa.schema([("image", IMAGE_STRUCT), ("label", pa.int64())])
+        with pq.ParquetWriter(directory / f"{split}-00000-of-00001.parquet", schema) as writer:
+            for start in range(0, count, ROW_GROUP_ROWS):
+                cells, group_labels = [], []
+                for index in range(start, min(start + ROW_GROUP_ROWS, count)):
+                    pool_index = index % PHANTOM_POOL
+                    # Every row a different PNG: the pool's phantoms moved by a few pixels, some mirrored.
+                    pixels = np.roll(images[pool_index], tuple(rng.integers(-6, 7, 2)), axis=(0, 1))
+                    pixels = pixels[:, ::-1] if rng.random() < 0.5 else pixels
+                    cells.append({"bytes": encode_png(np.ascontiguousarray(pixels)), "path": f"{split}_{index:05d}.png"})
+                    group_labels.append(int(labels[pool_index]))
+                writer.write_table(pa.table({"image": cells, "label": group_labels}, schema=schema))
+
+
+def config_for(path: Path, input_size: int):
+    return validate_config({
+        "data": {"path": str(path), "augment": AUGMENT},
+        "model": {"backbone": "baseline_cnn", "input_size": input_size},
+        # Only for the CPU check in connect(): nothing trains here, Ray Data gets every CPU.
+        "scaling": {"num_workers": 1, "cpus_per_worker": 0.5, "cpus_for_data": 1},
+        "output": {"dir": str(path.parent / "results")},
+    })
+
+
+def medray_epoch(config) -> tuple[float, int]:
+    """Images/s of the second pass over the train rows, and the driver's peak RSS growth in both passes."""
+    source = discover(config.data)
+    data = training_data(source, get_backbone(config.model.backbone), config.model.input_size, config)
+    with PeakRss() as memory:
+        for epoch in (1, 2):
+            started, count = time.perf_counter(), 0
+            for batch in data.train.iter_batches(batch_size=BATCH, batch_format="numpy"):
+                count += len(batch["label"])
+            seconds = time.perf_counter() - started
+            print(f"medray epoch {epoch}: {count} rows in {seconds:.1f} s", flush=True)
+    assert count == data.train_rows, (count, data.train_rows)
+    return count / seconds, memory.growth
+
+
+def pillow_loop(parquet_file: Path, input_size: int, config) -> float:
+    """The same rows, decoded and augmented one image at a time in this process."""
+    settings = config.data.augment
+    rng = np.random.default_rng(0)
+    started, count = time.perf_counter(), 0
+    for table in pq.ParquetFile(parquet_file).iter_batches(batch_size=BATCH, columns=["image", "label"]):
+        blobs = table.column("image").field("bytes").to_pylist()
+        transforms = draw_transforms(rng.random(len(blobs)), input_size, settings)
+        inverse = inverse_affine(transforms, input_size, input_size)
+        batch = []
+        for index, blob in enumerate(blobs):
+            image = Image.open(io.BytesIO(blob)).convert("L").resize((input_size, input_size), Image.BILINEAR)
+            moved = image.transform(image.size, Image.AFFINE, tuple(inverse[index, :6]), resample=Image.BILINEAR)
+            pixels = adjust_intensity(np.asarray(moved, np.float32)[np.newaxis],
+                                      transforms.brightness[index:index + 1], transforms.contrast[index:index + 1])
+            batch.append(pixels[0] / np.float32(255))
+        np.stack(batch)
+        count += len(batch)
+    rate = count / (time.perf_counter() - started)
+    print(f"Pillow loop: {count} rows at {rate:.0f} images/s", flush=True)
+    return rate
+
+
+class PeakRss:
+    """The driver's resident memory sampled every 20 ms in a thread: the peak above the start."""
+
+    def __enter__(self) -> PeakRss:
+        self._start = self.peak = _rss()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.02):
+            self.peak = max(self.peak, _rss())
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self._start
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+if __name__ == "__main__":
+    main()
