@@ -69,3 +69,23 @@ def test_model_files_carrying_code_are_refused(tmp_path):
     keras.Model(inputs, outputs).save(str(tmp_path / "lambda.keras"))
     with pytest.raises(ValueError, match="(?i)unsafe|lambda|safe_mode"):
         load_model_file(tmp_path / "lambda.keras")
+
+
+def test_baseline_cnn_blocks_batch_norm_and_flatten_head_follow_the_config():
+    config = ModelConfig(conv_filters=[8, 16], batch_norm=False, pooling="flatten", head_units=4)
+    model = build_classifier(get_backbone("baseline_cnn"), 28, 2, config)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [conv.filters for conv in convs] == [8, 16]
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+    # 28 -> 14 -> 7 after two pooled blocks; flatten keeps every position of the 7 x 7 x 16 grid
+    assert model.get_layer("pool").output.shape[-1] == 7 * 7 * 16
+    assert model.get_layer("cam_features").output.shape[1:] == (14, 14, 16)
+
+
+def test_per_image_standardisation_removes_exposure_differences():
+    backbone = get_backbone("baseline_cnn")
+    scan = np.random.default_rng(1).integers(20, 120, (1, 16, 16)).astype(np.float32)
+    brighter = to_model_input(scan * 2 + 10, backbone)
+    assert np.allclose(to_model_input(scan, backbone), brighter, atol=1e-5)
+    flat = to_model_input(np.full((1, 16, 16), 77.0), backbone)
+    assert np.isfinite(flat).all() and np.allclose(flat, 0)

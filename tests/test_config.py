@@ -24,6 +24,8 @@ def test_demo_config_is_valid_and_trains_on_two_workers():
     ({**MINIMAL, "output": {"run_id": "../escape"}}, "output.run_id='../escape' is not allowed"),
     ({}, "missing key data"),
     ({**MINIMAL, "train": {"batch_size": 1}, "scaling": {"num_workers": 2}}, "train.batch_size=1 is smaller than"),
+    ({**MINIMAL, "model": {"backbone": "xception", "pooling": "flatten"}}, "model.pooling=flatten: only baseline_cnn"),
+    ({**MINIMAL, "model": {"conv_filters": []}}, "model.conv_filters=[] is not allowed"),
 ])
 def test_bad_keys_and_values_are_rejected_with_the_key_named(raw, named):
     with pytest.raises(MedrayError) as error:

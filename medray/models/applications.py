@@ -73,7 +73,7 @@ def build_ensemble(input_size: int, channels: int, num_classes: int, model_confi
 
 
 def classification_head(features, num_classes: int, model_config):
-    """The seeds' head: global pooling -> Dense(units, relu) -> Dropout -> softmax."""
+    """The seeds' head: global pooling (or flatten) -> Dense(units, relu) -> Dropout -> softmax."""
     x = pooling_layer(model_config.pooling)(name="pool")(features)
     x = keras.layers.Dense(model_config.head_units, activation="relu", name="head_dense")(x)
     x = keras.layers.Dropout(model_config.dropout, name="head_dropout")(x)
@@ -81,7 +81,8 @@ def classification_head(features, num_classes: int, model_config):
 
 
 def pooling_layer(pooling: str):
-    return keras.layers.GlobalMaxPooling2D if pooling == "max" else keras.layers.GlobalAveragePooling2D
+    return {"max": keras.layers.GlobalMaxPooling2D, "avg": keras.layers.GlobalAveragePooling2D,
+            "flatten": keras.layers.Flatten}[pooling]
 
 
 def set_trainable_top(base: keras.Model, freeze) -> None:

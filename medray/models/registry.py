@@ -24,8 +24,12 @@ class Backbone:
     cam_layers: tuple[str, ...]
 
 
-def scale_to_unit(pixels: np.ndarray) -> np.ndarray:
-    return pixels / np.float32(255.0)
+def standardise_per_image(pixels: np.ndarray) -> np.ndarray:
+    """Zero mean and unit variance per image: X-rays and MRI differ in exposure and gain from
+    scanner to scanner, and a model trained from scratch should not learn the scanner's brightness."""
+    mean = pixels.mean(axis=(1, 2, 3), keepdims=True)
+    std = pixels.std(axis=(1, 2, 3), keepdims=True)
+    return (pixels - mean) / np.maximum(std, np.float32(1.0))
 
 
 def keep_pixels(pixels: np.ndarray) -> np.ndarray:
@@ -40,7 +44,7 @@ def _registry() -> dict[str, Backbone]:
 
     registry = {
         "baseline_cnn": Backbone("baseline_cnn", baseline_cnn.build, input_size=64, channels=1,
-                                 preprocess=scale_to_unit, cam_layers=(baseline_cnn.CAM_LAYER,)),
+                                 preprocess=standardise_per_image, cam_layers=(baseline_cnn.CAM_LAYER,)),
         "ensemble": Backbone("ensemble", applications.build_ensemble, input_size=224, channels=3,
                              preprocess=keep_pixels,
                              cam_layers=tuple(applications.APPLICATIONS[name].cam_layer
