@@ -85,9 +85,13 @@ class ModelConfig(_Section):
     head_units: int = Field(128, ge=1, le=65_536)
     # Side of the square model input; None means the backbone's own default.
     input_size: int | None = Field(None, ge=16, le=1024)
-    # Global max pooling finds a small lesion anywhere; average pooling dilutes it.
-    pooling: Literal["max", "avg"] = "max"
+    # Global max pooling finds a small lesion anywhere; average pooling dilutes it. "flatten" keeps
+    # where a feature was (baseline_cnn on small inputs only: the head grows with the grid).
+    pooling: Literal["max", "avg", "flatten"] = "max"
     dropout: float = Field(0.3, ge=0, lt=1)
+    # baseline_cnn only: one conv block (conv 3x3 -> [batch norm] -> relu -> max pool) per entry.
+    conv_filters: list[Annotated[int, Field(ge=1, le=4096)]] = Field([32, 64, 128], min_length=1, max_length=8)
+    batch_norm: bool = True
 
 
 class FineTuneConfig(_Section):
@@ -206,6 +210,9 @@ class RunConfig(_Section):
         if self.model.weights not in ("none", "imagenet") and not Path(self.model.weights).is_file():
             raise ValueError(f"model.weights={self.model.weights!r} is neither none, imagenet nor an "
                              "existing weights file")
+        if self.model.pooling == "flatten" and self.model.backbone != "baseline_cnn":
+            raise ValueError(f"model.pooling=flatten: only baseline_cnn flattens its features; "
+                             f"{self.model.backbone} needs max or avg")
         if self.model.weights != "none" and self.model.backbone == "baseline_cnn":
             raise ValueError("model.weights: baseline_cnn has no pretrained weights; use weights: none")
         return self
