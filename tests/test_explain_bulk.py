@@ -160,3 +160,14 @@ def test_a_killed_job_restarted_writes_exactly_one_map_per_test_row(tiny_dataset
     resumed = int(summary.split("(")[1].split(" ")[0])
     assert resumed == 4 * len(shards_before)
     assert len(list((run_dir / "explain" / "overlays").rglob("*.png"))) == TEST_ROWS
+
+
+def test_resuming_with_another_method_is_refused_rather_than_mixed(tiny_dataset, tmp_path, capsys, ray_cluster):
+    run_dir = fake_run(tmp_path / "run")
+    settings = ["explain.batch_size=8", "explain.checks=false", "explain.gallery_size=0", "explain.overlays=false"]
+    assert main(explain_args(tiny_dataset, run_dir, *settings)) == 0
+    capsys.readouterr()
+    assert main(explain_args(tiny_dataset, run_dir, *settings, "explain.method=hirescam")) == 2
+    error = capsys.readouterr().err
+    assert "other settings (method changed)" in error and "Delete that folder" in error
+    assert set(pd.read_parquet(run_dir / "explain" / "maps")["method"]) == {"gradcam"}

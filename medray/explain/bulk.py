@@ -9,6 +9,8 @@ its overlays are written, so after a crash the re-run skips exactly the images o
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -52,6 +54,7 @@ MAPS_SCHEMA = pa.schema([
 ])
 SHARD = re.compile(r"^part-(\d+)\.parquet$")
 RANDOMISATION_SEED = 2018
+SETTINGS = "settings.json"
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,8 @@ def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: 
     maps_dir.mkdir(parents=True, exist_ok=True)
     overlay_dir = out_dir / "overlays" if explain_config.overlays else None
     done, next_index = completed_shards(maps_dir)
+    settings = explain_settings(model_bytes, class_names, explain_config)
+    check_same_settings(maps_dir, settings, resuming=bool(done))
     todo = decoded if not done else decoded.map_batches(drop_rows, fn_kwargs={"done": done})
     todo = one_batch_per_block(todo, explain_config.batch_size)
     mapped = todo.map_batches(
@@ -210,6 +215,27 @@ def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: 
                           resumed=len(done), rows=sum(score["maps"] for score in scores.values()),
                           empty_maps=sum(score["empty_maps"] for score in scores.values()),
                           scores=scores, galleries=galleries)
+
+
+def explain_settings(model_bytes: bytes, class_names: list[str], explain_config) -> dict:
+    """What a map depends on. Shards written under other settings must not be mixed with new ones."""
+    return {"model_sha256": hashlib.sha256(model_bytes).hexdigest(), "class_names": list(class_names),
+            "method": explain_config.methods, "target": explain_config.target,
+            "checks": explain_config.checks, "deletion_steps": explain_config.deletion_steps,
+            "overlays": explain_config.overlays, "colorbar": explain_config.colorbar}
+
+
+def check_same_settings(maps_dir: Path, settings: dict, resuming: bool) -> None:
+    """Resume only the job that was interrupted: same model, methods, targets and checks."""
+    path = maps_dir.parent / SETTINGS  # beside maps/, which must hold parquet files only
+    if resuming and path.is_file():
+        before = json.loads(path.read_text())
+        changed = sorted(key for key in settings if before.get(key) != settings[key])
+        if changed:
+            raise MedrayError(
+                f"{maps_dir.parent} holds maps made with other settings ({', '.join(changed)} changed); "
+                "resuming would mix them. Delete that folder to start afresh, or explain into a new run folder")
+    path.write_text(json.dumps(settings, indent=2))
 
 
 def split_by_images(table: pa.Table, images: int) -> list[pa.Table]:
