@@ -9,6 +9,7 @@ from medray.data.oversample import plan_oversampling, repeat_rows
 from medray.data.pipeline import training_data
 from medray.data.sources import discover
 from medray.models.registry import get_backbone
+from medray.train.trainer import class_weights
 from tests.conftest import DEMO_CONFIG
 
 LABELS = np.array([0] * 7 + [1] * 3 + [2] * 12)
@@ -48,6 +49,11 @@ def test_max_keeps_the_largest_class_once_and_a_small_target_subsamples():
     small = one_epoch(plan_oversampling(ROW_IDS, LABELS, target=5, seed=0))
     large_class = small["row_id"][small["label"] == 2]
     assert len(large_class) == 5 and len(set(large_class.tolist())) == 5
+
+
+def test_loss_weights_only_with_class_balance_weights():
+    assert class_weights([10, 30], "weights") == [2.0, 2 / 3]
+    assert class_weights([10, 30], "oversample") == [] and class_weights([10, 30], "none") == []
 
 
 def test_oversampled_train_data_has_the_planned_rows_per_class_each_differently_augmented(tiny_dataset, ray_cluster):
