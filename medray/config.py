@@ -36,6 +36,10 @@ class AugmentConfig(_Section):
     brightness: float = Field(0.0, ge=0, le=1)  # offset uniform in +-brightness * 255
     contrast: float = Field(0.0, ge=0, lt=1)  # deviation from the image's mean scaled by [1 - c, 1 + c]
     strength: float = Field(1.0, ge=0, le=4)
+    # What fills the corners that rotations, shifts and zoom-outs uncover. Black corners that only
+    # training images have are a shortcut a model learns (validation accuracy fell from 0.9 to 0.7
+    # on PneumoniaMNIST); "reflect" mirrors the image into them, as Keras's random layers do.
+    fill: Literal["reflect", "nearest", "constant"] = "reflect"
 
 
 class SplitConfig(_Section):

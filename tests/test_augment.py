@@ -84,6 +84,14 @@ def test_a_flip_mirrors_left_and_right_and_180_degrees_turns_the_image_over():
     assert np.allclose(affine_batch(images, only(2, angle=180.0)), images[:, ::-1, ::-1], atol=1e-3)
 
 
+def test_uncovered_corners_are_mirrored_by_default_and_black_only_when_asked():
+    bright = np.full((1, 16, 16), 180, np.float32)
+    turned = only(1, angle=45.0)
+    assert affine_batch(bright, turned, "constant")[0, 0, 0] == 0
+    assert affine_batch(bright, turned, "reflect")[0, 0, 0] == pytest.approx(180)
+    assert affine_batch(bright, turned)[0, 0, 0] == pytest.approx(180)
+
+
 def test_zooming_in_by_two_spreads_the_centre_over_the_image():
     image = np.zeros((1, 17, 17), np.float32)
     image[0, 7:10, 7:10] = 100  # a 3 px square on the centre pixel (8, 8)

@@ -66,20 +66,20 @@ def augment_pixels(pixels: np.ndarray, row_seeds: np.ndarray, settings) -> np.nd
     if len(images) == 0 or settings.strength == 0:
         return images
     transforms = draw_transforms(row_seeds, images.shape[-1], settings)
-    images = affine_batch(images, transforms)
+    images = affine_batch(images, transforms, settings.fill)
     return adjust_intensity(images, transforms.brightness, transforms.contrast)
 
 
-def affine_batch(images: np.ndarray, transforms: Transforms) -> np.ndarray:
+def affine_batch(images: np.ndarray, transforms: Transforms, fill: str = "reflect") -> np.ndarray:
     """Flip, rotate, zoom and shift each (H, W) image about its centre in one bilinear sample; the
-    area that comes from outside the image is black."""
+    area that comes from outside the image is mirrored from inside it ("reflect"), or black ("constant")."""
     from medray.keras_setup import tf  # imported here: the CLI's config checks do not need TensorFlow
 
     count, height, width = images.shape
     inverse = inverse_affine(transforms, height, width)
     moved = tf.raw_ops.ImageProjectiveTransformV3(
         images=images[..., np.newaxis], transforms=inverse, output_shape=[height, width], fill_value=0.0,
-        interpolation="BILINEAR", fill_mode="CONSTANT")
+        interpolation="BILINEAR", fill_mode=fill.upper())
     return moved.numpy()[..., 0]
 
 
