@@ -14,7 +14,8 @@ rows: streamed, the growth must not scale with the rows.
     python jobs/benchmarks/data_pipeline.py [--rows 20000] [--small-rows 2000] [--input-size 128]
     ray job submit --working-dir . -- python jobs/benchmarks/data_pipeline.py   # joins RAY_ADDRESS
 
-The data goes to --out (default: a temporary folder), which every node of a cluster must see.
+The data goes to --out (default: a temporary folder, deleted after), which every node of a cluster
+must see; a set already written there for the same row count is reused.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -54,20 +56,20 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--small-rows", type=int, default=2_000)
     parser.add_argument("--input-size", type=int, default=PNG_SIZE, help="model input side (resize target)")
-    parser.add_argument("--out", type=Path, default=None, help="where the parquet goes (default: a temp dir)")
+    parser.add_argument("--out", type=Path, default=None, help="keep the parquet here (default: a temp dir)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(dir=args.out) as tmp:
-        root = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.out or Path(tmp)
         started = time.perf_counter()
-        write_parquet(root / "large", args.rows, seed=0)
-        write_parquet(root / "small", args.small_rows, seed=0)
-        print(f"wrote {args.rows} + {args.small_rows} PNGs of {PNG_SIZE}x{PNG_SIZE} to parquet "
-              f"in {time.perf_counter() - started:.0f} s", flush=True)
-        large, small = (config_for(root / name, args.input_size) for name in ("large", "small"))
+        large_dir, small_dir = (write_parquet(root / f"phantoms-{rows}", rows, seed=0)
+                                for rows in (args.rows, args.small_rows))
+        print(f"{args.rows} + {args.small_rows} PNGs of {PNG_SIZE}x{PNG_SIZE} in parquet "
+              f"({time.perf_counter() - started:.0f} s)", flush=True)
+        large, small = (config_for(directory, args.input_size) for directory in (large_dir, small_dir))
         connect(large.scaling)
         small_rate, small_growth = medray_epoch(small)
         medray_rate, large_growth = medray_epoch(large)
-        pillow_rate = pillow_loop(root / "large" / "train-00000-of-00001.parquet", args.input_size, large)
+        pillow_rate = pillow_loop(large_dir / "train-00000-of-00001.parquet", args.input_size, large)
     import ray
 
     cpus = ray.cluster_resources().get("CPU", 0)
@@ -80,14 +82,19 @@ def main() -> None:
           f"{large_growth / 2**20:.0f} MiB for {args.rows} rows ({small_rate:.0f} images/s on the small set)")
 
 
-def write_parquet(directory: Path, rows: int, seed: int) -> None:
-    """train (`rows` PNGs), val and test (8 each, medray wants every split) in Hugging Face layout."""
+def write_parquet(directory: Path, rows: int, seed: int) -> Path:
+    """train (`rows` PNGs), val and test (8 each, medray wants every split) in Hugging Face layout;
+    written to a staging folder renamed at the end, so an existing folder is a complete set."""
+    if directory.is_dir():
+        return directory
     images, _, labels = make_phantoms(PHANTOM_POOL, PNG_SIZE, seed)
     rng = np.random.default_rng(seed)
-    directory.mkdir(parents=True)
+    staging = directory.with_name(f".{directory.name}.incomplete-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     for split, count in (("train", rows), ("val", 8), ("test", 8)):
         schema = pa.schema([("image", IMAGE_STRUCT), ("label", pa.int64())])
-        with pq.ParquetWriter(directory / f"{split}-00000-of-00001.parquet", schema) as writer:
+        with pq.ParquetWriter(staging / f"{split}-00000-of-00001.parquet", schema) as writer:
             for start in range(0, count, ROW_GROUP_ROWS):
                 cells, group_labels = [], []
                 for index in range(start, min(start + ROW_GROUP_ROWS, count)):
@@ -98,6 +105,8 @@ def write_parquet(directory: Path, rows: int, seed: int) -> None:
                     cells.append({"bytes": encode_png(np.ascontiguousarray(pixels)), "path": f"{split}_{index:05d}.png"})
                     group_labels.append(int(labels[pool_index]))
                 writer.write_table(pa.table({"image": cells, "label": group_labels}, schema=schema))
+    os.replace(staging, directory)
+    return directory
 
 
 def config_for(path: Path, input_size: int):

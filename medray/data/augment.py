@@ -106,5 +106,7 @@ def adjust_intensity(images: np.ndarray, brightness: np.ndarray, contrast: np.nd
     """Scale each image's deviation from its own mean by `contrast`, add `brightness`, clip to [0, 255]."""
     mean = images.mean(axis=(1, 2), keepdims=True)
     factor = contrast[:, None, None].astype(np.float32)
-    offset = brightness[:, None, None].astype(np.float32)
-    return np.clip((images - mean) * factor + mean + offset, 0.0, 255.0)
+    # (x - mean) * factor + mean + brightness, in two passes over the pixels instead of four
+    adjusted = images * factor
+    adjusted += mean * (1 - factor) + brightness[:, None, None].astype(np.float32)
+    return np.clip(adjusted, 0.0, 255.0, out=adjusted)
