@@ -7,7 +7,7 @@ label), then times one pass over the training rows each way:
           Ray Data's workers and their imports).
   Pillow: a notebook's loop over the same parquet rows: PIL decode, convert("L"), resize, the same
           flip/rotation/shift/zoom (one PIL affine transform) and brightness/contrast per image,
-          scaled to [0, 1] and stacked into batches.
+          stacked into batches and given the backbone's own preprocessing.
 It also samples the driver's resident memory while medray streams `--small-rows` and `--rows`
 rows: streamed, the growth must not scale with the rows.
 
@@ -39,6 +39,7 @@ from medray.config import validate_config
 from medray.data.augment import adjust_intensity, draw_transforms, inverse_affine
 from medray.data.phantoms import make_phantoms
 from medray.data.pipeline import training_data
+from medray.data.preprocess import to_model_input
 from medray.data.sources import discover
 from medray.data.synth import IMAGE_STRUCT, ROW_GROUP_ROWS, encode_png
 from medray.models.registry import get_backbone
@@ -137,6 +138,7 @@ def medray_epoch(config) -> tuple[float, int]:
 def pillow_loop(parquet_file: Path, input_size: int, config) -> float:
     """The same rows, decoded and augmented one image at a time in this process."""
     settings = config.data.augment
+    backbone = get_backbone(config.model.backbone)
     rng = np.random.default_rng(0)
     started, count = time.perf_counter(), 0
     for table in pq.ParquetFile(parquet_file).iter_batches(batch_size=BATCH, columns=["image", "label"]):
@@ -149,8 +151,8 @@ def pillow_loop(parquet_file: Path, input_size: int, config) -> float:
             moved = image.transform(image.size, Image.AFFINE, tuple(inverse[index, :6]), resample=Image.BILINEAR)
             pixels = adjust_intensity(np.asarray(moved, np.float32)[np.newaxis],
                                       transforms.brightness[index:index + 1], transforms.contrast[index:index + 1])
-            batch.append(pixels[0] / np.float32(255))
-        np.stack(batch)
+            batch.append(pixels[0])
+        to_model_input(np.stack(batch), backbone)
         count += len(batch)
     rate = count / (time.perf_counter() - started)
     print(f"Pillow loop: {count} rows at {rate:.0f} images/s", flush=True)
