@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import ray
 
 from medray.data.pipeline import one_batch_per_block
@@ -26,11 +29,25 @@ def predict(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: str, c
         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency),
     )
     batches = list(scored.iter_batches(batch_size=None))
-    probabilities = np.concatenate([batch["probabilities"] for batch in batches])
-    labels = np.concatenate([batch["label"] for batch in batches])
+    return prediction_table(np.concatenate([batch["row_id"] for batch in batches]).astype(str),
+                            np.concatenate([batch["label"] for batch in batches]),
+                            np.concatenate([batch["probabilities"] for batch in batches]), class_names)
+
+
+def predictions_from_maps(maps_dir: Path, class_names: list[str]) -> pd.DataFrame:
+    """The same table from the bulk explain job's output, which holds every test image's probabilities
+    (once per map): a run that explains its test split need not decode and predict it a second time."""
+    maps = pq.read_table(maps_dir, columns=["row_id", "label", "probabilities"]).to_pandas()
+    images = maps.drop_duplicates("row_id")
+    return prediction_table(images["row_id"].to_numpy(str), images["label"].to_numpy(np.int64),
+                            np.stack(images["probabilities"].to_numpy()).astype(np.float32), class_names)
+
+
+def prediction_table(row_ids: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
+                     class_names: list[str]) -> pd.DataFrame:
     predictions = probabilities.argmax(axis=1)
     frame = pd.DataFrame({
-        "row_id": np.concatenate([batch["row_id"] for batch in batches]).astype(str),
+        "row_id": row_ids,
         "label": labels,
         "label_name": [class_names[label] for label in labels],
         "prediction": predictions,

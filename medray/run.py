@@ -14,7 +14,7 @@ from medray.config import RunConfig, to_yaml
 from medray.data.manifest import describe_data_report, prepare_source
 from medray.data.pipeline import read_split, training_data
 from medray.data.sources import SPLITS, Source, discover
-from medray.evaluate import compute_metrics, predict
+from medray.evaluate import compute_metrics, predict, predictions_from_maps
 from medray.explain.bulk import ExplainOutcome, explain_split
 from medray.explain.scorecard import format_scorecard
 from medray.errors import MedrayError
@@ -57,17 +57,19 @@ def run_job(config: RunConfig) -> RunOutcome:
 
     model_bytes = training.model_path.read_bytes()
     test = read_split(source, "test", image_size, config.data)
-    predictions = predict(test, model_bytes, backbone.name, source.class_names,
-                          config.explain.batch_size, config.explain.concurrency)
+    explained = None
+    if config.explain.enabled:
+        # The explain job computes every test image's probabilities as well: one pass over the test split.
+        explained = explain_split(test, model_bytes, backbone.name, source.class_names, config.explain,
+                                  run_dir / "explain")
+        predictions = predictions_from_maps(explained.maps_dir, source.class_names)
+    else:
+        predictions = predict(test, model_bytes, backbone.name, source.class_names,
+                              config.explain.batch_size, config.explain.concurrency)
     predictions.to_parquet(run_dir / "predictions.parquet", index=False)
     metrics = compute_metrics(predictions, source.class_names)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_confusion_matrix(metrics["confusion_matrix"], source.class_names, run_dir / "confusion_matrix.png")
-
-    explained = None
-    if config.explain.enabled:
-        explained = explain_split(test, model_bytes, backbone.name, source.class_names, config.explain,
-                                  run_dir / "explain")
     outcome = RunOutcome(run_dir, source, training, metrics, explained)
     (run_dir / "summary.txt").write_text(summarise(outcome))
     if config.report.enabled:

@@ -10,6 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from medray.config import load_config
+from medray.data.manifest import prepare_source
+from medray.data.pipeline import read_split
+from medray.data.sources import discover
+from medray.evaluate import predict
 from medray.models.classifier import load_model_file
 
 
@@ -31,6 +36,17 @@ def test_predictions_have_one_row_per_test_image(finished_run):
     probabilities = np.stack(predictions["probabilities"].to_numpy())
     assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
     assert (predictions["prediction"] == probabilities.argmax(axis=1)).all()
+
+
+def test_predictions_taken_from_the_explain_job_equal_a_separate_prediction_pass(finished_run, ray_cluster):
+    config = load_config(finished_run / "config.yaml")
+    source, _ = prepare_source(discover(config.data), config.data, finished_run)
+    test = read_split(source, "test", config.model.input_size, config.data)
+    direct = predict(test, (finished_run / "model.keras").read_bytes(), "baseline_cnn", source.class_names,
+                     batch_size=16, concurrency=1)
+    recorded = pd.read_parquet(finished_run / "predictions.parquet")
+    assert direct["row_id"].tolist() == recorded["row_id"].tolist()
+    assert np.allclose(np.stack(direct["probabilities"]), np.stack(recorded["probabilities"]), atol=1e-5)
 
 
 def test_history_has_every_epoch_and_model_loads_in_safe_mode(finished_run):

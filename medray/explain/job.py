@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medray.cluster import connect
+from medray.data.manifest import prepare_source
 from medray.data.pipeline import read_split
 from medray.data.sources import discover
 from medray.errors import MedrayError
@@ -24,6 +25,8 @@ def explain_run(config, run_dir: str | Path) -> ExplainOutcome:
     image_size = config.model.input_size or backbone.input_size
     source = discover(config.data)
     connect(config.scaling)
+    # The run's own manifest: the same rows as at training time, bad ones skipped or refused alike.
+    source, _ = prepare_source(source, config.data, run_dir)
     test = read_split(source, "test", image_size, config.data)
     outcome = explain_split(test, model_path.read_bytes(), backbone.name, source.class_names, config.explain,
                             run_dir / "explain", on_shard=None)
