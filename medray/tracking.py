@@ -27,6 +27,9 @@ ARTIFACT_DIRS = ["plots"]
 TEST_METRICS = ["accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "roc_auc_ovr",
                 "expected_calibration_error"]
 PER_CLASS_METRICS = ["precision", "recall", "f1"]
+# A sweep's parent run: its leaderboard and report (each trial's own files go with its child run).
+SWEEP_FILE = "sweep.yaml"
+SWEEP_ARTIFACTS = [SWEEP_FILE, "base.yaml", "leaderboard.csv", "leaderboard.md", "leaderboard.png"]
 
 
 def tracking_uri(tracking_config, output_dir: Path) -> str:
@@ -53,9 +56,7 @@ def log_run(run_dir: Path, tracking_config, output_dir: Path, tags: dict[str, st
     metrics = [Metric(key, value, logged_at, step) for key, value, step in run_metrics(run_dir)]
     try:
         client = MlflowClient(tracking_uri=uri)
-        experiment = client.get_experiment_by_name(tracking_config.experiment)
-        experiment_id = (experiment.experiment_id if experiment is not None
-                         else client.create_experiment(tracking_config.experiment))
+        experiment_id = experiment_id_for(client, tracking_config.experiment)
         run = client.create_run(experiment_id, run_name=run_dir.name,
                                 tags={"medray.run_dir": str(run_dir.resolve()), **(tags or {})})
         run_id = run.info.run_id
@@ -77,6 +78,49 @@ def log_run(run_dir: Path, tracking_config, output_dir: Path, tags: dict[str, st
             f"{str(error).splitlines()[0] if str(error) else ''}); the run's results are complete in {run_dir}; "
             "fix tracking.uri or set tracking.enabled: false") from None
     return run_id
+
+
+def experiment_id_for(client, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment is not None else client.create_experiment(name)
+
+
+def log_sweep(sweep_dir: Path, tracking_config, output_dir: Path) -> str:
+    """A sweep as one parent MLflow run (the sweep file as params, the leaderboard as artifacts, the
+    best trial's scores as metrics) with one child run per trial, logged by `log_run`."""
+    sweep_dir = Path(sweep_dir)
+    uri = tracking_uri(tracking_config, output_dir)
+    # log_run checks that mlflow is installed and sets up the store.
+    parent_id = log_run(sweep_dir, tracking_config, output_dir, tags={"medray.kind": "sweep"})
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        sweep_path = sweep_dir / SWEEP_FILE
+        if sweep_path.is_file():
+            sweep_params = flatten(yaml.safe_load(sweep_path.read_text()) or {})
+            client.log_batch(parent_id, params=[Param(f"sweep.{key}", value[:6000])
+                                                for key, value in sorted(sweep_params.items())][:100])
+        for name in SWEEP_ARTIFACTS:
+            if (sweep_dir / name).is_file():
+                client.log_artifact(parent_id, str(sweep_dir / name))
+        board_path = sweep_dir / "leaderboard.csv"
+        if board_path.is_file():
+            best = pd.read_csv(board_path).iloc[0]
+            logged_at = int(time.time() * 1000)
+            client.log_batch(parent_id, metrics=[
+                Metric(f"best_{name}", float(best[name]), logged_at, 0) for name in best.index
+                if name.startswith(("val_", "test_")) and isinstance(best[name], (int, float))
+                and math.isfinite(best[name])])
+    except Exception as error:  # noqa: BLE001
+        raise MedrayError(f"tracking.uri={uri}: could not log sweep {sweep_dir.name} to MLflow "
+                          f"({type(error).__name__}); the sweep's results are complete in {sweep_dir}; fix "
+                          "tracking.uri or set tracking.enabled: false") from None
+    for trial_dir in sorted(path.parent for path in sweep_dir.glob("*/params.json")):
+        log_run(trial_dir, tracking_config, output_dir,
+                tags={"mlflow.parentRunId": parent_id, "medray.kind": "trial", "medray.sweep": sweep_dir.name})
+    return parent_id
 
 
 def config_params(run_dir: Path) -> list[tuple[str, str]]:

@@ -31,7 +31,8 @@ class TrainingOutcome:
 
 
 def train_model(config: RunConfig, source: Source, data: TrainingData, image_size: int,
-                run_dir: Path, initial_model: bytes | None) -> TrainingOutcome:
+                run_dir: Path, initial_model: bytes | None, callbacks: list | None = None) -> TrainingOutcome:
+    """`callbacks`: Ray Train callbacks, e.g. Tune's TuneReportCallback when a sweep trial trains."""
     trainer = TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -57,6 +58,7 @@ def train_model(config: RunConfig, source: Source, data: TrainingData, image_siz
                 checkpoint_score_order=config.train.monitor_mode),
             # A failed worker group restarts from the latest checkpoint, up to this many times.
             failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
+            callbacks=callbacks,
         ),
     )
     try:

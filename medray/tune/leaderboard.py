@@ -1,0 +1,147 @@
+"""The leaderboard of a sweep, built from its results folder alone.
+
+Each trial folder `<sweep>/<trial id>/` holds what Tune wrote (`params.json`, one `result.json`
+line per epoch), what the trial wrote (`config.yaml`, `outcome.json` if its training ended by
+itself) and, for the top-k, the test split's `metrics.json`. `sweep.yaml` names the metric.
+Rows are ranked by the best validation value of the sweep's metric; test metrics never rank.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from medray.errors import MedrayError
+from medray.tune.trial import OUTCOME
+
+SWEEP_FILE = "sweep.yaml"
+LEADERBOARD_CSV, LEADERBOARD_MD, LEADERBOARD_PNG = "leaderboard.csv", "leaderboard.md", "leaderboard.png"
+VAL_METRICS = ["val_auc", "val_accuracy", "val_loss"]
+TEST_METRICS = {"accuracy": "test_accuracy", "roc_auc_ovr": "test_auc", "macro_f1": "test_macro_f1",
+                "balanced_accuracy": "test_balanced_accuracy"}
+# Tune writes error.txt into the folder of a trial that raised.
+TUNE_ERROR_FILE = "error.txt"
+
+
+def read_sweep(sweep_dir: Path):
+    from medray.tune.space import parse_sweep
+    import yaml
+
+    path = Path(sweep_dir) / SWEEP_FILE
+    if not path.is_file():
+        raise MedrayError(f"{sweep_dir} holds no {SWEEP_FILE}; pass the folder `medray tune` printed")
+    return parse_sweep(yaml.safe_load(path.read_text()), source=str(path))
+
+
+def trial_dirs(sweep_dir: Path) -> list[Path]:
+    return sorted(path.parent for path in Path(sweep_dir).glob("*/params.json"))
+
+
+def epoch_history(trial_dir: Path) -> pd.DataFrame:
+    """Every epoch Tune received from this trial, the latest report of an epoch winning
+    (a resumed trial may report an epoch again)."""
+    path = trial_dir / "result.json"
+    if not path.is_file() or path.stat().st_size == 0:
+        return pd.DataFrame(columns=["epoch"])
+    rows = pd.read_json(path, lines=True)
+    if "epoch" not in rows.columns:
+        return pd.DataFrame(columns=["epoch"])
+    rows = rows.dropna(subset=["epoch"])
+    return rows.drop_duplicates("epoch", keep="last").sort_values("epoch", ignore_index=True)
+
+
+def stop_reason(trial_dir: Path, reported: bool | None = None) -> str:
+    """completed, early stopping, ASHA stopped (reported epochs, but its training never ended by
+    itself), error or not run. `reported`: whether the trial reported, if known better than result.json."""
+    if (trial_dir / TUNE_ERROR_FILE).is_file():
+        return "error"
+    outcome_path = trial_dir / OUTCOME
+    if outcome_path.is_file():
+        return "early stopping" if json.loads(outcome_path.read_text())["stop_reasons"] else "completed"
+    if reported is None:
+        reported = not epoch_history(trial_dir).empty
+    return "ASHA stopped" if reported else "not run"
+
+
+def best_row(history: pd.DataFrame, metric: str, mode: str) -> pd.Series | None:
+    if metric not in history.columns or history[metric].isna().all():
+        return None
+    return history.loc[history[metric].idxmax() if mode == "max" else history[metric].idxmin()]
+
+
+def build_leaderboard(sweep_dir: str | Path) -> pd.DataFrame:
+    """One row per trial, best first: hyperparameters, epochs, stop reason, validation and test metrics."""
+    sweep_dir = Path(sweep_dir)
+    sweep = read_sweep(sweep_dir)
+    rows = []
+    for trial_dir in trial_dirs(sweep_dir):
+        params = json.loads((trial_dir / "params.json").read_text())
+        history = epoch_history(trial_dir)
+        best = best_row(history, sweep.metric, sweep.mode)
+        row = {"trial": trial_dir.name, "stop_reason": stop_reason(trial_dir),
+               "epochs": int(history["epoch"].max()) if not history.empty else 0,
+               **{key: params.get(key) for key in sweep.space},
+               "best_epoch": int(best["epoch"]) if best is not None else None,
+               **{name: (float(best[name]) if best is not None and name in best else math.nan)
+                  for name in VAL_METRICS}}
+        metrics_path = trial_dir / "metrics.json"
+        test = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        row.update({column: test.get(name) for name, column in TEST_METRICS.items()})
+        rows.append(row)
+    if not rows:
+        raise MedrayError(f"{sweep_dir} holds no trial folders (*/params.json); did the sweep start?")
+    board = pd.DataFrame(rows)
+    board = board.sort_values(sweep.metric, ascending=sweep.mode == "min", na_position="last", kind="stable")
+    board.insert(0, "rank", range(1, len(board) + 1))
+    return board.reset_index(drop=True)
+
+
+def write_leaderboard(sweep_dir: str | Path) -> pd.DataFrame:
+    """leaderboard.csv, .md and .png in the sweep folder; returns the table."""
+    sweep_dir = Path(sweep_dir)
+    board = build_leaderboard(sweep_dir)
+    board.to_csv(sweep_dir / LEADERBOARD_CSV, index=False)
+    (sweep_dir / LEADERBOARD_MD).write_text(to_markdown(board))
+    plot_leaderboard(board, read_sweep(sweep_dir).metric, sweep_dir / LEADERBOARD_PNG)
+    return board
+
+
+def to_markdown(board: pd.DataFrame) -> str:
+    def cell(value) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value).replace("|", "\\|")
+    lines = ["| " + " | ".join(board.columns) + " |", "|" + "---|" * len(board.columns)]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in board.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def plot_leaderboard(board: pd.DataFrame, metric: str, path: Path) -> Path:
+    """Best validation value per trial, coloured by why the trial stopped; test AUC marked for the top-k."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"completed": "#1d5f8a", "early stopping": "#4f9d69", "ASHA stopped": "#c9a227",
+               "error": "#b5452b", "not run": "#999999"}
+    shown = board.iloc[::-1]
+    figure, axes = plt.subplots(figsize=(7, 0.9 + 0.32 * len(board)))
+    axes.barh(shown["trial"], shown[metric].fillna(0), color=[colours[reason] for reason in shown["stop_reason"]])
+    tested = shown.dropna(subset=["test_auc"])
+    if not tested.empty:
+        axes.scatter(tested["test_auc"], tested["trial"], marker="D", color="black", zorder=3, label="test AUC")
+    for reason, colour in colours.items():
+        if reason in set(board["stop_reason"]):
+            axes.barh([], [], color=colour, label=reason)
+    axes.set_xlabel(f"best {metric} (validation)")
+    axes.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

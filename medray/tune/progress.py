@@ -1,0 +1,34 @@
+"""One console line per finished trial, printed by the driver while the sweep runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ray import tune
+
+from medray.tune.leaderboard import stop_reason
+
+
+class TrialLog(tune.Callback):
+    def __init__(self, sweep_dir: str, metric: str, mode: str):
+        self.sweep_dir, self.metric, self.mode = sweep_dir, metric, mode
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._print(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._print(trial)
+
+    def _print(self, trial) -> None:
+        best = trial.metric_analysis.get(self.metric, {}).get(self.mode)
+        score = "n/a" if best is None else f"{best:.4f}"
+        epochs = trial.last_result.get("epoch", 0)
+        params = "  ".join(f"{key}={_short(value)}" for key, value in trial.config.items())
+        # result.json may not be flushed yet: what Tune received says whether the trial reported.
+        reason = stop_reason(Path(self.sweep_dir) / trial.trial_id, reported=bool(epochs))
+        print(f"trial {trial.trial_id}  {reason:<14}  best {self.metric} {score}  epochs {epochs:g}  {params}",
+              flush=True)
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

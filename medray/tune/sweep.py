@@ -1,0 +1,267 @@
+"""`medray tune`: search a space of run configs with Ray Tune, then rank, test and report.
+
+    results/<sweep name>/
+      sweep.yaml, base.yaml        the sweep and its resolved base run config (all a resume needs)
+      <trial id>/                  Tune's folder of each trial: params.json, result.json, config.yaml,
+                                   checkpoints/; the top-k add metrics.json and predictions.parquet
+      leaderboard.csv|md|png       every trial, best validation value first
+      best/model.keras, config.yaml  the best trial's model (chosen on validation) and its run config
+      report.html
+
+Selection is on the validation split only; the test split is read once, for the top-k trials.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from ray import tune
+
+from medray.cluster import check_cpus_for_data, connect
+from medray.config import RunConfig, ScalingConfig, load_config, to_yaml
+from medray.data.pipeline import read_split
+from medray.data.sources import Source, discover
+from medray.errors import MedrayError
+from medray.evaluate import compute_metrics, predict
+from medray.models.registry import get_backbone
+from medray.train.loop import CHECKPOINT_MODEL
+from medray.tune.leaderboard import (SWEEP_FILE, best_row, build_leaderboard, epoch_history, trial_dirs,
+                                     write_leaderboard)
+from medray.tune.progress import TrialLog
+from medray.tune.space import SweepConfig, epoch_budget, parse_sweep
+from medray.tune.trial import TRIAL_CONFIG, run_trial
+
+BASE_FILE = "base.yaml"
+# Columns Tune adds to every report; history.csv keeps what the training loop reported.
+TUNE_BOOKKEEPING = ["config", "timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
+                    "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
+                    "iterations_since_restore", "checkpoint_path"]
+BEST_DIR = "best"
+TRIAL_DRIVER_MEMORY = 256 * 1024**2
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    sweep_dir: Path
+    metric: str
+    leaderboard: pd.DataFrame
+    report: Path | None
+
+
+def run_sweep(sweep: SweepConfig, base: RunConfig) -> SweepOutcome:
+    source = discover(base.data)
+    sweep_dir = (base.output.dir / sweep.name).resolve()
+    if tune.Tuner.can_restore(str(sweep_dir)):
+        raise MedrayError(f"{sweep_dir} already holds a sweep; continue it with `medray tune --resume "
+                          f"{sweep_dir}` or start another with --set name=<new name>")
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / SWEEP_FILE).write_text(yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False))
+    (sweep_dir / BASE_FILE).write_text(to_yaml(base))
+    connect_for_trials(sweep, base)
+    tuner = tune.Tuner(
+        trainable(base, source, sweep_dir),
+        param_space={key: tune_domain(domain, sweep.search) for key, domain in sweep.space.items()},
+        tune_config=tune.TuneConfig(
+            metric=sweep.metric, mode=sweep.mode, search_alg=searcher(sweep), scheduler=scheduler(sweep, base),
+            num_samples=sweep.samples, max_concurrent_trials=sweep.resources.max_concurrent_trials,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=sweep_dir.name, storage_path=str(sweep_dir.parent), verbose=0,
+            callbacks=[TrialLog(str(sweep_dir), sweep.metric, sweep.mode)],
+            failure_config=tune.FailureConfig(max_failures=sweep.resources.max_failures),
+        ),
+    )
+    fit_to_the_end(tuner, sweep_dir)
+    return finish_sweep(sweep_dir, sweep, base, source)
+
+
+def fit_to_the_end(tuner, sweep_dir: Path) -> None:
+    """Run the trials; a sweep stopped by Ctrl-C ends here, its state saved for --resume."""
+    results = tuner.fit()
+    remove_leftover_worker_groups()
+    if results.num_terminated + results.num_errors < len(results):
+        raise MedrayError(f"the sweep was interrupted with trials left; continue it with "
+                          f"`medray tune --resume {sweep_dir}`")
+
+
+def remove_leftover_worker_groups() -> None:
+    """Free the CPUs of worker groups whose trial ASHA stopped.
+
+    Ray Train's detached cleaner removes such a group's placement group, but it finds the cluster
+    by address and fails when several Ray instances share the machine; the group would then hold
+    its CPUs for good and the test-split evaluation would wait for them. After `fit` no trial of
+    this job runs, so every placement group this job still holds is such a leftover.
+    """
+    import ray
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+    job_id = ray.get_runtime_context().get_job_id()
+    for group_id, group in placement_group_table().items():
+        if group["state"] == "CREATED" and group_id.endswith(job_id):
+            remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(group_id))))
+
+
+def resume_sweep(name_or_dir: str, output_dir: Path = Path("results")) -> SweepOutcome:
+    """Continue an interrupted sweep: finished trials stay as they are, unfinished and failed ones run again."""
+    sweep_dir = Path(name_or_dir)
+    if not (sweep_dir / SWEEP_FILE).is_file():
+        sweep_dir = output_dir / name_or_dir
+    sweep_dir = sweep_dir.resolve()
+    if not (sweep_dir / SWEEP_FILE).is_file() or not tune.Tuner.can_restore(str(sweep_dir)):
+        raise MedrayError(f"--resume {name_or_dir}: no sweep to continue there (looked for {SWEEP_FILE} and Tune's "
+                          f"state in {sweep_dir}); pass a sweep folder such as results/<sweep name>")
+    sweep = parse_sweep(yaml.safe_load((sweep_dir / SWEEP_FILE).read_text()), source=str(sweep_dir / SWEEP_FILE))
+    base = load_config(sweep_dir / BASE_FILE)
+    source = discover(base.data)
+    connect_for_trials(sweep, base)
+    tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable(base, source, sweep_dir),
+                               resume_unfinished=True, resume_errored=True)
+    fit_to_the_end(tuner, sweep_dir)
+    return finish_sweep(sweep_dir, sweep, base, source)
+
+
+def connect_for_trials(sweep: SweepConfig, base: RunConfig) -> None:
+    """The workers of all trials that run at once must leave scaling.cpus_for_data CPUs to Ray Data."""
+    connect(base.scaling)
+    import ray
+
+    resources, concurrent = sweep.resources, sweep.resources.max_concurrent_trials
+    together = ScalingConfig(num_workers=resources.workers_per_trial * concurrent,
+                             cpus_per_worker=resources.cpus_per_worker, use_gpu=base.scaling.use_gpu,
+                             cpus_for_data=base.scaling.cpus_for_data)
+    try:
+        check_cpus_for_data(together, ray.cluster_resources().get("CPU", 0.0))
+    except MedrayError as error:
+        raise MedrayError(f"resources: {concurrent} concurrent trials x {resources.workers_per_trial} workers: "
+                          f"{error}; lower resources.max_concurrent_trials") from None
+
+
+def trainable(base: RunConfig, source: Source, sweep_dir: Path):
+    # The trial function only waits for Ray Train, so it holds no CPU; Tune wants a non-empty
+    # request, so it reserves a little memory instead. The workers' CPUs are Ray Train's own
+    # placement group, and Ray Data's tasks run on the CPUs left free.
+    return tune.with_resources(
+        tune.with_parameters(run_trial, base=base.model_dump(mode="json"), source=source, sweep_dir=str(sweep_dir)),
+        {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY})
+
+
+def trial_dirname(trial) -> str:
+    return trial.trial_id
+
+
+def tune_domain(domain, search: str):
+    if domain.kind == "choice":
+        return tune.grid_search(domain.choice) if search == "grid" else tune.choice(domain.choice)
+    if domain.kind == "uniform":
+        return tune.uniform(*domain.uniform)
+    return tune.loguniform(*domain.loguniform)
+
+
+def searcher(sweep: SweepConfig):
+    # The searcher creates a trial only when one may start: Tune would otherwise reserve the
+    # bundles of waiting trials ahead of time, and those CPUs would be missing for Ray Train.
+    concurrent = sweep.resources.max_concurrent_trials
+    if sweep.search == "optuna":
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+        except ImportError:
+            raise MedrayError("search=optuna needs the optuna package: `pip install optuna`, "
+                              "or use search: random") from None
+        from ray.tune.search import ConcurrencyLimiter
+
+        return ConcurrencyLimiter(OptunaSearch(seed=sweep.seed), max_concurrent=concurrent)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=sweep.seed, max_concurrent=concurrent)
+
+
+def scheduler(sweep: SweepConfig, base: RunConfig):
+    if not sweep.asha.enabled:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    # Rungs count epochs (not Tune iterations, which restart with a resumed trial). max_t lies one
+    # epoch beyond the largest budget so that ASHA never ends a trial that is finishing anyway.
+    return ASHAScheduler(time_attr="epoch", max_t=epoch_budget(sweep, base) + 1,
+                         grace_period=sweep.asha.grace_period, reduction_factor=sweep.asha.reduction_factor)
+
+
+def finish_sweep(sweep_dir: Path, sweep: SweepConfig, base: RunConfig, source: Source) -> SweepOutcome:
+    for trial_dir in trial_dirs(sweep_dir):
+        history = epoch_history(trial_dir)
+        if not history.empty:
+            history.drop(columns=TUNE_BOOKKEEPING, errors="ignore").to_csv(trial_dir / "history.csv", index=False)
+    ranked = build_leaderboard(sweep_dir)
+    top = ranked.dropna(subset=[sweep.metric]).head(sweep.top_k)
+    for trial_id in top["trial"]:
+        evaluate_on_test(sweep_dir / trial_id, sweep, source)
+    board = write_leaderboard(sweep_dir)
+    if not top.empty:
+        export_best(sweep_dir / top["trial"].iloc[0], sweep_dir / BEST_DIR)
+    report = None
+    if base.report.enabled:
+        from medray.report import build_report
+
+        report = build_report(sweep_dir, base.report.examples_per_class)
+    if base.tracking.enabled:
+        from medray.tracking import log_sweep
+
+        log_sweep(sweep_dir, base.tracking, base.output.dir)
+    return SweepOutcome(sweep_dir, sweep.metric, board, report)
+
+
+def best_checkpoint(trial_dir: Path, metric: str, mode: str) -> Path:
+    """The trial's checkpoint with the best validation value among those still on disk."""
+    history = epoch_history(trial_dir)
+    if "checkpoint_path" in history.columns:
+        history = history[[isinstance(path, str) and (Path(path) / CHECKPOINT_MODEL).is_file()
+                           for path in history["checkpoint_path"]]]
+        best = best_row(history.reset_index(drop=True), metric, mode)
+        if best is not None:
+            return Path(best["checkpoint_path"])
+    raise MedrayError(f"{trial_dir}: no checkpoint left on disk to evaluate; rerun the sweep")
+
+
+def evaluate_on_test(trial_dir: Path, sweep: SweepConfig, source: Source) -> dict:
+    """The test split, once, with the trial's best checkpoint by validation: metrics.json + predictions.parquet."""
+    config = load_config(trial_dir / TRIAL_CONFIG)
+    checkpoint = best_checkpoint(trial_dir, sweep.metric, sweep.mode)
+    shutil.copyfile(checkpoint / CHECKPOINT_MODEL, trial_dir / "model.keras")
+    backbone = get_backbone(config.model.backbone)
+    image_size = config.model.input_size or backbone.input_size
+    test = read_split(source, "test", image_size, config.data)
+    predictions = predict(test, (trial_dir / "model.keras").read_bytes(), backbone.name, source.class_names,
+                          config.explain.batch_size, config.explain.concurrency)
+    predictions.to_parquet(trial_dir / "predictions.parquet", index=False)
+    metrics = compute_metrics(predictions, source.class_names)
+    (trial_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def export_best(trial_dir: Path, best_dir: Path) -> None:
+    best_dir.mkdir(exist_ok=True)
+    shutil.copyfile(trial_dir / "model.keras", best_dir / "model.keras")
+    shutil.copyfile(trial_dir / TRIAL_CONFIG, best_dir / TRIAL_CONFIG)
+    (best_dir / "trial.txt").write_text(f"{trial_dir.name}\n")
+
+
+def summarise(outcome: SweepOutcome) -> str:
+    board, metric = outcome.leaderboard, outcome.metric
+    lines = [f"medray tune {outcome.sweep_dir.name}: {len(board)} trials, "
+             + ", ".join(f"{count} {reason}" for reason, count in board["stop_reason"].value_counts().items())]
+    if not board.empty and pd.notna(board[metric].iloc[0]):
+        best = board.iloc[0]
+        test = "" if pd.isna(best.get("test_auc")) else (f", test AUC {best['test_auc']:.4f} "
+                                                           f"accuracy {best['test_accuracy']:.4f}")
+        lines.append(f"  best       {best['trial']} ({metric} {best[metric]:.4f}{test})")
+    lines.append(f"  results    {outcome.sweep_dir}")
+    if outcome.report is not None:
+        lines.append(f"  report     {outcome.report}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,49 @@
+"""One sweep trial: the Tune function trainable that runs one Ray Train run.
+
+A trial maps onto Ray Train like this: Tune starts this function in a small actor (no CPU of its
+own), the function builds the trial's Ray Datasets and a TensorflowTrainer with
+`resources.workers_per_trial` workers, and Ray Train V2's `TuneReportCallback` forwards the
+chief worker's per-epoch report (metrics and checkpoint path) to Tune, where ASHA reads it.
+Everything a trial writes lands in `<sweep>/<trial id>/`, Tune's own folder for that trial.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from medray.config import RunConfig, to_yaml
+from medray.data.pipeline import training_data
+from medray.data.sources import Source
+from medray.models.registry import get_backbone
+from medray.tune.space import trial_config
+
+TRIAL_CONFIG = "config.yaml"
+# Written when a trial's training ends by itself (budget or early stopping); a trial that ASHA
+# stopped, or that failed, has none.
+OUTCOME = "outcome.json"
+
+
+def run_trial(params: dict, base: dict, source: Source, sweep_dir: str) -> None:
+    from medray.run import pretrained_model
+    from medray.train.trainer import train_model
+
+    trial_id = tune.get_context().get_trial_id()
+    trial_dir = Path(sweep_dir) / trial_id
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    config = trial_config(RunConfig.model_validate(base), params, source=f"trial {trial_id}")
+    config = config.model_copy(update={"output": config.output.model_copy(update={"run_id": trial_id})})
+    (trial_dir / TRIAL_CONFIG).write_text(to_yaml(config))
+
+    backbone = get_backbone(config.model.backbone)
+    image_size = config.model.input_size or backbone.input_size
+    initial_model = pretrained_model(backbone, image_size, len(source.class_names), config.model)
+    # A resumed trial finds its Ray Train run under the same storage path and continues it.
+    outcome = train_model(config, source, training_data(source, backbone, image_size, config), image_size,
+                          trial_dir, initial_model, callbacks=[TuneReportCallback()])
+    (trial_dir / OUTCOME).write_text(json.dumps({
+        "epochs": len(outcome.history), "best_epoch": outcome.best_epoch, "stop_reasons": outcome.stop_reasons,
+    }, indent=2))

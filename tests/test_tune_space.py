@@ -1,0 +1,71 @@
+"""The sweep file is checked before Ray starts: every mistake names its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medray.config import RunConfig
+from medray.errors import MedrayError
+from medray.tune.space import load_sweep, trial_config
+
+from conftest import DEMO_CONFIG
+
+
+def write_sweep(tmp_path: Path, **changes) -> Path:
+    sweep = {"name": "t", "base": str(DEMO_CONFIG), "search": "random", "num_samples": 2,
+             "space": {"train.lr": {"loguniform": [1e-4, 1e-2]}, "model.backbone": {"choice": ["baseline_cnn"]}}}
+    sweep.update(changes)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+def test_a_valid_sweep_resolves_its_base_with_the_trial_resources(tmp_path):
+    sweep, base = load_sweep(write_sweep(tmp_path, resources={"workers_per_trial": 1, "cpus_per_worker": 0.5}))
+    assert sweep.samples == 2 and sweep.mode == "max"
+    assert base.scaling.num_workers == 1 and base.train.monitor == "val_auc"
+    assert base.data.path.is_absolute()
+
+
+@pytest.mark.parametrize("space, named", [
+    ({"model.backbone": {"choice": ["resnet_nope"]}}, r"space\.model\.backbone.*resnet_nope"),
+    ({"train.lr": {"loguniform": [-0.1, 0.01]}}, r"space\.train\.lr.*low > 0"),
+    ({"train.lr": {"choice": [-0.1]}}, r"space\.train\.lr.*train\.lr=-0\.1"),
+    ({"model.dropout": {"choice": []}}, r"space\.model\.dropout\.choice.*at least 1"),
+    ({"model.dropuot": {"uniform": [0.1, 0.5]}}, r"unknown key model\.dropuot.*did you mean model\.dropout"),
+    ({"train": {"choice": [1]}}, r"key train is a section"),
+    ({"train.lr": {"between": [1, 2]}}, r"space\.train\.lr"),
+])
+def test_an_invalid_space_is_rejected_before_ray_starts_naming_the_key(tmp_path, space, named):
+    import ray
+
+    with pytest.raises(MedrayError, match=named):
+        load_sweep(write_sweep(tmp_path, space=space))
+    assert not ray.is_initialized()
+
+
+def test_unknown_sweep_keys_and_grid_over_ranges_are_named(tmp_path):
+    with pytest.raises(MedrayError, match=r"unknown key searh \(did you mean search\?"):
+        load_sweep(write_sweep(tmp_path, searh="grid"))
+    with pytest.raises(MedrayError, match=r"search=grid needs a choice list.*space\.train\.lr"):
+        load_sweep(write_sweep(tmp_path, search="grid"))
+
+
+def test_every_sampled_trial_config_is_a_valid_run_config(tmp_path):
+    from ray import tune
+
+    sweep, base = load_sweep(write_sweep(tmp_path, space={
+        "train.lr": {"loguniform": [1e-4, 1e-2]}, "model.dropout": {"uniform": [0.0, 0.6]},
+        "train.batch_size": {"choice": [8, 16]}, "data.augment.strength": {"choice": [0.0, 1.0, 2.0]},
+        "train.class_balance": {"choice": ["none", "weights", "oversample"]}}))
+    from medray.tune.sweep import tune_domain
+
+    domains = {key: tune_domain(domain, sweep.search) for key, domain in sweep.space.items()}
+    for seed in range(20):
+        sampled = {key: domain.sample(random_state=seed) for key, domain in domains.items()}
+        config = trial_config(base, sampled)
+        assert isinstance(config, RunConfig) and config.train.lr == sampled["train.lr"]
+    assert isinstance(domains["train.batch_size"], tune.search.sample.Categorical)
