@@ -71,7 +71,8 @@ def augment_pixels(pixels: np.ndarray, row_seeds: np.ndarray, settings) -> np.nd
     if len(pixels) == 0 or settings.strength == 0:
         return np.asarray(pixels, dtype=np.float32)
     transforms = draw_transforms(row_seeds, pixels.shape[-1], settings)
-    moved = affine_batch(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), transforms, settings.fill)
+    eight_bit = pixels if pixels.dtype == np.uint8 else np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    moved = affine_batch(eight_bit, transforms, settings.fill)
     return adjust_intensity(moved.astype(np.float32), transforms.brightness, transforms.contrast)
 
 
