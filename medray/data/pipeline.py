@@ -74,7 +74,7 @@ def training_data(source: Source, backbone: Backbone, image_size: int, config) -
     train = read_split(source, "train", image_size, data_config)
     train_rows = source.num_rows("train")
     if config.train.class_balance == "oversample":
-        plan = oversampling_plan(train, config)
+        plan = oversampling_plan(source, config)
         train, train_rows = train.map_batches(repeat_rows, fn_kwargs={"plan": plan}), plan.total_rows
     # Drawn after the repetition, so that every copy of a row gets its own augmentation.
     train = train.with_column(SEED_COLUMN, random(seed=config.seed)).map_batches(
@@ -84,14 +84,13 @@ def training_data(source: Source, backbone: Backbone, image_size: int, config) -
     return TrainingData(train=train, val=val, train_rows=train_rows)
 
 
-def oversampling_plan(decoded_train: ray.data.Dataset, config):
-    """One pass over the train split for its row ids and labels (the pixels are dropped as they
-    stream), so the plan holds for exactly the rows the epochs will read."""
-    ids, labels = [], []
-    for batch in decoded_train.select_columns(["row_id", "label"]).iter_batches(batch_format="numpy"):
-        ids.append(batch["row_id"])
-        labels.append(batch["label"])
-    return plan_oversampling(np.concatenate(ids), np.concatenate(labels), config.train.oversample_to, config.seed)
+def oversampling_plan(source: Source, config):
+    """The plan for exactly the rows the epochs will read: the train pieces (after the manifest
+    dropped unusable rows) list every row id and label, so no image is read for it."""
+    pieces = source.pieces["train"]
+    row_ids = [row_id for piece in pieces for row_id in piece["row_ids"]]
+    labels = [label for piece in pieces for label in piece["labels"]]
+    return plan_oversampling(np.asarray(row_ids), np.asarray(labels), config.train.oversample_to, config.seed)
 
 
 def augment_and_prepare(batch: dict, backbone: Backbone, augment) -> dict:
