@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from medray.config import AugmentConfig
-from medray.data.augment import Transforms, affine_batch, augment_pixels, draw_transforms
+from medray.data.augment import Transforms, affine_batch, augment_pixels, draw_transforms, is_active
 
 OFF = AugmentConfig(flip=False, rotation_degrees=0)
 ALL = AugmentConfig(flip=True, rotation_degrees=15, shift_fraction=0.1, zoom_fraction=0.1, brightness=0.1,
@@ -48,6 +48,7 @@ def test_strength_zero_and_all_ranges_zero_are_the_identity():
     images = textured(4)
     assert np.array_equal(augment_pixels(images, seeds(4), ALL.model_copy(update={"strength": 0})), images)
     assert np.array_equal(augment_pixels(images, seeds(4), OFF), images)
+    assert not is_active(OFF) and is_active(OFF.model_copy(update={"flip": True}))
 
 
 def test_drawn_transforms_stay_within_the_configured_ranges_times_strength():

@@ -65,10 +65,17 @@ def draw_transforms(row_seeds: np.ndarray, image_size: int, settings) -> Transfo
     )
 
 
+def is_active(settings) -> bool:
+    """Whether any transform can change an image: all ranges at zero must cost nothing."""
+    ranges = (settings.rotation_degrees, settings.shift_fraction, settings.zoom_fraction, settings.brightness,
+              settings.contrast)
+    return settings.strength > 0 and (settings.flip or any(value > 0 for value in ranges))
+
+
 def augment_pixels(pixels: np.ndarray, row_seeds: np.ndarray, settings) -> np.ndarray:
     """(N, H, W) 8-bit pixels -> float32 of the same shape and range [0, 255], each image transformed
     by the transforms its row seed draws."""
-    if len(pixels) == 0 or settings.strength == 0:
+    if len(pixels) == 0 or not is_active(settings):
         return np.asarray(pixels, dtype=np.float32)
     transforms = draw_transforms(row_seeds, pixels.shape[-1], settings)
     eight_bit = pixels if pixels.dtype == np.uint8 else np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
