@@ -42,7 +42,7 @@ def main() -> None:
         config = validate_config({
             "data": {"path": str(Path(tmp) / "data" / "parquet"), "augment": {"flip": False, "rotation_degrees": 0}},
             "model": {"input_size": args.size},
-            "train": {"epochs": EPOCHS, "batch_size": args.batch, "early_stopping_patience": 0,
+            "train": {"epochs": EPOCHS, "batch_size": args.batch, "class_balance": "none", "early_stopping_patience": 0,
                       "lr_plateau_patience": 0},
             "scaling": {"num_workers": 1, "cpus_per_worker": 1, "cpus_for_data": 1},
             "output": {"dir": str(Path(tmp) / "results")},
@@ -77,8 +77,10 @@ def plain_keras_images_per_second(config) -> float:
     labels = keras.utils.to_categorical([row["label"] for row in rows], len(source.class_names))
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(config.train.batch_size).prefetch(2)
     model = build_classifier(backbone, config.model.input_size, len(source.class_names), config.model)
+    # The metrics medray's training loop compiles with (medray.train.loop.compile_for_phase).
     model.compile(optimizer=keras.optimizers.Adam(config.train.lr), loss="categorical_crossentropy",
-                  metrics=["accuracy"])
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
+                           keras.metrics.AUC(multi_label=True, num_labels=len(source.class_names), name="auc")])
     model.fit(dataset, epochs=1, verbose=0)
     started = time.perf_counter()
     model.fit(dataset, epochs=1, verbose=0)
