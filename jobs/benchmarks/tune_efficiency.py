@@ -1,0 +1,72 @@
+"""What ASHA saves: the same small space searched as a full grid (every trial runs every epoch)
+and as a grid with ASHA, on the demo phantoms.
+
+Prints the training epochs each search ran, the fraction ASHA used, and the gap between the two
+best validation scores. Goal: ASHA uses at most 50 % of the epochs and loses at most 0.01.
+
+    python jobs/benchmarks/tune_efficiency.py [--train 480] [--size 32] [--epochs 6]
+                                              [--lrs 3e-4 1e-3 3e-3 1e-2] [--dropouts 0.2 0.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from medray.data.synth import write_demo_dataset
+from medray.tune.space import load_sweep
+from medray.tune.sweep import run_sweep
+
+ROOT = Path(__file__).resolve().parents[2]
+METRIC = "val_auc"
+
+
+def search(folder: Path, name: str, data: Path, args, asha: bool) -> tuple[int, float, float]:
+    """(epochs trained over all trials, best validation value, seconds)."""
+    sweep = {
+        "name": name, "base": str(ROOT / "configs" / "demo.yaml"), "search": "grid", "metric": METRIC, "top_k": 1,
+        "set": {"data": {"path": str(data)}, "model": {"input_size": args.size},
+                # No early stopping: the grid's epochs are exactly trials x epochs.
+                "train": {"epochs": args.epochs, "batch_size": 32, "early_stopping_patience": 0},
+                "explain": {"enabled": False}, "report": {"enabled": False}, "output": {"dir": str(folder)}},
+        "asha": {"enabled": asha, "grace_period": 1, "reduction_factor": 3},
+        "resources": {"workers_per_trial": 1, "cpus_per_worker": 0.5, "max_concurrent_trials": 1},
+        "space": {"train.lr": {"choice": args.lrs}, "model.dropout": {"choice": args.dropouts}},
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    started = time.perf_counter()
+    board = run_sweep(*load_sweep(path)).leaderboard
+    return int(board["epochs"].sum()), float(board[METRIC].max()), time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", type=int, default=480)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3, 1e-2])
+    parser.add_argument("--dropouts", type=float, nargs="+", default=[0.2, 0.5])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        write_demo_dataset(folder / "demo", train=args.train, val=args.train // 4, test=args.train // 4,
+                           size=args.size, seed=0)
+        data = folder / "demo" / "parquet"
+        grid_epochs, grid_best, grid_seconds = search(folder, "grid", data, args, asha=False)
+        asha_epochs, asha_best, asha_seconds = search(folder, "asha", data, args, asha=True)
+    trials = len(args.lrs) * len(args.dropouts)
+    print(f"space: {trials} configs (train.lr x model.dropout), {args.epochs} epochs each, "
+          f"{args.train} training phantoms at {args.size} px")
+    print(f"full grid   {grid_epochs:4d} epochs  best {METRIC} {grid_best:.4f}  {grid_seconds:6.0f} s")
+    print(f"grid + ASHA {asha_epochs:4d} epochs  best {METRIC} {asha_best:.4f}  {asha_seconds:6.0f} s")
+    print(f"ASHA used {asha_epochs / grid_epochs:.0%} of the epochs (goal <= 50%); "
+          f"best-score gap {grid_best - asha_best:+.4f} (goal <= 0.01)")
+
+
+if __name__ == "__main__":
+    main()
