@@ -22,6 +22,7 @@ from medray.report.run_section import PREDICTIONS, describe_run
 from medray.report.sweep import COMPARED_METRICS, LEADERBOARD, read_leaderboard, read_model_metrics
 
 REPORT = "report.html"
+LEADERBOARD_PLOT = "leaderboard.png"
 METRIC_LABELS = {
     "accuracy": "Accuracy",
     "balanced_accuracy": "Balanced accuracy",
@@ -76,6 +77,8 @@ def describe_sweep(results_dir: Path) -> dict | None:
                     "report": f"{name}/{REPORT}" if (results_dir / name / REPORT).is_file() else None}
                    for name, row in models.iterrows()],
         "comparison": comparison,
+        # drawn by the tune stage next to leaderboard.csv
+        "leaderboard_plot": LEADERBOARD_PLOT if (results_dir / LEADERBOARD_PLOT).is_file() else None,
     }
 
 

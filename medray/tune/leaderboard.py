@@ -127,20 +127,21 @@ def plot_leaderboard(board: pd.DataFrame, metric: str, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     colours = {"completed": "#1d5f8a", "early stopping": "#4f9d69", "ASHA stopped": "#c9a227",
                "error": "#b5452b", "not run": "#999999"}
     shown = board.iloc[::-1]
     figure, axes = plt.subplots(figsize=(7, 0.9 + 0.32 * len(board)))
     axes.barh(shown["trial"], shown[metric].fillna(0), color=[colours[reason] for reason in shown["stop_reason"]])
+    handles = [Patch(color=colour, label=reason) for reason, colour in colours.items()
+               if reason in set(board["stop_reason"])]
     tested = shown.dropna(subset=["test_auc"])
     if not tested.empty:
-        axes.scatter(tested["test_auc"], tested["trial"], marker="D", color="black", zorder=3, label="test AUC")
-    for reason, colour in colours.items():
-        if reason in set(board["stop_reason"]):
-            axes.barh([], [], color=colour, label=reason)
+        handles.append(axes.scatter(tested["test_auc"], tested["trial"], marker="D", color="black", zorder=3,
+                                    label="test AUC"))
     axes.set_xlabel(f"best {metric} (validation)")
-    axes.legend(fontsize=8, loc="lower right")
+    axes.legend(handles=handles, fontsize=8, loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
