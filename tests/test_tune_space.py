@@ -69,3 +69,16 @@ def test_every_sampled_trial_config_is_a_valid_run_config(tmp_path):
         config = trial_config(base, sampled)
         assert isinstance(config, RunConfig) and config.train.lr == sampled["train.lr"]
     assert isinstance(domains["train.batch_size"], tune.search.sample.Categorical)
+
+
+@pytest.mark.parametrize("search, searcher_name", [("grid", "BasicVariantGenerator"), ("random", "BasicVariantGenerator"),
+                                                   ("optuna", "OptunaSearch")])
+def test_each_search_gets_its_searcher_limited_to_the_concurrent_trials(tmp_path, search, searcher_name):
+    from medray.tune.sweep import searcher
+
+    space = {"train.lr": {"choice": [1e-3, 3e-3]}} if search == "grid" else None
+    sweep, _ = load_sweep(write_sweep(tmp_path, search=search, **({"space": space} if space else {})))
+    chosen = searcher(sweep)
+    inner = getattr(chosen, "searcher", chosen)  # Optuna sits inside a ConcurrencyLimiter
+    assert type(inner).__name__ == searcher_name
+    assert getattr(chosen, "max_concurrent", None) == sweep.resources.max_concurrent_trials
