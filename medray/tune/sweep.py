@@ -14,6 +14,7 @@ Selection is on the validation split only; the test split is read once, for the 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,17 +78,25 @@ def run_sweep(sweep: SweepConfig, base: RunConfig) -> SweepOutcome:
             failure_config=tune.FailureConfig(max_failures=sweep.resources.max_failures),
         ),
     )
-    fit_to_the_end(tuner, sweep_dir)
+    fit_to_the_end(tuner, sweep_dir, sweep)
     return finish_sweep(sweep_dir, sweep, base, source)
 
 
-def fit_to_the_end(tuner, sweep_dir: Path) -> None:
+def fit_to_the_end(tuner, sweep_dir: Path, sweep: SweepConfig) -> None:
     """Run the trials; a sweep stopped by Ctrl-C ends here, its state saved for --resume."""
     results = tuner.fit()
     remove_leftover_worker_groups()
-    if results.num_terminated + results.num_errors < len(results):
+    # The searcher creates trials as they may start, so an interrupted sweep also has too few.
+    finished = results.num_terminated + results.num_errors
+    if finished < len(results) or len(results) < planned_trials(sweep):
         raise MedrayError(f"the sweep was interrupted with trials left; continue it with "
                           f"`medray tune --resume {sweep_dir}`")
+
+
+def planned_trials(sweep: SweepConfig) -> int:
+    if sweep.search != "grid":
+        return sweep.samples
+    return sweep.samples * math.prod(len(domain.choice) for domain in sweep.space.values())
 
 
 def remove_leftover_worker_groups() -> None:
@@ -123,7 +132,7 @@ def resume_sweep(name_or_dir: str, output_dir: Path = Path("results")) -> SweepO
     connect_for_trials(sweep, base)
     tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable(base, source, sweep_dir),
                                resume_unfinished=True, resume_errored=True)
-    fit_to_the_end(tuner, sweep_dir)
+    fit_to_the_end(tuner, sweep_dir, sweep)
     return finish_sweep(sweep_dir, sweep, base, source)
 
 
