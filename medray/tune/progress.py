@@ -15,6 +15,11 @@ class TrialLog(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._print(trial)
+        running = [other for other in trials if other is not trial and other.status == "RUNNING"]
+        if not running:  # a trial ASHA stopped may have left its worker group behind
+            from medray.tune.sweep import remove_leftover_worker_groups
+
+            remove_leftover_worker_groups()
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._print(trial)
