@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from medray.cli import main
 from medray.config import RunConfig
 from medray.errors import MedrayError
 from medray.tune.space import load_sweep, trial_config
@@ -39,12 +41,17 @@ def test_a_valid_sweep_resolves_its_base_with_the_trial_resources(tmp_path):
     ({"train": {"choice": [1]}}, r"key train is a section"),
     ({"train.lr": {"between": [1, 2]}}, r"space\.train\.lr"),
 ])
-def test_an_invalid_space_is_rejected_before_ray_starts_naming_the_key(tmp_path, space, named):
+def test_an_invalid_space_is_rejected_before_ray_starts_naming_the_key(tmp_path, space, named, monkeypatch, capsys):
     import ray
 
+    def must_not_start(*args, **kwargs):
+        raise AssertionError("Ray was started for an invalid sweep")
+
+    monkeypatch.setattr(ray, "init", must_not_start)
     with pytest.raises(MedrayError, match=named):
         load_sweep(write_sweep(tmp_path, space=space))
-    assert not ray.is_initialized()
+    assert main(["tune", "--config", str(write_sweep(tmp_path, space=space))]) == 2
+    assert re.search(named, capsys.readouterr().err)
 
 
 def test_unknown_sweep_keys_and_grid_over_ranges_are_named(tmp_path):
