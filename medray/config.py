@@ -225,17 +225,23 @@ class RunConfig(_Section):
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     """Read a YAML config, apply `key.sub=value` overrides, validate; raise MedrayError if bad."""
     path = Path(path)
-    if not path.is_file():
-        raise MedrayError(f"config file {path} does not exist; pass --config with a YAML file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise MedrayError(f"config file {path} is not valid YAML: {error}") from None
-    if not isinstance(raw, dict):
-        raise MedrayError(f"config file {path} must hold a mapping of keys, not {type(raw).__name__}")
+    raw = read_yaml_mapping(path, "config file", "pass --config with a YAML file")
     for override in overrides:
         apply_override(raw, override)
     return validate_config(raw, source=str(path))
+
+
+def read_yaml_mapping(path: Path, what: str, hint: str) -> dict:
+    """A YAML file holding a mapping; `what` names it and `hint` says what to do if it is missing."""
+    if not path.is_file():
+        raise MedrayError(f"{what} {path} does not exist; {hint}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise MedrayError(f"{what} {path} is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise MedrayError(f"{what} {path} must hold a mapping of keys, not {type(raw).__name__}")
+    return raw
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:

@@ -135,7 +135,7 @@ def test_a_sweep_killed_after_its_first_trial_resumes_without_rerunning_it(tiny_
            "TUNE_GLOBAL_CHECKPOINT_S": "0"}
     driver = subprocess.Popen([sys.executable, "-m", "medray.cli", "tune", "--config", str(path)], cwd=ROOT,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    finished = None
+    finished = ""
     deadline = time.monotonic() + 240
     for line in driver.stdout:
         if line.startswith("trial ") and "completed" in line:
@@ -145,9 +145,11 @@ def test_a_sweep_killed_after_its_first_trial_resumes_without_rerunning_it(tiny_
     time.sleep(3)  # Tune writes its experiment state right after a trial ends
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=30)
-    assert finished is not None
     sweep_dir = tmp_path / "results" / "killed"
     done = sweep_dir / finished
+    # The kill came after one trial had trained to its end, and before the sweep finished.
+    assert finished and (done / "outcome.json").is_file()
+    assert not (sweep_dir / "leaderboard.csv").exists()
     before = {name: (done / name).read_bytes() for name in ("result.json", "outcome.json")}
     # The trial function writes these two; Tune may rewrite result.json (same content) on restore.
     stamps = {name: (done / name).stat().st_mtime_ns for name in ("config.yaml", "outcome.json")}

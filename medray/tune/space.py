@@ -19,10 +19,9 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from medray.config import RunConfig, apply_override, validate_config
+from medray.config import RunConfig, apply_override, read_yaml_mapping, validate_config
 from medray.errors import MedrayError
 
 Metric = Literal["val_auc", "val_loss", "val_accuracy"]
@@ -148,26 +147,13 @@ def check_run_config_key(key: str) -> None:
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[SweepConfig, RunConfig]:
     """Read and check a sweep file and its base run config; raise MedrayError naming the bad key."""
     path = Path(path)
-    if not path.is_file():
-        raise MedrayError(f"sweep file {path} does not exist; pass --config with a sweep YAML, "
-                          "e.g. configs/demo_sweep.yaml")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise MedrayError(f"sweep file {path} is not valid YAML: {error}") from None
-    if not isinstance(raw, dict):
-        raise MedrayError(f"sweep file {path} must hold a mapping of keys, not {type(raw).__name__}")
+    raw = read_yaml_mapping(path, "sweep file", "pass --config with a sweep YAML, e.g. configs/demo_sweep.yaml")
     for override in overrides:
         apply_override(raw, override)
     sweep = parse_sweep(raw, source=str(path))
     base_path = sweep.base if sweep.base.is_absolute() else path.parent / sweep.base
-    if not base_path.is_file():
-        raise MedrayError(f"{path}: base={sweep.base} does not exist (looked for {base_path}); "
-                          "name a run config relative to the sweep file")
-    try:
-        base_raw = yaml.safe_load(base_path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise MedrayError(f"base config {base_path} is not valid YAML: {error}") from None
+    base_raw = read_yaml_mapping(base_path, f"{path}: base config",
+                                 f"set base to a run config relative to the sweep file (base={sweep.base})")
     base = resolve_base(base_raw, sweep, source=str(base_path))
     check_space(sweep, base, source=str(path))
     return sweep.model_copy(update={"base": base_path.resolve()}), base
