@@ -78,6 +78,9 @@ class DataConfig(_Section):
     # A manifest written by `medray data inspect --dedupe`, used instead of building one.
     manifest: Path | None = None
     augment: AugmentConfig = AugmentConfig()
+    # Keep the decoded train and validation rows in Ray's object store after the first epoch, so
+    # later epochs only augment. "auto": when they take at most a tenth of the object store.
+    cache: Literal["auto", "always", "never"] = "auto"
 
 
 class ModelConfig(_Section):

@@ -1,18 +1,21 @@
 """Decoding and preprocessing, and both on-disk sources through Ray Data (augmentation: test_augment.py)."""
 
 import io
+import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
+from ray.data.dataset import MaterializedDataset
 
-from medray.config import DataConfig
+from medray.config import DataConfig, load_config
 from medray.data.decode import decode_gray
-from medray.data.pipeline import read_split
+from medray.data.pipeline import cached, read_split, training_data
 from medray.data.preprocess import to_model_input
 from medray.data.sources import discover, split_of
 from medray.errors import MedrayError
 from medray.models.registry import Backbone, get_backbone
+from tests.conftest import DEMO_CONFIG
 
 
 def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
@@ -81,3 +84,31 @@ def test_parquet_rows_carry_binary_masks_that_lie_on_the_lesions(tiny_dataset, r
         assert (row["mask"].any()) == (row["label"] != 0)  # no_lesion has an empty mask
     without = read_split(source, "test", 32, DataConfig(path=source.path, mask_column=None)).take(1)[0]
     assert "mask" not in without
+
+
+@pytest.mark.parametrize("cache", ["always", "never"])
+def test_cached_training_data_no_longer_reads_the_files(cache, tiny_dataset, ray_cluster, tmp_path):
+    """data.cache keeps decoded rows in the object store, so epochs after the first only augment."""
+    shutil.copytree(tiny_dataset / "parquet", tmp_path / "parquet")
+    config = load_config(DEMO_CONFIG, [f"data.path={tmp_path / 'parquet'}", "model.input_size=32",
+                                       f"data.cache={cache}"])
+    data = training_data(discover(config.data), get_backbone("baseline_cnn"), 32, config)
+    val_labels = data.val.to_pandas()["label"].tolist()
+    shutil.rmtree(tmp_path / "parquet")
+    if cache == "never":
+        with pytest.raises(Exception, match="No such file|not found|does not exist"):
+            data.val.to_pandas()
+        return
+    assert data.val.to_pandas()["label"].tolist() == val_labels
+    assert data.train.count() == data.train_rows == 60
+
+
+def test_auto_cache_materialises_only_what_fits_a_tenth_of_the_object_store(tiny_dataset, ray_cluster):
+    source = discover(DataConfig(path=tiny_dataset / "parquet"))
+    decoded = read_split(source, "val", 32, DataConfig(path=tiny_dataset / "parquet"))
+    assert isinstance(cached(decoded, 20, 32, "auto"), MaterializedDataset)
+    store = ray_cluster.cluster_resources()["object_store_memory"]
+    too_many_rows = int(store / (32 * 32)) // 5
+    assert not isinstance(cached(decoded, too_many_rows, 32, "auto"), MaterializedDataset)
+    assert isinstance(cached(decoded, too_many_rows, 32, "always"), MaterializedDataset)
+    assert not isinstance(cached(decoded, 20, 32, "never"), MaterializedDataset)

@@ -115,7 +115,8 @@ def write_parquet(directory: Path, rows: int, seed: int) -> Path:
 
 def config_for(path: Path, input_size: int):
     return validate_config({
-        "data": {"path": str(path), "augment": AUGMENT},
+        # Every pass decodes: this measures the streaming pipeline, not the cache of decoded rows.
+        "data": {"path": str(path), "augment": AUGMENT, "cache": "never"},
         "model": {"backbone": "baseline_cnn", "input_size": input_size},
         # Only for the CPU check in connect(): nothing trains here, Ray Data gets every CPU.
         "scaling": {"num_workers": 1, "cpus_per_worker": 0.5, "cpus_for_data": 1},

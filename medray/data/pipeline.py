@@ -71,7 +71,8 @@ def training_data(source: Source, backbone: Backbone, image_size: int, config) -
     """Train rows (oversampled if configured) augmented afresh every epoch, validation rows as they
     are; both preprocessed. Training never reads lesion masks."""
     data_config = config.data.model_copy(update={"mask_column": None})
-    train = read_split(source, "train", image_size, data_config)
+    train = cached(read_split(source, "train", image_size, data_config), source.num_rows("train"), image_size,
+                   config.data.cache)
     train_rows = source.num_rows("train")
     if config.train.class_balance == "oversample":
         plan = oversampling_plan(source, config)
@@ -79,9 +80,28 @@ def training_data(source: Source, backbone: Backbone, image_size: int, config) -
     # Drawn after the repetition, so that every copy of a row gets its own augmentation.
     train = train.with_column(SEED_COLUMN, random(seed=config.seed)).map_batches(
         augment_and_prepare, fn_kwargs={"backbone": backbone, "augment": config.data.augment})
-    val = read_split(source, "val", image_size, data_config).map_batches(
-        prepare, fn_kwargs={"backbone": backbone})
+    val = cached(read_split(source, "val", image_size, data_config), source.num_rows("val"), image_size,
+                 config.data.cache).map_batches(prepare, fn_kwargs={"backbone": backbone})
     return TrainingData(train=train, val=val, train_rows=train_rows)
+
+
+# Share of the object store that decoded rows may fill under data.cache "auto".
+CACHE_SHARE = 0.1
+
+
+def cached(decoded: ray.data.Dataset, rows: int, image_size: int, cache: str) -> ray.data.Dataset:
+    """The decoded rows, materialised in the object store when `cache` allows it.
+
+    Ray Data re-runs a lazy dataset every epoch: reading and decoding every image again, on the
+    CPUs that training needs. Ray's training-ingest guide materialises a dataset that fits in the
+    object store before its random augmentation; so does this, for uint8 pixels (row_id and label
+    are small beside them).
+    """
+    decoded_bytes = rows * image_size * image_size
+    fits = decoded_bytes <= CACHE_SHARE * ray.cluster_resources().get("object_store_memory", 0.0)
+    if cache == "always" or (cache == "auto" and fits):
+        return decoded.materialize()
+    return decoded
 
 
 def oversampling_plan(source: Source, config):
