@@ -18,10 +18,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray
 
 from medray.data.decode import BadImage, content_hash
-from medray.data.readers import decode_row, pieces_of, pieces_per_batch, reader_settings, rows_of
+from medray.data.readers import decode_row, pieces_of, read_tasks, reader_settings, rows_of
 from medray.data.sources import SPLITS, Source, check_usable, count_labels
 from medray.errors import MedrayError
 
@@ -39,12 +38,8 @@ def scan_rows(source: Source, data_config) -> pd.DataFrame:
     """One record per row of every split (decoded in Ray Data workers), in discovery order."""
     pieces = [piece | {"order": order} for order, piece in
               enumerate(piece for split in SPLITS for piece in source.pieces[split])]
-    records = (
-        ray.data.from_items(pieces, override_num_blocks=max(1, min(len(pieces), 64)))
-        .map_batches(describe_rows, batch_size=pieces_per_batch(source.kind),
-                     fn_kwargs={"settings": reader_settings(source, data_config)})
-        .to_pandas()  # small per-row records, never pixels
-    )
+    records = read_tasks(pieces, source.kind, describe_rows,
+                         {"settings": reader_settings(source, data_config)}).to_pandas()  # small records, no pixels
     rejected = pd.DataFrame(source.rejected, columns=["row_id", "split", "source", "status", "message"])
     rejected = rejected.assign(label=-1, order=len(pieces), position=np.arange(len(rejected)))
     frame = pd.concat([records, rejected], ignore_index=True) if len(rejected) else records

@@ -17,7 +17,7 @@ from medray.data.augment import SEED_COLUMN, augment_pixels
 from medray.data.decode import decode_mask, resize_gray
 from medray.data.oversample import plan_oversampling, repeat_rows
 from medray.data.preprocess import to_model_input
-from medray.data.readers import decode_row, pieces_of, pieces_per_batch, reader_settings, rows_of
+from medray.data.readers import decode_row, pieces_of, read_tasks, reader_settings, rows_of
 from medray.data.sources import Source
 from medray.models.registry import Backbone
 
@@ -32,10 +32,8 @@ class TrainingData:
 
 def read_split(source: Source, split: str, image_size: int, data_config) -> ray.data.Dataset:
     """Decoded rows of one split: row_id, pixels (uint8 image_size x image_size), label (and mask)."""
-    pieces = source.pieces[split]
-    items = ray.data.from_items(pieces, override_num_blocks=max(1, min(len(pieces), 64)))
-    return items.map_batches(read_pieces, batch_size=pieces_per_batch(source.kind),
-                             fn_kwargs={"settings": reader_settings(source, data_config), "image_size": image_size})
+    return read_tasks(source.pieces[split], source.kind, read_pieces,
+                      {"settings": reader_settings(source, data_config), "image_size": image_size})
 
 
 def read_pieces(batch: dict, settings: dict, image_size: int) -> dict:
