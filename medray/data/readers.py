@@ -3,6 +3,7 @@
 One generator per source kind yields `RawRow`s: the stored image (bytes, or an array for .npz),
 where it came from, and its label. Two consumers share them: the pipeline decodes and resizes,
 the manifest pass hashes and measures. Bad content is not judged here, only in decode.py.
+`read_tasks` makes the Ray Dataset both start from.
 """
 
 from __future__ import annotations
