@@ -27,11 +27,10 @@ from medray.tune.sweep import run_sweep
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def search(folder: Path, name: str, data: Path, args, asha: bool) -> tuple[int, float, float]:
-    """(epochs trained over all trials, best validation value, seconds)."""
-    metric = args.metric
+def search(folder: Path, name: str, data: Path, args, asha: bool) -> tuple[int, float, float, str]:
+    """(epochs trained over all trials, best validation value, seconds, "min" or "max" for the metric)."""
     sweep = {
-        "name": name, "base": str(ROOT / "configs" / "demo.yaml"), "search": "grid", "metric": metric, "top_k": 1,
+        "name": name, "base": str(ROOT / "configs" / "demo.yaml"), "search": "grid", "metric": args.metric, "top_k": 1,
         "set": {"data": {"path": str(data)}, "model": {"input_size": args.size},
                 # No early stopping: the grid's epochs are exactly trials x epochs.
                 "train": {"epochs": args.epochs, "batch_size": 32, "early_stopping_patience": 0},
@@ -43,9 +42,9 @@ def search(folder: Path, name: str, data: Path, args, asha: bool) -> tuple[int, 
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(sweep))
     started = time.perf_counter()
-    board = run_sweep(*load_sweep(path)).leaderboard
-    best = board[metric].min() if metric == "val_loss" else board[metric].max()
-    return int(board["epochs"].sum()), float(best), time.perf_counter() - started
+    config, base = load_sweep(path)
+    board = run_sweep(config, base).leaderboard  # ranked best first by the sweep's metric and mode
+    return int(board["epochs"].sum()), float(board[args.metric].iloc[0]), time.perf_counter() - started, config.mode
 
 
 def main() -> None:
@@ -62,14 +61,14 @@ def main() -> None:
         write_demo_dataset(folder / "demo", train=args.train, val=args.train // 4, test=args.train // 4,
                            size=args.size, seed=0)
         data = folder / "demo" / "parquet"
-        grid_epochs, grid_best, grid_seconds = search(folder, "grid", data, args, asha=False)
-        asha_epochs, asha_best, asha_seconds = search(folder, "asha", data, args, asha=True)
+        grid_epochs, grid_best, grid_seconds, mode = search(folder, "grid", data, args, asha=False)
+        asha_epochs, asha_best, asha_seconds, _ = search(folder, "asha", data, args, asha=True)
     trials = len(args.lrs) * len(args.dropouts)
     print(f"space: {trials} configs (train.lr x model.dropout), {args.epochs} epochs each, "
           f"{args.train} training phantoms at {args.size} px")
     print(f"full grid   {grid_epochs:4d} epochs  best {args.metric} {grid_best:.4f}  {grid_seconds:6.0f} s")
     print(f"grid + ASHA {asha_epochs:4d} epochs  best {args.metric} {asha_best:.4f}  {asha_seconds:6.0f} s")
-    gap = asha_best - grid_best if args.metric == "val_loss" else grid_best - asha_best
+    gap = asha_best - grid_best if mode == "min" else grid_best - asha_best
     print(f"ASHA used {asha_epochs / grid_epochs:.0%} of the epochs (goal <= 50%); "
           f"best-score gap {gap:+.4f} (goal <= 0.01)")
 

@@ -69,9 +69,8 @@ def training_data(source: Source, backbone: Backbone, image_size: int, config) -
     """Train rows (oversampled if configured) augmented afresh every epoch, validation rows as they
     are; both preprocessed. Training never reads lesion masks."""
     data_config = config.data.model_copy(update={"mask_column": None})
-    train = cached(read_split(source, "train", image_size, data_config), source.num_rows("train"), image_size,
-                   config.data.cache)
     train_rows = source.num_rows("train")
+    train = cached(read_split(source, "train", image_size, data_config), train_rows, image_size, config.data.cache)
     if config.train.class_balance == "oversample":
         plan = oversampling_plan(source, config)
         train, train_rows = train.map_batches(repeat_rows, fn_kwargs={"plan": plan}), plan.total_rows
