@@ -23,7 +23,7 @@ def test_backbone_builds_trains_one_step_and_explains_every_branch(name):
     model = build_classifier(backbone, size, 3, ModelConfig(backbone=name, head_units=8))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy")
     pixels = np.random.default_rng(0).integers(0, 255, (2, size, size)).astype(np.uint8)
-    images = to_model_input(pixels, backbone)
+    images = to_model_input(pixels, backbone.model_input)
     before = model.trainable_weights[-1].numpy().copy()
     loss = model.train_on_batch(images, np.eye(3)[[0, 2]])
     assert np.isfinite(loss)
@@ -82,10 +82,19 @@ def test_baseline_cnn_blocks_batch_norm_and_flatten_head_follow_the_config():
     assert model.get_layer("cam_features").output.shape[1:] == (14, 14, 16)
 
 
+@pytest.mark.parametrize("name", sorted(APPLICATIONS))
+def test_numpy_preprocessing_matches_keras_applications(name):
+    keras_module = {"mobilenet_v2": "mobilenet_v2", "densenet169": "densenet", "inception_v3": "inception_v3",
+                    "xception": "xception", "resnet50": "resnet50", "efficientnet_b0": "efficientnet"}[name]
+    pixels = np.random.default_rng(2).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
+    expected = getattr(keras.applications, keras_module).preprocess_input(pixels.copy())
+    assert np.allclose(APPLICATIONS[name].preprocess(pixels), expected, atol=1e-4)
+
+
 def test_per_image_standardisation_removes_exposure_differences():
     backbone = get_backbone("baseline_cnn")
     scan = np.random.default_rng(1).integers(20, 120, (1, 16, 16)).astype(np.float32)
-    brighter = to_model_input(scan * 2 + 10, backbone)
-    assert np.allclose(to_model_input(scan, backbone), brighter, atol=1e-5)
-    flat = to_model_input(np.full((1, 16, 16), 77.0), backbone)
+    brighter = to_model_input(scan * 2 + 10, backbone.model_input)
+    assert np.allclose(to_model_input(scan, backbone.model_input), brighter, atol=1e-5)
+    flat = to_model_input(np.full((1, 16, 16), 77.0), backbone.model_input)
     assert np.isfinite(flat).all() and np.allclose(flat, 0)

@@ -33,14 +33,14 @@ def trained():
     images, _, labels = make_phantoms(240, SIZE, seed=1)
     model = build_classifier(BACKBONE, SIZE, 3, ModelConfig(pooling="max", dropout=0.1))
     model.compile(keras.optimizers.Adam(2e-3), "sparse_categorical_crossentropy")
-    model.fit(to_model_input(images, BACKBONE), labels, epochs=10, batch_size=16, verbose=0)
+    model.fit(to_model_input(images, BACKBONE.model_input), labels, epochs=10, batch_size=16, verbose=0)
     return model
 
 
 @pytest.fixture(scope="module")
 def test_set():
     images, masks, labels = make_phantoms(90, SIZE, seed=2)
-    return to_model_input(images, BACKBONE), masks, labels
+    return to_model_input(images, BACKBONE.model_input), masks, labels
 
 
 @pytest.fixture(scope="module")

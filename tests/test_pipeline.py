@@ -2,19 +2,23 @@
 
 import io
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
+from ray import cloudpickle
 from ray.data.dataset import MaterializedDataset
 
 from medray.config import DataConfig, load_config
 from medray.data.decode import decode_gray
-from medray.data.pipeline import cached, read_split, training_data
+from medray.data.pipeline import augment_and_prepare, cached, prepare, read_split, training_data
 from medray.data.preprocess import to_model_input
 from medray.data.sources import discover, split_of
 from medray.errors import MedrayError
-from medray.models.registry import Backbone, get_backbone
+from medray.models.preprocessing import ModelInput
+from medray.models.registry import backbone_names, get_backbone
 from tests.conftest import DEMO_CONFIG
 
 
@@ -46,11 +50,22 @@ def test_decode_names_the_source_of_empty_and_corrupt_bytes():
 
 
 def test_model_input_repeats_gray_to_the_backbones_channels():
-    three = Backbone("rgb", build=None, input_size=8, channels=3, preprocess=lambda x: x / 255, cam_layers=("c",))
+    three = ModelInput(channels=3, preprocess=lambda x: x / 255)
     pixels = np.full((2, 8, 8), 255, np.uint8)
     assert to_model_input(pixels, three).shape == (2, 8, 8, 3)
-    assert to_model_input(pixels, get_backbone("baseline_cnn")).shape == (2, 8, 8, 1)
+    assert to_model_input(pixels, get_backbone("baseline_cnn").model_input).shape == (2, 8, 8, 1)
     assert to_model_input(pixels, three).max() == pytest.approx(1.0)
+
+
+def test_preprocessing_tasks_are_sent_nothing_that_imports_tensorflow():
+    """A fresh Ray worker imports whatever a task's function and arguments reference. TensorFlow
+    there would cost each new data worker seconds of CPU, taken from training on a small machine."""
+    sent = [augment_and_prepare, prepare, load_config(DEMO_CONFIG).data.augment,
+            *(get_backbone(name).model_input for name in backbone_names())]
+    script = "import pickle, sys; pickle.loads(sys.stdin.buffer.read()); print('tensorflow' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", script], input=cloudpickle.dumps(sent), capture_output=True,
+                            check=True)
+    assert loaded.stdout.strip() == b"False"
 
 
 @pytest.mark.parametrize("name, split", [("train-00000-of-00001.parquet", "train"),

@@ -105,7 +105,7 @@ def throughput(name: str, size: int, images: int, loop_images: int, work: Path) 
 
     pixels = np.stack([decode_gray(item["bytes"], size, 10**8, where="bench")
                        for item in test_pixels.column("image").to_pylist()])
-    inputs = to_model_input(pixels, backbone)
+    inputs = to_model_input(pixels, backbone.model_input)
     layer = backbone.cam_layers[0]
     result = {
         "loop": rate(loop_images, lambda: per_image_loop(model, layer, inputs[:loop_images])),
@@ -125,7 +125,7 @@ def trained_model(backbone, size: int) -> keras.Model:
                              if "weights" in ModelConfig.model_fields else ModelConfig(backbone=backbone.name))
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
     started = time.perf_counter()
-    model.fit(to_model_input(images, backbone), labels, epochs=2, batch_size=32, verbose=0)
+    model.fit(to_model_input(images, backbone.model_input), labels, epochs=2, batch_size=32, verbose=0)
     print(f"  trained 2 epochs on 256 phantoms in {time.perf_counter() - started:.0f} s")
     return model
 

@@ -159,7 +159,7 @@ def pillow_loop(parquet_file: Path, input_size: int, config) -> float:
             pixels = adjust_intensity(np.asarray(moved, np.float32)[np.newaxis],
                                       transforms.brightness[index:index + 1], transforms.contrast[index:index + 1])
             batch.append(pixels[0])
-        to_model_input(np.stack(batch), backbone)
+        to_model_input(np.stack(batch), backbone.model_input)
         count += len(batch)
     rate = count / (time.perf_counter() - started)
     print(f"Pillow loop: {count} rows at {rate:.0f} images/s", flush=True)

@@ -83,7 +83,8 @@ def decoded_train_rows(config) -> tuple[np.ndarray, np.ndarray]:
     connect(config.scaling)
     source = discover(config.data)
     rows = read_split(source, "train", config.model.input_size, config.data).take_all()
-    images = to_model_input(np.stack([row["pixels"] for row in rows]), get_backbone(config.model.backbone))
+    images = to_model_input(np.stack([row["pixels"] for row in rows]),
+                            get_backbone(config.model.backbone).model_input)
     labels = keras.utils.to_categorical([row["label"] for row in rows], len(source.class_names))
     return images, labels
 

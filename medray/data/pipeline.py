@@ -19,6 +19,7 @@ from medray.data.oversample import plan_oversampling, repeat_rows
 from medray.data.preprocess import to_model_input
 from medray.data.readers import decode_row, pieces_of, read_tasks, reader_settings, rows_of
 from medray.data.sources import Source
+from medray.models.preprocessing import ModelInput
 from medray.models.registry import Backbone
 
 
@@ -76,9 +77,9 @@ def training_data(source: Source, backbone: Backbone, image_size: int, config) -
         train, train_rows = train.map_batches(repeat_rows, fn_kwargs={"plan": plan}), plan.total_rows
     # Drawn after the repetition, so that every copy of a row gets its own augmentation.
     train = train.with_column(SEED_COLUMN, random(seed=config.seed)).map_batches(
-        augment_and_prepare, fn_kwargs={"backbone": backbone, "augment": config.data.augment})
+        augment_and_prepare, fn_kwargs={"model_input": backbone.model_input, "augment": config.data.augment})
     val = cached(read_split(source, "val", image_size, data_config), source.num_rows("val"), image_size,
-                 config.data.cache).map_batches(prepare, fn_kwargs={"backbone": backbone})
+                 config.data.cache).map_batches(prepare, fn_kwargs={"model_input": backbone.model_input})
     return TrainingData(train=train, val=val, train_rows=train_rows)
 
 
@@ -110,10 +111,10 @@ def oversampling_plan(source: Source, config):
     return plan_oversampling(np.asarray(row_ids), np.asarray(labels), config.train.oversample_to, config.seed)
 
 
-def augment_and_prepare(batch: dict, backbone: Backbone, augment) -> dict:
+def augment_and_prepare(batch: dict, model_input: ModelInput, augment) -> dict:
     pixels = augment_pixels(batch["pixels"], batch[SEED_COLUMN], augment)
-    return {"image": to_model_input(pixels, backbone), "label": batch["label"]}
+    return {"image": to_model_input(pixels, model_input), "label": batch["label"]}
 
 
-def prepare(batch: dict, backbone: Backbone) -> dict:
-    return {"image": to_model_input(batch["pixels"], backbone), "label": batch["label"]}
+def prepare(batch: dict, model_input: ModelInput) -> dict:
+    return {"image": to_model_input(batch["pixels"], model_input), "label": batch["label"]}

@@ -16,4 +16,4 @@ class ModelActor:
         self.model = load_model_bytes(model_bytes)
 
     def model_input(self, pixels: np.ndarray) -> np.ndarray:
-        return to_model_input(pixels, self.backbone)
+        return to_model_input(pixels, self.backbone.model_input)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from medray.keras_setup import keras
+from medray.models.preprocessing import (IMAGENET_MEAN, IMAGENET_STD, keep_pixels, normalise_imagenet,
+                                         scale_to_symmetric_unit, subtract_caffe_mean)
 
 applications = keras.applications
 
@@ -15,6 +17,7 @@ applications = keras.applications
 @dataclass(frozen=True)
 class Application:
     constructor: Callable
+    # numpy, as keras.applications' own preprocess_input for this network (see preprocessing.py)
     preprocess: Callable
     cam_layer: str
     input_size: int
@@ -23,20 +26,19 @@ class Application:
 
 
 APPLICATIONS = {
-    "mobilenet_v2": Application(applications.MobileNetV2, applications.mobilenet_v2.preprocess_input, "out_relu", 224),
-    "densenet169": Application(applications.DenseNet169, applications.densenet.preprocess_input, "relu", 224),
-    "inception_v3": Application(applications.InceptionV3, applications.inception_v3.preprocess_input, "mixed10",
+    "mobilenet_v2": Application(applications.MobileNetV2, scale_to_symmetric_unit, "out_relu", 224),
+    "densenet169": Application(applications.DenseNet169, normalise_imagenet, "relu", 224),
+    "inception_v3": Application(applications.InceptionV3, scale_to_symmetric_unit, "mixed10",
                                 299, min_input_size=75),
-    "xception": Application(applications.Xception, applications.xception.preprocess_input,
+    "xception": Application(applications.Xception, scale_to_symmetric_unit,
                             "block14_sepconv2_act", 299, min_input_size=71),
-    "resnet50": Application(applications.ResNet50, applications.resnet50.preprocess_input, "conv5_block3_out", 224),
-    "efficientnet_b0": Application(applications.EfficientNetB0, applications.efficientnet.preprocess_input,
+    "resnet50": Application(applications.ResNet50, subtract_caffe_mean, "conv5_block3_out", 224),
+    "efficientnet_b0": Application(applications.EfficientNetB0, keep_pixels,
                                    "top_activation", 224),
 }
 
 # The ensemble feeds raw [0, 255] pixels to both branches; each branch normalises them itself
 # with plain layers (no Lambda, so the model still loads in safe mode).
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 ENSEMBLE_BRANCHES = ("mobilenet_v2", "densenet169")
 
 

@@ -15,7 +15,7 @@ KERAS_V3 = "keras_v3"
 
 
 def build_classifier(backbone: Backbone, input_size: int, num_classes: int, model_config) -> keras.Model:
-    return backbone.build(input_size, backbone.channels, num_classes, model_config)
+    return backbone.build(input_size, backbone.model_input.channels, num_classes, model_config)
 
 
 def copy_weights(source: keras.Model, target: keras.Model) -> None:
