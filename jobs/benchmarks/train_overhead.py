@@ -6,10 +6,9 @@ and batch size with `model.fit` on an in-memory tf.data pipeline of the already-
 Ray shut down. Augmentation is off in both, so the work is the same. Epochs after the first are
 timed in both (the first pays for tracing and start-up).
 
-On this machine an epoch of the very same Keras fit sometimes takes two or four times as long
-with the CPUs half idle, in medray and plain runs alike, and such spells last minutes. So the two
-sides run in alternating rounds (medray first in odd rounds, plain first in even ones), and each
-side's median epoch and its rate over all timed epochs are printed.
+On this machine plain Keras runs some epochs at about 400 images/s and others near 600-800, in
+spells of minutes, so the two sides run in alternating rounds (medray first in odd rounds, plain
+first in even ones), and each side's median epoch and its rate over all timed epochs are printed.
 
     python jobs/benchmarks/train_overhead.py [--images 4096] [--size 64] [--batch 64] [--epochs 6] [--rounds 3]
 """
