@@ -30,8 +30,10 @@ CRASH_AFTER_EPOCH_ENV = "MEDRAY_CRASH_AFTER_EPOCH"
 def train_loop_per_worker(loop_config: dict) -> None:
     config = RunConfig.model_validate(loop_config["run"])
     num_classes, image_size = loop_config["num_classes"], loop_config["image_size"]
+    class_weights = loop_config["class_weights"]
     context = ray.train.get_context()
     workers, rank = context.get_world_size(), context.get_world_rank()
+    per_worker_batch = config.train.batch_size // workers
 
     # Before any TensorFlow op runs: collective ops can only be configured at startup.
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -44,79 +46,43 @@ def train_loop_per_worker(loop_config: dict) -> None:
             copy_weights(load_model_bytes(loop_config["initial_model"]), model)
     progress = restore_checkpoint(model, ray.train.get_checkpoint())
 
-    shards = {"train": ray.train.get_dataset_shard("train"), "val": ray.train.get_dataset_shard("val")}
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    compiled_phase = None
     while True:
         if progress.phase_done(config.train):
             if progress.phase == 1 and config.train.fine_tune.epochs > 0:
                 progress.next_phase()
             else:
                 break
-        with strategy.scope():
-            compile_for_phase(model, progress, config, num_classes)
-        train_phase(model, strategy, shards, progress, loop_config, config, workers, rank)
-
-
-def train_phase(model: keras.Model, strategy, shards: dict, progress: Progress, loop_config: dict,
-                config: RunConfig, workers: int, rank: int) -> None:
-    """The rest of the current phase in one `model.fit`; each epoch's validation, report and
-    checkpoint happen in its `on_epoch_end`.
-
-    One fit over datasets that repeat, rather than one fit per epoch: a fit ends by destroying its
-    tf.data iterator, and that waits for Ray Data's generator behind it, which took 10 to 30 s at
-    the end of some epochs on 2 CPUs (an epoch of 10 s of work then measured 200 images/s, not 400).
-    """
-    num_classes, per_worker_batch = loop_config["num_classes"], config.train.batch_size // workers
-    train_batches, train_steps = per_replica_batches(strategy, shards["train"], loop_config["rows"]["train"],
-                                                     per_worker_batch, workers, num_classes,
-                                                     loop_config["class_weights"])
-    val_batches, val_steps = per_replica_batches(strategy, shards["val"], loop_config["rows"]["val"],
-                                                 per_worker_batch, workers, num_classes, [])
-    epoch_end = EpochEnd(progress, config, iter(val_batches), val_steps, strategy, rank, loop_config)
-    remaining = progress.phase_budget(config.train) - progress.phase_epochs
-    model.fit(train_batches, epochs=remaining, steps_per_epoch=train_steps, verbose=0, callbacks=[epoch_end])
-
-
-class EpochEnd(keras.callbacks.Callback):
-    """Per epoch: the learning rate the plateau rule set, validation, metrics, report and checkpoint."""
-
-    def __init__(self, progress: Progress, config: RunConfig, val_iterator, val_steps: int, strategy, rank: int,
-                 loop_config: dict):
-        super().__init__()
-        self.progress, self.config, self.strategy, self.rank = progress, config, strategy, rank
-        self.val_iterator, self.val_steps = val_iterator, val_steps
-        self.train_rows, self.crash_after_epoch = loop_config["rows"]["train"], loop_config.get("crash_after_epoch")
-        self.started = 0.0
-
-    def on_epoch_begin(self, epoch: int, logs=None) -> None:
-        self.model.optimizer.learning_rate.assign(self.progress.learning_rate(self.config.train))
-        self.started = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        train_seconds = time.perf_counter() - self.started
-        progress, train_config, workers = self.progress, self.config.train, self.strategy.num_replicas_in_sync
-        metrics = {"epoch": progress.epoch + 1, "phase": progress.phase, "lr": progress.learning_rate(train_config),
-                   "replica_weight_spread": replica_weight_spread(self.model, self.strategy),
+        if compiled_phase != progress.phase:
+            with strategy.scope():
+                compile_for_phase(model, progress, config, num_classes)
+            compiled_phase = progress.phase
+        model.optimizer.learning_rate.assign(progress.learning_rate(config.train))
+        train_batches, train_steps = per_replica_batches(strategy, train_shard, loop_config["rows"]["train"],
+                                                         per_worker_batch, workers, num_classes, class_weights)
+        started = time.perf_counter()
+        fitted = model.fit(train_batches, epochs=1, steps_per_epoch=train_steps, verbose=0)
+        train_seconds = time.perf_counter() - started
+        val_batches, val_steps = per_replica_batches(strategy, val_shard, loop_config["rows"]["val"],
+                                                     per_worker_batch, workers, num_classes, [])
+        validated = model.evaluate(val_batches, steps=val_steps, verbose=0, return_dict=True)
+        metrics = {"epoch": progress.epoch + 1, "phase": progress.phase,
+                   "lr": progress.learning_rate(config.train),
+                   "replica_weight_spread": replica_weight_spread(model, strategy),
                    "train_seconds": train_seconds,
-                   "images_per_second": self.train_rows // workers * workers / train_seconds,
-                   **{name: float(value) for name, value in logs.items()},
-                   **{f"val_{name}": value for name, value in self.validate().items()}}
-        progress.record(metrics, train_config)
-        if self.rank == 0:
-            print(format_epoch(metrics, train_config.epochs + train_config.fine_tune.epochs), flush=True)
+                   "images_per_second": loop_config["rows"]["train"] // workers * workers / train_seconds,
+                   **{name: float(values[-1]) for name, values in fitted.history.items()},
+                   **{f"val_{name}": float(value) for name, value in validated.items()}}
+        progress.record(metrics, config.train)
+        if rank == 0:
+            print(format_epoch(metrics, config.train.epochs + config.train.fine_tune.epochs), flush=True)
             if progress.phase_stopped:
                 print(progress.phase_stopped, flush=True)
-        report_epoch(self.model, metrics, progress, chief=self.rank == 0)
-        if self.rank == 0 and self.crash_after_epoch:
-            crash_once(metrics["epoch"], self.crash_after_epoch)
-        self.model.stop_training = progress.phase_stopped is not None
-
-    def validate(self) -> dict:
-        """What `model.evaluate` does, on an iterator that lives as long as the phase."""
-        test_function = self.model.make_test_function()
-        self.model.reset_metrics()
-        for _ in range(self.val_steps):
-            test_function(self.val_iterator)
-        return {name: float(value) for name, value in self.model.get_metrics_result().items()}
+        report_epoch(model, metrics, progress, chief=rank == 0)
+        if rank == 0 and loop_config.get("crash_after_epoch"):
+            crash_once(metrics["epoch"], loop_config["crash_after_epoch"])
 
 
 def replica_weight_spread(model: keras.Model, strategy) -> float:
@@ -144,8 +110,7 @@ def compile_for_phase(model: keras.Model, progress: Progress, config: RunConfig,
 
 def per_replica_batches(strategy, shard, rows: int, per_worker_batch: int, workers: int, num_classes: int,
                         class_weights: list[float]):
-    """This worker's Ray Data shard as batches of `per_worker_batch`, repeated epoch after epoch,
-    and the steps in an epoch.
+    """This worker's Ray Data shard as batches of `per_worker_batch`, and the steps in an epoch.
 
     Ray Data has already given each worker its own rows (an equal split). Handing the dataset to
     Keras plainly would let tf.distribute treat its batch as the global one and split it again
@@ -156,9 +121,7 @@ def per_replica_batches(strategy, shard, rows: int, per_worker_batch: int, worke
 
     def worker_dataset(_) -> tf.data.Dataset:
         dataset = shard.to_tf(feature_columns="image", label_columns="label", batch_size=per_worker_batch)
-        # Each pass of the repeat starts a new epoch of the shard (freshly augmented).
-        return dataset.map(lambda image, label: (image, tf.one_hot(label, num_classes), tf.gather(weights, label))
-                           ).repeat()
+        return dataset.map(lambda image, label: (image, tf.one_hot(label, num_classes), tf.gather(weights, label)))
 
     steps = max(1, math.ceil((rows // workers) / per_worker_batch))
     return strategy.distribute_datasets_from_function(worker_dataset), steps
