@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from medray.config import ModelConfig
-from medray.data.preprocess import to_model_input
 from medray.explain.cam import CamExplainer
 from medray.keras_setup import keras
 from medray.models.applications import APPLICATIONS
 from medray.models.classifier import build_classifier, initial_model_bytes, load_model_bytes, load_model_file
+from medray.models.preprocessing import to_model_input
 from medray.models.registry import backbone_names, get_backbone
 
 

@@ -13,13 +13,13 @@ import pytest
 
 from medray.config import ModelConfig
 from medray.data.phantoms import make_phantoms
-from medray.data.preprocess import to_model_input
 from medray.explain import checks
 from medray.explain.bulk import randomised_copy
 from medray.explain.cam import CamExplainer
 from medray.explain.scorecard import RANDOMISATION_MAX_RANK_CORR
 from medray.keras_setup import keras
 from medray.models.classifier import build_classifier
+from medray.models.preprocessing import to_model_input
 from medray.models.registry import get_backbone
 
 SIZE = 48

@@ -14,10 +14,9 @@ from ray.data.dataset import MaterializedDataset
 from medray.config import DataConfig, load_config
 from medray.data.decode import decode_gray
 from medray.data.pipeline import augment_and_prepare, cached, prepare, read_split, training_data
-from medray.data.preprocess import to_model_input
 from medray.data.sources import discover, split_of
 from medray.errors import MedrayError
-from medray.models.preprocessing import ModelInput
+from medray.models.preprocessing import ModelInput, to_model_input
 from medray.models.registry import backbone_names, get_backbone
 from tests.conftest import DEMO_CONFIG
 

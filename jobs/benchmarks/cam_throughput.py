@@ -34,10 +34,10 @@ import pyarrow.parquet as pq
 
 from medray.config import ExplainConfig, ModelConfig, validate_config
 from medray.data.phantoms import make_phantoms
-from medray.data.preprocess import to_model_input
 from medray.data.synth import write_demo_dataset
 from medray.keras_setup import keras, tf
 from medray.models.classifier import build_classifier
+from medray.models.preprocessing import to_model_input
 from medray.models.registry import get_backbone
 
 SIZES = {"baseline_cnn": 64, "mobilenet_v2": 128}

@@ -40,9 +40,9 @@ from medray.config import validate_config
 from medray.data.augment import adjust_intensity, draw_transforms, inverse_affine
 from medray.data.phantoms import make_phantoms
 from medray.data.pipeline import training_data
-from medray.data.preprocess import to_model_input
 from medray.data.sources import discover
 from medray.data.synth import IMAGE_STRUCT, ROW_GROUP_ROWS, encode_png
+from medray.models.preprocessing import to_model_input
 from medray.models.registry import get_backbone
 
 PNG_SIZE = 128

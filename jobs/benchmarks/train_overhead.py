@@ -26,11 +26,11 @@ import numpy as np
 from medray.cluster import connect
 from medray.config import validate_config
 from medray.data.pipeline import read_split, training_data
-from medray.data.preprocess import to_model_input
 from medray.data.sources import discover
 from medray.data.synth import write_demo_dataset
 from medray.keras_setup import keras, tf
 from medray.models.classifier import build_classifier
+from medray.models.preprocessing import to_model_input
 from medray.models.registry import get_backbone
 from medray.train.trainer import train_model
 

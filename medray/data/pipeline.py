@@ -16,10 +16,9 @@ from ray.data.expressions import random
 from medray.data.augment import SEED_COLUMN, augment_pixels
 from medray.data.decode import decode_mask, resize_gray
 from medray.data.oversample import plan_oversampling, repeat_rows
-from medray.data.preprocess import to_model_input
 from medray.data.readers import decode_row, pieces_of, read_tasks, reader_settings, rows_of
 from medray.data.sources import Source
-from medray.models.preprocessing import ModelInput
+from medray.models.preprocessing import ModelInput, to_model_input
 from medray.models.registry import Backbone
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from medray.data.preprocess import to_model_input
 from medray.models.classifier import load_model_bytes
+from medray.models.preprocessing import to_model_input
 from medray.models.registry import get_backbone
 
 

@@ -26,6 +26,15 @@ class ModelInput:
     preprocess: Callable[[np.ndarray], np.ndarray]
 
 
+def to_model_input(pixels: np.ndarray, model_input: ModelInput) -> np.ndarray:
+    """(N, H, W) grayscale in [0, 255] -> (N, H, W, channels) float32 as the backbone expects; the
+    same function at training, evaluation and Grad-CAM time."""
+    images = np.asarray(pixels, dtype=np.float32)[..., np.newaxis]
+    if model_input.channels != 1:
+        images = np.repeat(images, model_input.channels, axis=-1)
+    return model_input.preprocess(images).astype(np.float32, copy=False)
+
+
 def standardise_per_image(pixels: np.ndarray) -> np.ndarray:
     """Zero mean and unit variance per image: X-rays and MRI differ in exposure and gain from
     scanner to scanner, and a model trained from scratch should not learn the scanner's brightness."""

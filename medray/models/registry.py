@@ -30,7 +30,8 @@ def _registry() -> dict[str, Backbone]:
 
     registry = {
         "baseline_cnn": Backbone("baseline_cnn", baseline_cnn.build, input_size=64,
-                                 model_input=ModelInput(1, standardise_per_image), cam_layers=(baseline_cnn.CAM_LAYER,)),
+                                 model_input=ModelInput(1, standardise_per_image),
+                                 cam_layers=(baseline_cnn.CAM_LAYER,)),
         "ensemble": Backbone("ensemble", applications.build_ensemble, input_size=224,
                              model_input=ModelInput(3, keep_pixels),
                              cam_layers=tuple(applications.APPLICATIONS[name].cam_layer
