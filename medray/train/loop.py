@@ -4,7 +4,6 @@ MultiWorkerMirroredStrategy, one report (and, on rank 0, one checkpoint) per epo
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import time
@@ -19,6 +18,7 @@ from medray.models.applications import set_trainable_top
 from medray.models.classifier import KERAS_V3, build_classifier, copy_weights, load_model_bytes, load_model_file
 from medray.models.registry import get_backbone
 from medray.train.progress import Progress
+from medray.train.worker_data import per_replica_batches
 
 CHECKPOINT_MODEL = "model.keras"
 CHECKPOINT_STATE = "state.json"
@@ -106,25 +106,6 @@ def compile_for_phase(model: keras.Model, progress: Progress, config: RunConfig,
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
                  keras.metrics.AUC(multi_label=True, num_labels=num_classes, name="auc")],
     )
-
-
-def per_replica_batches(strategy, shard, rows: int, per_worker_batch: int, workers: int, num_classes: int,
-                        class_weights: list[float]):
-    """This worker's Ray Data shard as batches of `per_worker_batch`, and the steps in an epoch.
-
-    Ray Data has already given each worker its own rows (an equal split). Handing the dataset to
-    Keras plainly would let tf.distribute treat its batch as the global one and split it again
-    across workers; `distribute_datasets_from_function` uses each worker's batches as they are.
-    Class weights ride along as per-sample weights: Keras refuses `class_weight` for such datasets.
-    """
-    weights = tf.constant(class_weights or [1.0] * num_classes, dtype=tf.float32)
-
-    def worker_dataset(_) -> tf.data.Dataset:
-        dataset = shard.to_tf(feature_columns="image", label_columns="label", batch_size=per_worker_batch)
-        return dataset.map(lambda image, label: (image, tf.one_hot(label, num_classes), tf.gather(weights, label)))
-
-    steps = max(1, math.ceil((rows // workers) / per_worker_batch))
-    return strategy.distribute_datasets_from_function(worker_dataset), steps
 
 
 def report_epoch(model: keras.Model, metrics: dict, progress: Progress, chief: bool) -> None:
