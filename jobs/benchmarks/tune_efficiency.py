@@ -5,11 +5,11 @@ Prints the training epochs each search ran, the fraction ASHA used, and the gap 
 best validation scores. Goal: ASHA uses at most 50 % of the epochs and loses at most 0.01.
 
     python jobs/benchmarks/tune_efficiency.py [--train 1920] [--size 32] [--epochs 12] [--metric val_loss]
-                                              [--lrs 3e-4 1e-3 3e-3 1e-2] [--dropouts 0.2 0.5]
+                                              [--lrs 3e-4 1e-3 3e-3 1e-2] [--dropouts 0.2 0.5] [--grace-period 1]
 
-ASHA's rungs (grace period 1 epoch, reduction factor 3) fall after epochs 1, 3 and 9. The defaults
-are chosen so that those rungs can mean something: 60 steps per epoch (with 15, the first epoch's
-score is noise) and validation loss, which still ranks configs when every good one reaches a
+ASHA's rungs (grace period 1 epoch unless --grace-period says otherwise, reduction factor 3) fall
+after epochs 1, 3 and 9. The defaults are chosen so that those rungs can mean something: 60 steps
+per epoch (with 15, the first epoch's score is noise) and validation loss, which still ranks configs when every good one reaches a
 validation AUC of 1 on the phantoms. The gap is measured in the metric's own units, counted so that
 a positive gap means ASHA's best is worse.
 """
@@ -38,7 +38,7 @@ def search(folder: Path, name: str, data: Path, args, asha: bool) -> tuple[int, 
                 # No early stopping: the grid's epochs are exactly trials x epochs.
                 "train": {"epochs": args.epochs, "batch_size": 32, "early_stopping_patience": 0},
                 "explain": {"enabled": False}, "report": {"enabled": False}, "output": {"dir": str(folder)}},
-        "asha": {"enabled": asha, "grace_period": 1, "reduction_factor": 3},
+        "asha": {"enabled": asha, "grace_period": args.grace_period, "reduction_factor": 3},
         "resources": {"workers_per_trial": 1, "cpus_per_worker": 0.5, "max_concurrent_trials": 1},
         "space": {"train.lr": {"choice": args.lrs}, "model.dropout": {"choice": args.dropouts}},
     }
@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3, 1e-2])
     parser.add_argument("--dropouts", type=float, nargs="+", default=[0.2, 0.5])
     parser.add_argument("--metric", choices=["val_auc", "val_accuracy", "val_loss"], default="val_loss")
+    parser.add_argument("--grace-period", type=int, default=1, help="epochs before ASHA's first rung")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
