@@ -9,9 +9,9 @@ best validation scores. Goal: ASHA uses at most 50 % of the epochs and loses at 
 
 ASHA's rungs (grace period 1 epoch unless --grace-period says otherwise, reduction factor 3) fall
 after epochs 1, 3 and 9. The defaults are chosen so that those rungs can mean something: 60 steps
-per epoch (with 15, the first epoch's score is noise) and validation loss, which still ranks configs when every good one reaches a
-validation AUC of 1 on the phantoms. The gap is measured in the metric's own units, counted so that
-a positive gap means ASHA's best is worse.
+per epoch (with 15, the first epoch's score is noise) and validation loss, which still ranks configs
+when every good one reaches a validation AUC of 1 on the phantoms. The gap is measured in the
+metric's own units, counted so that a positive gap means ASHA's best is worse.
 """
 
 from __future__ import annotations
