@@ -14,6 +14,7 @@ from medray.train.worker_data import per_replica_batches
 def test_the_datasets_tf_distribute_builds_per_device_are_not_autotuned():
     source = tf.data.Dataset.range(8).batch(4)
     iterator = multi_device_iterator_ops.OwnedMultiDeviceIterator(source, ["/cpu:0"])
+    # TensorFlow internals on purpose: medray's wrapper lives there, and this fails if it stops applying.
     device_datasets = [device_iterator._dataset for device_iterator in iterator._device_iterators]
     assert [dataset.options().autotune.enabled for dataset in device_datasets] == [False]
     assert np.array_equal(iterator.get_next()[0].numpy(), [0, 1, 2, 3])
