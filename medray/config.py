@@ -126,6 +126,10 @@ class TrainConfig(_Section):
     # Multiply the learning rate by lr_plateau_factor after this many epochs without improvement.
     lr_plateau_patience: int = Field(2, ge=0)
     lr_plateau_factor: float = Field(0.5, gt=0, lt=1)
+    # Which epoch's model is exported (and, in a sweep, ranked and tested): the best by `monitor`, or
+    # the last. "last" suits a schedule that ends at a small learning rate when the validation split
+    # is saturated: picking its best epoch then picks noise, often an early, overconfident epoch.
+    export_epoch: Literal["best", "last"] = "best"
     fine_tune: FineTuneConfig = FineTuneConfig()
     # Worker-group restarts (from the latest checkpoint) before the run fails.
     max_failures: int = Field(2, ge=0, le=100)

@@ -112,8 +112,8 @@ def summarise(outcome: RunOutcome) -> str:
         *(f"  {split:<10} {source.num_rows(split)} images  "
           + ", ".join(f"{name} {count}" for name, count in zip(source.class_names, source.class_counts[split]))
           for split in SPLITS),
-        f"  training   {len(training.history)} epochs, best epoch {training.best_epoch} "
-        f"(val_loss {training.best_metrics['val_loss']:.4f}, val_auc {training.best_metrics['val_auc']:.4f})",
+        f"  training   {len(training.history)} epochs, model from epoch {training.exported_epoch} "
+        f"(val_loss {training.exported_metrics['val_loss']:.4f}, val_auc {training.exported_metrics['val_auc']:.4f})",
         *([f"  left out   {len(source.rejected)} rows (see data.json)"] if source.rejected else []),
         *(f"  stopped    {reason}" for reason in training.stop_reasons),
         f"  test       accuracy {metrics['accuracy']:.4f} (majority class {chance:.4f})  "

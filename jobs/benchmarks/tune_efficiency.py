@@ -38,7 +38,7 @@ def search(folder: Path, name: str, data: Path, args, asha: bool) -> tuple[int, 
                 # No early stopping: the grid's epochs are exactly trials x epochs.
                 "train": {"epochs": args.epochs, "batch_size": 32, "early_stopping_patience": 0},
                 "explain": {"enabled": False}, "report": {"enabled": False}, "output": {"dir": str(folder)}},
-        "asha": {"enabled": asha, "grace_period": args.grace_period, "reduction_factor": 3},
+        "asha": {"enabled": asha, "grace_period": args.grace_period, "reduction_factor": args.reduction_factor},
         "resources": {"workers_per_trial": 1, "cpus_per_worker": 0.5, "max_concurrent_trials": 1},
         "space": {"train.lr": {"choice": args.lrs}, "model.dropout": {"choice": args.dropouts}},
     }
@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--dropouts", type=float, nargs="+", default=[0.2, 0.5])
     parser.add_argument("--metric", choices=["val_auc", "val_accuracy", "val_loss"], default="val_loss")
     parser.add_argument("--grace-period", type=int, default=1, help="epochs before ASHA's first rung")
+    parser.add_argument("--reduction-factor", type=float, default=3, help="ASHA keeps the best 1/factor at each rung")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

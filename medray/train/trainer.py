@@ -1,4 +1,4 @@
-"""The driver side of training: a TensorflowTrainer built from the run config, its best
+"""The driver side of training: a TensorflowTrainer built from the run config, its best (or last)
 checkpoint exported as `model.keras`, and worker failures turned into one readable error."""
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ class TrainingOutcome:
     history: list[dict]
     # why a phase ended before its epoch budget (early stopping); empty if none did
     stop_reasons: list[str]
-    best_epoch: int
-    best_metrics: dict
+    # the epoch whose model was exported (train.export_epoch) and its metrics
+    exported_epoch: int
+    exported_metrics: dict
 
 
 def train_model(config: RunConfig, source: Source, data: TrainingData, image_size: int,
@@ -65,7 +66,7 @@ def train_model(config: RunConfig, source: Source, data: TrainingData, image_siz
         result = trainer.fit()
     except ray.train.TrainingFailedError as error:
         raise find_user_error(error) or MedrayError(f"training failed: {_last_line(error)}") from error
-    return export_best(result, run_dir, config.train)
+    return export_model(result, run_dir, config.train)
 
 
 def class_weights(train_counts: list[int], class_balance: str) -> list[float]:
@@ -80,18 +81,21 @@ def class_weights(train_counts: list[int], class_balance: str) -> list[float]:
     return weights.tolist()
 
 
-def export_best(result: ray.train.Result, run_dir: Path, train_config) -> TrainingOutcome:
-    sign = 1 if train_config.monitor_mode == "max" else -1
-    best_checkpoint, best_metrics = max(result.best_checkpoints,
-                                        key=lambda pair: sign * pair[1][train_config.monitor])
+def export_model(result: ray.train.Result, run_dir: Path, train_config) -> TrainingOutcome:
+    if train_config.export_epoch == "last":
+        # The latest checkpoint always survives pruning.
+        checkpoint, metrics = result.checkpoint, result.metrics
+    else:
+        sign = 1 if train_config.monitor_mode == "max" else -1
+        checkpoint, metrics = max(result.best_checkpoints, key=lambda pair: sign * pair[1][train_config.monitor])
     model_path = run_dir / "model.keras"
-    with best_checkpoint.as_directory() as directory:
+    with checkpoint.as_directory() as directory:
         shutil.copyfile(Path(directory) / CHECKPOINT_MODEL, model_path)
-    # The latest checkpoint always survives pruning and holds every epoch's metrics.
+    # The latest checkpoint holds every epoch's metrics.
     with result.checkpoint.as_directory() as directory:
         progress = json.loads((Path(directory) / CHECKPOINT_STATE).read_text())
-    return TrainingOutcome(model_path, progress["history"], progress["stop_reasons"], int(best_metrics["epoch"]),
-                           dict(best_metrics))
+    return TrainingOutcome(model_path, progress["history"], progress["stop_reasons"], int(metrics["epoch"]),
+                           dict(metrics))
 
 
 def _last_line(error: BaseException) -> str:

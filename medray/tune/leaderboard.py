@@ -3,7 +3,8 @@
 Each trial folder `<sweep>/<trial id>/` holds what Tune wrote (`params.json`, one `result.json`
 line per epoch), what the trial wrote (`config.yaml`, `outcome.json` if its training ended by
 itself) and, for the top-k, the test split's `metrics.json`. `sweep.yaml` names the metric.
-Rows are ranked by the best validation value of the sweep's metric; test metrics never rank.
+Rows are ranked by the validation value of the epoch each trial exports (`train.export_epoch`: its
+best by the sweep's metric, or its last); test metrics never rank.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import math
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from medray.errors import MedrayError
-from medray.tune.trial import OUTCOME
+from medray.tune.trial import OUTCOME, TRIAL_CONFIG
 
 SWEEP_FILE = "sweep.yaml"
 LEADERBOARD_CSV, LEADERBOARD_MD, LEADERBOARD_PNG = "leaderboard.csv", "leaderboard.md", "leaderboard.png"
@@ -66,10 +68,19 @@ def stop_reason(trial_dir: Path, reported: bool | None = None) -> str:
     return "ASHA stopped" if reported else "not run"
 
 
-def best_row(history: pd.DataFrame, metric: str, mode: str) -> pd.Series | None:
+def exported_row(trial_dir: Path, history: pd.DataFrame, metric: str, mode: str) -> pd.Series | None:
+    """The epoch (row of `history`, sorted by epoch) whose model the trial exports: its best by
+    `metric`, or its last when the trial's config says train.export_epoch: last."""
     if metric not in history.columns or history[metric].isna().all():
         return None
+    if export_epoch(trial_dir) == "last":
+        return history.iloc[-1]
     return history.loc[history[metric].idxmax() if mode == "max" else history[metric].idxmin()]
+
+
+def export_epoch(trial_dir: Path) -> str:
+    config = yaml.safe_load((trial_dir / TRIAL_CONFIG).read_text())
+    return config["train"]["export_epoch"]
 
 
 def build_leaderboard(sweep_dir: str | Path) -> pd.DataFrame:
@@ -80,12 +91,12 @@ def build_leaderboard(sweep_dir: str | Path) -> pd.DataFrame:
     for trial_dir in trial_dirs(sweep_dir):
         params = json.loads((trial_dir / "params.json").read_text())
         history = epoch_history(trial_dir)
-        best = best_row(history, sweep.metric, sweep.mode)
+        exported = exported_row(trial_dir, history, sweep.metric, sweep.mode)
         row = {"trial": trial_dir.name, "stop_reason": stop_reason(trial_dir),
                "epochs": int(history["epoch"].max()) if not history.empty else 0,
                **{key: params.get(key) for key in sweep.space},
-               "best_epoch": int(best["epoch"]) if best is not None else None,
-               **{name: (float(best[name]) if best is not None and name in best else math.nan)
+               "exported_epoch": int(exported["epoch"]) if exported is not None else None,
+               **{name: (float(exported[name]) if exported is not None and name in exported else math.nan)
                   for name in VAL_METRICS}}
         metrics_path = trial_dir / "metrics.json"
         test = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}

@@ -25,13 +25,15 @@ class TrialLog(tune.Callback):
         self._print(trial)
 
     def _print(self, trial) -> None:
-        best = trial.metric_analysis.get(self.metric, {}).get(self.mode)
-        score = "n/a" if best is None else f"{best:.4f}"
+        # Both: the leaderboard ranks a trial by its best or its last epoch (train.export_epoch).
+        analysis = trial.metric_analysis.get(self.metric, {})
+        best, last = (analysis.get(key) for key in (self.mode, "last"))
+        score = "n/a" if best is None else f"best {best:.4f} last {last:.4f}"
         epochs = trial.last_result.get("epoch", 0)
         params = "  ".join(f"{key}={_short(value)}" for key, value in trial.config.items())
         # result.json may not be flushed yet: what Tune received says whether the trial reported.
         reason = stop_reason(Path(self.sweep_dir) / trial.trial_id, reported=bool(epochs))
-        print(f"trial {trial.trial_id}  {reason:<14}  best {self.metric} {score}  epochs {epochs:g}  {params}",
+        print(f"trial {trial.trial_id}  {reason:<14}  {self.metric} {score}  epochs {epochs:g}  {params}",
               flush=True)
 
 

@@ -31,7 +31,7 @@ from medray.errors import MedrayError
 from medray.evaluate import compute_metrics, predict
 from medray.models.registry import get_backbone
 from medray.train.loop import CHECKPOINT_MODEL
-from medray.tune.leaderboard import (SWEEP_FILE, best_row, build_leaderboard, epoch_history, trial_dirs,
+from medray.tune.leaderboard import (SWEEP_FILE, build_leaderboard, epoch_history, exported_row, trial_dirs,
                                      write_leaderboard)
 from medray.tune.progress import TrialLog
 from medray.tune.space import SweepConfig, epoch_budget, parse_sweep
@@ -228,22 +228,22 @@ def finish_sweep(sweep_dir: Path, sweep: SweepConfig, base: RunConfig, source: S
     return SweepOutcome(sweep_dir, sweep.metric, board, report)
 
 
-def best_checkpoint(trial_dir: Path, metric: str, mode: str) -> Path:
-    """The trial's checkpoint with the best validation value among those still on disk."""
+def exported_checkpoint(trial_dir: Path, metric: str, mode: str) -> Path:
+    """The trial's exported epoch's checkpoint (its best by validation, or its last) among those still on disk."""
     history = epoch_history(trial_dir)
     if "checkpoint_path" in history.columns:
         history = history[[isinstance(path, str) and (Path(path) / CHECKPOINT_MODEL).is_file()
                            for path in history["checkpoint_path"]]]
-        best = best_row(history.reset_index(drop=True), metric, mode)
-        if best is not None:
-            return Path(best["checkpoint_path"])
+        exported = exported_row(trial_dir, history.reset_index(drop=True), metric, mode)
+        if exported is not None:
+            return Path(exported["checkpoint_path"])
     raise MedrayError(f"{trial_dir}: no checkpoint left on disk to evaluate; rerun the sweep")
 
 
 def evaluate_on_test(trial_dir: Path, sweep: SweepConfig, source: Source) -> dict:
-    """The test split, once, with the trial's best checkpoint by validation: metrics.json + predictions.parquet."""
+    """The test split, once, with the trial's exported checkpoint: metrics.json + predictions.parquet."""
     config = load_config(trial_dir / TRIAL_CONFIG)
-    checkpoint = best_checkpoint(trial_dir, sweep.metric, sweep.mode)
+    checkpoint = exported_checkpoint(trial_dir, sweep.metric, sweep.mode)
     shutil.copyfile(checkpoint / CHECKPOINT_MODEL, trial_dir / "model.keras")
     backbone = get_backbone(config.model.backbone)
     image_size = config.model.input_size or backbone.input_size

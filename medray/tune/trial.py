@@ -45,5 +45,5 @@ def run_trial(params: dict, base: dict, source: Source, sweep_dir: str) -> None:
     outcome = train_model(config, source, training_data(source, backbone, image_size, config), image_size,
                           trial_dir, initial_model, callbacks=[TuneReportCallback()])
     (trial_dir / OUTCOME).write_text(json.dumps({
-        "epochs": len(outcome.history), "best_epoch": outcome.best_epoch, "stop_reasons": outcome.stop_reasons,
+        "epochs": len(outcome.history), "exported_epoch": outcome.exported_epoch, "stop_reasons": outcome.stop_reasons,
     }, indent=2))
