@@ -55,17 +55,22 @@ def epoch_history(trial_dir: Path) -> pd.DataFrame:
     return rows.drop_duplicates("epoch", keep="last").sort_values("epoch", ignore_index=True)
 
 
-def stop_reason(trial_dir: Path, reported: bool | None = None) -> str:
-    """completed, early stopping, ASHA stopped (reported epochs, but its training never ended by
-    itself), error or not run. `reported`: whether the trial reported, if known better than result.json."""
+def stop_reason(trial_dir: Path, last_epoch: int | None = None) -> str:
+    """completed, early stopping, ASHA stopped (stopped before its epoch budget, without its training
+    ending by itself), error or not run. `last_epoch`: the last epoch the trial reported, when known
+    better than from result.json (which Tune may not have flushed yet)."""
     if (trial_dir / TUNE_ERROR_FILE).is_file():
         return "error"
     outcome_path = trial_dir / OUTCOME
     if outcome_path.is_file():
         return "early stopping" if json.loads(outcome_path.read_text())["stop_reasons"] else "completed"
-    if reported is None:
-        reported = not epoch_history(trial_dir).empty
-    return "ASHA stopped" if reported else "not run"
+    if last_epoch is None:
+        history = epoch_history(trial_dir)
+        last_epoch = 0 if history.empty else int(history["epoch"].max())
+    if not last_epoch:
+        return "not run"
+    # A rung can fall on a trial's last epoch (grace 8, factor 3, 24 epochs): that trial trained it all.
+    return "completed" if last_epoch >= trial_epoch_budget(trial_dir) else "ASHA stopped"
 
 
 def exported_row(trial_dir: Path, history: pd.DataFrame, metric: str, mode: str) -> pd.Series | None:
@@ -79,8 +84,16 @@ def exported_row(trial_dir: Path, history: pd.DataFrame, metric: str, mode: str)
 
 
 def export_epoch(trial_dir: Path) -> str:
-    config = yaml.safe_load((trial_dir / TRIAL_CONFIG).read_text())
-    return config["train"]["export_epoch"]
+    return read_trial_config(trial_dir)["train"]["export_epoch"]
+
+
+def trial_epoch_budget(trial_dir: Path) -> int:
+    train = read_trial_config(trial_dir)["train"]
+    return train["epochs"] + train["fine_tune"]["epochs"]
+
+
+def read_trial_config(trial_dir: Path) -> dict:
+    return yaml.safe_load((trial_dir / TRIAL_CONFIG).read_text())
 
 
 def build_leaderboard(sweep_dir: str | Path) -> pd.DataFrame:

@@ -31,8 +31,8 @@ class TrialLog(tune.Callback):
         score = "n/a" if best is None else f"best {best:.4f} last {last:.4f}"
         epochs = trial.last_result.get("epoch", 0)
         params = "  ".join(f"{key}={_short(value)}" for key, value in trial.config.items())
-        # result.json may not be flushed yet: what Tune received says whether the trial reported.
-        reason = stop_reason(Path(self.sweep_dir) / trial.trial_id, reported=bool(epochs))
+        # result.json may not be flushed yet: what Tune received says how far the trial got.
+        reason = stop_reason(Path(self.sweep_dir) / trial.trial_id, last_epoch=int(epochs))
         print(f"trial {trial.trial_id}  {reason:<14}  {self.metric} {score}  epochs {epochs:g}  {params}",
               flush=True)
 
