@@ -6,6 +6,7 @@ best validation scores. Goal: ASHA uses at most 50 % of the epochs and loses at 
 
     python jobs/benchmarks/tune_efficiency.py [--train 1920] [--size 32] [--epochs 12] [--metric val_loss]
                                               [--lrs 3e-4 1e-3 3e-3 1e-2] [--dropouts 0.2 0.5] [--grace-period 1]
+                                              [--reduction-factor 3] [--work-dir DIR]
 
 ASHA's rungs (grace period 1 epoch unless --grace-period says otherwise, reduction factor 3) fall
 after epochs 1, 3 and 9. The defaults are chosen so that those rungs can mean something: 60 steps
@@ -60,9 +61,11 @@ def main() -> None:
     parser.add_argument("--metric", choices=["val_auc", "val_accuracy", "val_loss"], default="val_loss")
     parser.add_argument("--grace-period", type=int, default=1, help="epochs before ASHA's first rung")
     parser.add_argument("--reduction-factor", type=float, default=3, help="ASHA keeps the best 1/factor at each rung")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="a new folder to keep the data and both sweeps in (leaderboards, every epoch)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
+        folder = args.work_dir or Path(tmp)
         write_demo_dataset(folder / "demo", train=args.train, val=args.train // 4, test=args.train // 4,
                            size=args.size, seed=0)
         data = folder / "demo" / "parquet"
