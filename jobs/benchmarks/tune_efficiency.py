@@ -5,14 +5,15 @@ Prints the training epochs each search ran, the fraction ASHA used, and the gap 
 best validation scores. Goal: ASHA uses at most 50 % of the epochs and loses at most 0.01.
 
     python jobs/benchmarks/tune_efficiency.py [--train 1920] [--size 32] [--epochs 12] [--metric val_loss]
-                                              [--lrs 3e-4 1e-3 3e-3 1e-2] [--dropouts 0.2 0.5] [--grace-period 1]
-                                              [--reduction-factor 3] [--work-dir DIR]
+                                              [--lrs 3e-4 1e-3 3e-3 1e-2] [--dropouts 0.2 0.5] [--grace-period 2]
+                                              [--reduction-factor 4] [--work-dir DIR]
 
-ASHA's rungs (grace period 1 epoch unless --grace-period says otherwise, reduction factor 3) fall
-after epochs 1, 3 and 9. The defaults are chosen so that those rungs can mean something: 60 steps
-per epoch (with 15, the first epoch's score is noise) and validation loss, which still ranks configs
-when every good one reaches a validation AUC of 1 on the phantoms. The gap is measured in the
-metric's own units, counted so that a positive gap means ASHA's best is worse.
+ASHA's rungs (grace period 2 epochs, reduction factor 4 unless the options say otherwise) fall
+after epochs 2 and 8. The defaults are chosen so that those rungs can mean something: 60 steps per
+epoch (with 15, the first epoch's score is noise), a first rung after epoch 2 (after epoch 1 the
+higher learning rates are still unsettled and a rung ranks noise), and validation loss, which
+still ranks configs when every good one reaches a validation AUC of 1 on the phantoms. The gap is
+measured in the metric's own units, counted so that a positive gap means ASHA's best is worse.
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ def main() -> None:
     parser.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3, 1e-2])
     parser.add_argument("--dropouts", type=float, nargs="+", default=[0.2, 0.5])
     parser.add_argument("--metric", choices=["val_auc", "val_accuracy", "val_loss"], default="val_loss")
-    parser.add_argument("--grace-period", type=int, default=1, help="epochs before ASHA's first rung")
-    parser.add_argument("--reduction-factor", type=float, default=3, help="ASHA keeps the best 1/factor at each rung")
+    parser.add_argument("--grace-period", type=int, default=2, help="epochs before ASHA's first rung")
+    parser.add_argument("--reduction-factor", type=float, default=4, help="ASHA keeps the best 1/factor at each rung")
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="a new folder to keep the data and both sweeps in (leaderboards, every epoch)")
     args = parser.parse_args()
