@@ -41,7 +41,7 @@ from medray.models.preprocessing import to_model_input
 from medray.models.registry import get_backbone
 
 SIZES = {"baseline_cnn": 64, "mobilenet_v2": 128}
-BATCH = 64
+BATCH = 64  # the default; --batch changes it for the throughput runs (the memory runs keep it)
 
 
 def main() -> None:
@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--backbones", nargs="*", default=list(SIZES), choices=list(SIZES),
                         help="none: only the memory runs")
     parser.add_argument("--images", type=int, default=1024)
+    parser.add_argument("--batch", type=int, default=BATCH,
+                        help="images per batch for the limit, the explainer and the bulk job")
     parser.add_argument("--loop-images", type=int, default=None,
                         help="images for the per-image loop (default: --images)")
     parser.add_argument("--memory-sizes", type=int, nargs="+", default=[2000, 20000])
@@ -70,7 +72,8 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPUs, TensorFlow {tf.__version__}, Ray {ray.__version__}; work dir {work}")
     results = {}
     for name in args.backbones:
-        results[name] = throughput(name, SIZES[name], args.images, args.loop_images or args.images, work / name)
+        results[name] = throughput(name, SIZES[name], args.images, args.loop_images or args.images, args.batch,
+                                   work / name)
     if results:
         print_table(results)
     if not args.skip_memory:
@@ -87,8 +90,8 @@ def print_table(results: dict) -> None:
               f"{r['bulk'] / r['limit']:>10.2f}x {r['steady'] / r['limit']:>12.2f}x")
 
 
-def throughput(name: str, size: int, images: int, loop_images: int, work: Path) -> dict:
-    print(f"\n== {name} at {size}x{size}, {images} images ==")
+def throughput(name: str, size: int, images: int, loop_images: int, batch: int, work: Path) -> dict:
+    print(f"\n== {name} at {size}x{size}, {images} images, batch {batch} ==")
     backbone = get_backbone(name)
     model = trained_model(backbone, size)
     model_path = work / "model.keras"
@@ -100,7 +103,7 @@ def throughput(name: str, size: int, images: int, loop_images: int, work: Path) 
     test_pixels = pq.read_table(test_file)
     # One batch per row group, so Ray Data streams the test set in blocks of one batch and the
     # steady rate can be timed from the first block written to the last.
-    pq.write_table(test_pixels, test_file, row_group_size=BATCH)
+    pq.write_table(test_pixels, test_file, row_group_size=batch)
     from medray.data.decode import decode_gray
 
     pixels = np.stack([decode_gray(item["bytes"], size, 10**8, where="bench")
@@ -109,10 +112,10 @@ def throughput(name: str, size: int, images: int, loop_images: int, work: Path) 
     layer = backbone.cam_layers[0]
     result = {
         "loop": rate(loop_images, lambda: per_image_loop(model, layer, inputs[:loop_images])),
-        "limit": batched_limit(model, layer, inputs),
-        "explainer": explainer_rate(model, layer, inputs),
+        "limit": batched_limit(model, layer, inputs, batch),
+        "explainer": explainer_rate(model, layer, inputs, batch),
     }
-    result["bulk"], result["steady"] = bulk_job_rate(data / "parquet", model_path, name, size, work / "run")
+    result["bulk"], result["steady"] = bulk_job_rate(data / "parquet", model_path, name, size, batch, work / "run")
     for key, value in result.items():
         print(f"  {key:<10} {value:8.1f} maps/s")
     return result
@@ -153,7 +156,7 @@ def per_image_loop(model: keras.Model, layer: str, inputs: np.ndarray) -> list[n
     return heatmaps
 
 
-def batched_limit(model: keras.Model, layer: str, inputs: np.ndarray) -> float:
+def batched_limit(model: keras.Model, layer: str, inputs: np.ndarray, batch: int) -> float:
     """Activations and their gradients for whole batches in one compiled call: no weighting, no
     normalisation, no data reading, no output. What any batched CAM method must at least pay."""
     features = keras.Model(model.inputs, [model.get_layer(layer).output, model.output])
@@ -165,25 +168,26 @@ def batched_limit(model: keras.Model, layer: str, inputs: np.ndarray) -> float:
             scores = tf.reduce_max(probabilities, axis=1)
         return activations, tape.gradient(scores, activations)
 
-    forward_backward(inputs[:BATCH])  # trace once
-    return rate(len(inputs), lambda: [forward_backward(inputs[start:start + BATCH])[1].numpy()
-                                      for start in range(0, len(inputs), BATCH)])
+    forward_backward(inputs[:batch])  # trace once
+    return rate(len(inputs), lambda: [forward_backward(inputs[start:start + batch])[1].numpy()
+                                      for start in range(0, len(inputs), batch)])
 
 
-def explainer_rate(model: keras.Model, layer: str, inputs: np.ndarray) -> float:
+def explainer_rate(model: keras.Model, layer: str, inputs: np.ndarray, batch: int) -> float:
     from medray.explain.cam import CamExplainer
 
     explainer = CamExplainer(model, layer, "gradcam")
-    explainer(inputs[:BATCH])  # trace once
-    return rate(len(inputs), lambda: [explainer(inputs[start:start + BATCH]) for start in range(0, len(inputs), BATCH)])
+    explainer(inputs[:batch])  # trace once
+    return rate(len(inputs), lambda: [explainer(inputs[start:start + batch]) for start in range(0, len(inputs), batch)])
 
 
-def explain_settings(overlays: bool) -> ExplainConfig:
-    return ExplainConfig(method="gradcam", batch_size=BATCH, concurrency=1, overlays=overlays, checks=False,
+def explain_settings(overlays: bool, batch: int = BATCH) -> ExplainConfig:
+    return ExplainConfig(method="gradcam", batch_size=batch, concurrency=1, overlays=overlays, checks=False,
                          gallery_size=0)
 
 
-def bulk_job_rate(parquet: Path, model_path: Path, backbone: str, size: int, out: Path) -> tuple[float, float]:
+def bulk_job_rate(parquet: Path, model_path: Path, backbone: str, size: int, batch: int,
+                  out: Path) -> tuple[float, float]:
     from medray.data.pipeline import read_split
     from medray.data.sources import discover
     from medray.explain.bulk import explain_split
@@ -194,7 +198,7 @@ def bulk_job_rate(parquet: Path, model_path: Path, backbone: str, size: int, out
     written = []
     started = time.perf_counter()
     outcome = explain_split(read_split(source, "test", size, config.data), model_path.read_bytes(), backbone,
-                            source.class_names, explain_settings(overlays=False), out,
+                            source.class_names, explain_settings(overlays=False, batch=batch), out,
                             on_shard=lambda shard: written.append((time.perf_counter(), shard)))
     total = time.perf_counter() - started
     first_time, first_shard = written[0]
