@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from medray.config import RunConfig, to_yaml
 from medray.tune.leaderboard import build_leaderboard
 
 
@@ -18,8 +19,10 @@ def write_trial(sweep_dir: Path, name: str, val_aucs: list[float], export_epoch:
     trial_dir = sweep_dir / name
     trial_dir.mkdir()
     (trial_dir / "params.json").write_text(json.dumps({"train.lr": 0.001}))
-    train = {"export_epoch": export_epoch, "epochs": budget or len(val_aucs), "fine_tune": {"epochs": 0}}
-    (trial_dir / "config.yaml").write_text(yaml.safe_dump({"train": train}))
+    # The trial's full run config, as medray.tune.trial writes it.
+    config = RunConfig.model_validate({"data": {"path": "data"},
+                                       "train": {"export_epoch": export_epoch, "epochs": budget or len(val_aucs)}})
+    (trial_dir / "config.yaml").write_text(to_yaml(config))
     rows = [{"epoch": epoch, "val_auc": auc, "val_accuracy": 0.9, "val_loss": 0.3}
             for epoch, auc in enumerate(val_aucs, start=1)]
     (trial_dir / "result.json").write_text("".join(json.dumps(row) + "\n" for row in rows))

@@ -14,8 +14,8 @@ import math
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
+from medray.config import load_config
 from medray.errors import MedrayError
 from medray.tune.trial import OUTCOME, TRIAL_CONFIG
 
@@ -84,16 +84,12 @@ def exported_row(trial_dir: Path, history: pd.DataFrame, metric: str, mode: str)
 
 
 def export_epoch(trial_dir: Path) -> str:
-    return read_trial_config(trial_dir)["train"]["export_epoch"]
+    return load_config(trial_dir / TRIAL_CONFIG).train.export_epoch
 
 
 def trial_epoch_budget(trial_dir: Path) -> int:
-    train = read_trial_config(trial_dir)["train"]
-    return train["epochs"] + train["fine_tune"]["epochs"]
-
-
-def read_trial_config(trial_dir: Path) -> dict:
-    return yaml.safe_load((trial_dir / TRIAL_CONFIG).read_text())
+    train = load_config(trial_dir / TRIAL_CONFIG).train
+    return train.epochs + train.fine_tune.epochs
 
 
 def build_leaderboard(sweep_dir: str | Path) -> pd.DataFrame:
