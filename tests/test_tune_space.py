@@ -89,3 +89,22 @@ def test_each_search_gets_its_searcher_limited_to_the_concurrent_trials(tmp_path
     inner = getattr(chosen, "searcher", chosen)  # Optuna sits inside a ConcurrencyLimiter
     assert type(inner).__name__ == searcher_name
     assert getattr(chosen, "max_concurrent", None) == sweep.resources.max_concurrent_trials
+
+
+def test_a_grid_runs_each_point_once_per_pass_in_a_seeded_random_order(tmp_path):
+    from medray.tune.sweep import grid_order, planned_trials
+
+    lrs, dropouts = [1e-4, 3e-4, 1e-3, 3e-3], [0.2, 0.3, 0.4, 0.5]
+    space = {"train.lr": {"choice": lrs}, "model.dropout": {"choice": dropouts}}
+    sweep, _ = load_sweep(write_sweep(tmp_path, search="grid", num_samples=2, space=space))
+    order = grid_order(sweep)
+    product = sorted((lr, dropout) for lr in lrs for dropout in dropouts)
+    assert len(order) == planned_trials(sweep) == 32
+    for one_pass in (order[:16], order[16:]):
+        assert sorted((point["train.lr"], point["model.dropout"]) for point in one_pass) == product
+    # Not Tune's blocks of one learning rate: the first trials (those ASHA lets through) span the space.
+    assert len({point["train.lr"] for point in order[:4]}) > 1 and order[:16] != order[16:]
+    assert grid_order(sweep) == order
+    assert grid_order(sweep.model_copy(update={"seed": 1})) != order
+    random_search, _ = load_sweep(write_sweep(tmp_path, search="random"))
+    assert grid_order(random_search) is None

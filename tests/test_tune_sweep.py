@@ -18,7 +18,7 @@ import yaml
 
 from medray.tune.leaderboard import build_leaderboard
 from medray.tune.space import load_sweep
-from medray.tune.sweep import resume_sweep, run_sweep
+from medray.tune.sweep import grid_order, resume_sweep, run_sweep
 
 from conftest import DEMO_CONFIG, ROOT
 
@@ -35,8 +35,10 @@ def write_sweep(folder: Path, data: Path, output: Path, extra_set: dict | None =
                 "output": {"dir": str(output)}},
         "asha": {"enabled": True, "grace_period": 1, "reduction_factor": 2},
         "resources": {"workers_per_trial": 1, "cpus_per_worker": 0.5, "max_concurrent_trials": 1},
-        # Grid order is trial order: the bad trial comes last, when the rung already holds two results.
         "space": {"train.lr": {"choice": [*GOOD_LRS, BAD_LR]}},
+        # A grid runs in a seeded random order; seed 6's order runs the bad trial last, when the rung
+        # already holds two results (checked in `finished_sweep`).
+        "seed": 6,
     }
     sweep.update(changes)
     sweep["set"].update(extra_set or {})
@@ -49,7 +51,9 @@ def write_sweep(folder: Path, data: Path, output: Path, extra_set: dict | None =
 def finished_sweep(tiny_dataset, tmp_path_factory, ray_cluster):
     folder = tmp_path_factory.mktemp("sweep")
     path = write_sweep(folder, tiny_dataset / "parquet", folder / "results", extra_set={"tracking": {"enabled": True}})
-    return run_sweep(*load_sweep(path))
+    sweep, base = load_sweep(path)
+    assert grid_order(sweep)[-1] == {"train.lr": BAD_LR}
+    return run_sweep(sweep, base)
 
 
 def test_the_leaderboard_has_one_row_per_trial_with_its_parameters(finished_sweep):

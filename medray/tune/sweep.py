@@ -13,8 +13,10 @@ Selection is on the validation split only; the test split is read once, for the 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +71,7 @@ def run_sweep(sweep: SweepConfig, base: RunConfig) -> SweepOutcome:
         param_space={key: tune_domain(domain, sweep.search) for key, domain in sweep.space.items()},
         tune_config=tune.TuneConfig(
             metric=sweep.metric, mode=sweep.mode, search_alg=searcher(sweep), scheduler=scheduler(sweep, base),
-            num_samples=sweep.samples, max_concurrent_trials=sweep.resources.max_concurrent_trials,
+            num_samples=planned_trials(sweep), max_concurrent_trials=sweep.resources.max_concurrent_trials,
             trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
@@ -190,7 +192,28 @@ def searcher(sweep: SweepConfig):
         return ConcurrencyLimiter(OptunaSearch(seed=sweep.seed), max_concurrent=concurrent)
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=sweep.seed, max_concurrent=concurrent)
+    return BasicVariantGenerator(random_state=sweep.seed, max_concurrent=concurrent,
+                                 points_to_evaluate=grid_order(sweep))
+
+
+def grid_order(sweep: SweepConfig) -> list[dict] | None:
+    """A grid's points, each grid pass in its own seeded random order (None for random and optuna).
+
+    ASHA passes whichever trials reach a rung first (it has nothing yet to compare them with). In
+    Tune's own grid order the first key's values come in blocks and the lists are usually sorted
+    (a learning rate rising), so that head start would go to one corner of the space every time.
+    Each point overrides every grid key of `param_space`, so one point is one trial.
+    """
+    if sweep.search != "grid":
+        return None
+    keys = list(sweep.space)
+    points = [dict(zip(keys, values)) for values in itertools.product(*(sweep.space[key].choice for key in keys))]
+    shuffle = random.Random(sweep.seed).shuffle
+    passes = []
+    for _ in range(sweep.samples):
+        shuffle(points)
+        passes += [dict(point) for point in points]
+    return passes
 
 
 def scheduler(sweep: SweepConfig, base: RunConfig):
