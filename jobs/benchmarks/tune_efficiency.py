@@ -6,10 +6,10 @@ best validation scores. Goal: ASHA uses at most 50 % of the epochs and loses at 
 
     python jobs/benchmarks/tune_efficiency.py [--train 1920] [--size 32] [--epochs 12] [--metric val_loss]
                                               [--lrs 3e-4 1e-3 3e-3 1e-2] [--dropouts 0.2 0.3 0.4 0.5]
-                                              [--grace-period 1] [--reduction-factor 4] [--work-dir DIR]
+                                              [--grace-period 1] [--reduction-factor 4] [--seed 0] [--work-dir DIR]
 
 ASHA's rungs (grace period 1 epoch, reduction factor 4 unless the options say otherwise) fall
-after epochs 1 and 4. One trial runs at a time (2 cores), in the grid's seeded random order. ASHA
+after epochs 1 and 4. One trial runs at a time (2 cores), in the grid's random order (--seed). ASHA
 passes whoever reaches a rung first, so its savings depend on how many trials come after the
 first few: with 8 configs a rung after epoch 1 or 2 trained about half the epochs and missed the
 goal in some runs, with 16 the first trials' head start is spread thin. 60 steps per epoch (with
@@ -39,6 +39,7 @@ def search(folder: Path, name: str, data: Path, args, asha: bool) -> tuple[pd.Se
     """(epochs each trial trained, best validation value, seconds, "min" or "max" for the metric)."""
     sweep = {
         "name": name, "base": str(ROOT / "configs" / "demo.yaml"), "search": "grid", "metric": args.metric, "top_k": 1,
+        "seed": args.seed,  # the order the grid's points run in, the same for both searches
         "set": {"data": {"path": str(data)}, "model": {"input_size": args.size},
                 # No early stopping: the grid's epochs are exactly trials x epochs.
                 "train": {"epochs": args.epochs, "batch_size": 32, "early_stopping_patience": 0},
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument("--metric", choices=["val_auc", "val_accuracy", "val_loss"], default="val_loss")
     parser.add_argument("--grace-period", type=int, default=1, help="epochs before ASHA's first rung")
     parser.add_argument("--reduction-factor", type=float, default=4, help="ASHA keeps the best 1/factor at each rung")
+    parser.add_argument("--seed", type=int, default=0, help="shuffles the order the grid's points run in")
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="a new folder to keep the data and both sweeps in (leaderboards, every epoch)")
     args = parser.parse_args()
