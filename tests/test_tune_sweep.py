@@ -122,7 +122,10 @@ def test_mlflow_holds_the_sweep_as_a_parent_run_with_one_child_per_trial(finishe
     assert {run.info.run_name for run in children} == {path.parent.name for path in sweep_dir.glob("*/params.json")}
     artifacts = {item.path for item in client.list_artifacts(parents[0].info.run_id)}
     assert {"leaderboard.csv", "leaderboard.md", "leaderboard.png", "sweep.yaml"} <= artifacts
-    completed = next(run for run in children if run.data.params["train.lr"] == str(GOOD_LRS[0]))
+    # The first trial in the grid's order always runs its whole budget (a rung needs results to compare with).
+    board = pd.read_csv(sweep_dir / "leaderboard.csv")
+    completed_trial = board.loc[board["stop_reason"] == "completed", "trial"].iloc[0]
+    completed = next(run for run in children if run.info.run_name == completed_trial)
     history = client.get_metric_history(completed.info.run_id, "val_loss")
     assert sorted(metric.step for metric in history) == [1, 2, 3]
 
