@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import random
 import shutil
 from dataclasses import dataclass
@@ -98,7 +97,7 @@ def fit_to_the_end(tuner, sweep_dir: Path, sweep: SweepConfig) -> None:
 def planned_trials(sweep: SweepConfig) -> int:
     if sweep.search != "grid":
         return sweep.samples
-    return sweep.samples * math.prod(len(domain.choice) for domain in sweep.space.values())
+    return len(grid_order(sweep))
 
 
 def remove_leftover_worker_groups() -> None:
