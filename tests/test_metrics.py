@@ -72,6 +72,16 @@ def test_binary_auc_is_the_positive_class_score():
     assert metrics["roc_auc_per_class"]["normal"] == pytest.approx(metrics["roc_auc_per_class"]["pneumonia"])
 
 
+def test_binary_auc_reads_one_column_when_float32_rounding_ties_the_other():
+    # Saturated softmax outputs: two rows round to exactly 1.0 in the second column while their
+    # first column (1e-9, 2e-9) still tells them apart; averaging both columns' AUCs gave 0.6875.
+    labels = np.array([1, 0, 1, 0])
+    probabilities = np.array([[1e-9, 1.0], [2e-9, 1.0], [0.8, 0.2], [0.9, 0.1]], dtype=np.float32)
+    metrics = classification_metrics(labels, probabilities.argmax(axis=1), probabilities, ["normal", "pneumonia"])
+    assert metrics["roc_auc_ovr"] == pytest.approx(roc_auc_score(labels, probabilities[:, 1])) == 0.625
+    assert metrics["roc_auc_per_class"] == {"normal": 0.625, "pneumonia": 0.625}
+
+
 def test_a_class_missing_from_the_test_split_has_no_auc_and_no_recall_credit():
     labels = np.array([0, 0, 1, 1])
     predicted = np.array([0, 2, 1, 1])

@@ -2,7 +2,8 @@
 
 Binary and multi-class runs share one code path: every per-class number is one-vs-rest, and the
 macro ROC AUC is the mean over the classes present in the test split (a class with no test image
-has no ROC curve, so it gets None instead of a made-up number).
+has no ROC curve, so it gets None instead of a made-up number). With two classes that mean is the
+ROC AUC of the second class's probability, the number MedMNIST's evaluator and its baselines report.
 """
 
 from __future__ import annotations
@@ -78,8 +79,19 @@ def roc_auc_per_class(labels: np.ndarray, probabilities: np.ndarray) -> list[flo
         if positives.all() or not positives.any():
             scores.append(None)
         else:
-            scores.append(float(roc_auc_score(positives, probabilities[:, index])))
+            scores.append(float(roc_auc_score(positives, one_vs_rest_score(probabilities, index))))
     return scores
+
+
+def one_vs_rest_score(probabilities: np.ndarray, index: int) -> np.ndarray:
+    """The score that ranks class `index` against the rest.
+
+    With two classes both curves are drawn from the second column: the first column is its
+    complement only up to float32 rounding, which breaks ties differently and would give the two
+    classes AUCs that differ in the sixth decimal."""
+    if probabilities.shape[1] == 2:
+        return probabilities[:, 1] if index == 1 else -probabilities[:, 1]
+    return probabilities[:, index]
 
 
 def roc_auc(labels: np.ndarray, probabilities: np.ndarray) -> float | None:
