@@ -26,6 +26,7 @@ def test_demo_config_is_valid_and_trains_on_two_workers():
     ({**MINIMAL, "train": {"batch_size": 1}, "scaling": {"num_workers": 2}}, "train.batch_size=1 is smaller than"),
     ({**MINIMAL, "model": {"backbone": "xception", "pooling": "flatten"}}, "model.pooling=flatten: only baseline_cnn"),
     ({**MINIMAL, "model": {"conv_filters": []}}, "model.conv_filters=[] is not allowed"),
+    ({**MINIMAL, "train": {"label_smoothing": 1.0}}, "train.label_smoothing=1.0 is not allowed"),
 ])
 def test_bad_keys_and_values_are_rejected_with_the_key_named(raw, named):
     with pytest.raises(MedrayError) as error:

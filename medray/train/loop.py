@@ -102,7 +102,7 @@ def compile_for_phase(model: keras.Model, progress: Progress, config: RunConfig,
         set_trainable_top(model, config.train.fine_tune.layers)
     model.compile(
         optimizer=keras.optimizers.Adam(progress.learning_rate(config.train)),
-        loss=keras.losses.CategoricalCrossentropy(),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
                  keras.metrics.AUC(multi_label=True, num_labels=num_classes, name="auc")],
     )
