@@ -126,10 +126,10 @@ class TrainConfig(_Section):
     # Multiply the learning rate by lr_plateau_factor after this many epochs without improvement.
     lr_plateau_patience: int = Field(2, ge=0)
     lr_plateau_factor: float = Field(0.5, gt=0, lt=1)
-    # Targets of 1 - s and s / (k - 1) instead of one-hot: a model that cannot drive its outputs to 0 and
-    # 1 stays less sure of what it learned from the train split's look. On PneumoniaMNIST, whose test
-    # X-rays look unlike train and validation, 0.1 raised test AUC (README, "Sweeps"). The loss
-    # reported as loss and val_loss is the smoothed one.
+    # Targets of 1 - s + s / k for the true class and s / k for the others instead of one-hot: a model
+    # that cannot drive its outputs to 0 and 1 stays less sure of what it learned from the train
+    # split's look. On PneumoniaMNIST, whose test X-rays look unlike train and validation, 0.1 raised
+    # test AUC (README, "Sweeps"). The loss reported as loss and val_loss is the smoothed one.
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     # Which epoch's model is exported (and, in a sweep, ranked and tested): the best by `monitor`, or
     # the last. "last" suits a schedule that ends at a small learning rate when the validation split
