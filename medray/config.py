@@ -81,6 +81,12 @@ class DataConfig(_Section):
     # Keep the decoded train and validation rows in Ray's object store after the first epoch, so
     # later epochs only augment. "auto": when they take at most a tenth of the object store.
     cache: Literal["auto", "always", "never"] = "auto"
+    # How the training rows are reordered every epoch, so that the order a source lists its rows in
+    # (class folders, label-sorted parquet) never reaches training. "full": Ray Data's random_shuffle
+    # of the whole split; "blocks": small blocks in random order, then a shuffle buffer of
+    # shuffle_buffer_rows rows in every training worker (less data moved, less mixing).
+    shuffle: Literal["full", "blocks"] = "full"
+    shuffle_buffer_rows: int = Field(1024, ge=1, le=1_000_000)
 
 
 class ModelConfig(_Section):

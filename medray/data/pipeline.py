@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import ray
+from ray.data import RandomSeedConfig
 from ray.data.expressions import random
 
 from medray.data.augment import SEED_COLUMN, augment_pixels
@@ -74,12 +75,46 @@ def training_data(source: Source, backbone: Backbone, image_size: int, config) -
     if config.train.class_balance == "oversample":
         plan = oversampling_plan(source, config)
         train, train_rows = train.map_batches(repeat_rows, fn_kwargs={"plan": plan}), plan.total_rows
+    # After the repetition, so that the copies of a row land in different batches.
+    train = shuffled_every_epoch(train, config.data, config.seed)
     # Drawn after the repetition, so that every copy of a row gets its own augmentation.
     train = train.with_column(SEED_COLUMN, random(seed=config.seed)).map_batches(
         augment_and_prepare, fn_kwargs={"model_input": backbone.model_input, "augment": config.data.augment})
     val = cached(read_split(source, "val", image_size, data_config), source.num_rows("val"), image_size,
                  config.data.cache).map_batches(prepare, fn_kwargs={"model_input": backbone.model_input})
     return TrainingData(train=train, val=val, train_rows=train_rows)
+
+
+# Rows per block before "blocks" shuffling puts the blocks in random order: small enough that the
+# worker's shuffle buffer (data.shuffle_buffer_rows) holds rows of many blocks, hence of every class.
+SHUFFLE_BLOCK_ROWS = 64
+
+
+def shuffled_every_epoch(train: ray.data.Dataset, data_config, seed: int) -> ray.data.Dataset:
+    """The training rows in a new order every epoch, whatever order the source lists them in.
+
+    Class folders and many parquet files list their rows class by class; trained in that order,
+    every batch holds one class and the model chases whichever class it is seeing. Ray Data runs
+    the dataset again for every epoch, and `RandomSeedConfig(reseed_after_execution=True)` draws
+    each run's order from (seed, run count): epoch e repeats on a rerun with the same `seed`, and
+    differs from epoch e - 1. Ray Train restores the dataset when it restarts a failed worker
+    group, so the epochs after such a restart draw their orders afresh from run count 0.
+
+    "full" is Ray Data's `random_shuffle`: every row may land anywhere, at the price of moving the
+    whole split through the object store each epoch. "blocks" cuts the rows into blocks of
+    SHUFFLE_BLOCK_ROWS and puts the blocks in random order (no rows move); each training worker
+    then mixes them in a shuffle buffer (`local_shuffle_buffer_size`, see worker_data.py).
+    """
+    order = RandomSeedConfig(seed=derived_seed(seed, "shuffle"), reseed_after_execution=True)
+    if data_config.shuffle == "full":
+        return train.random_shuffle(seed=order)
+    return train.repartition(target_num_rows_per_block=SHUFFLE_BLOCK_ROWS).randomize_block_order(seed=order)
+
+
+def derived_seed(seed: int, *purpose: str | int) -> int:
+    """An independent 32-bit seed for one use of the run's seed (shuffling, a worker's buffer)."""
+    words = [seed, *(part if isinstance(part, int) else int.from_bytes(part.encode()[:4], "big") for part in purpose)]
+    return int(np.random.SeedSequence(words).generate_state(1)[0])
 
 
 # Share of the object store that decoded rows may fill under data.cache "auto".

@@ -13,6 +13,7 @@ import numpy as np
 import ray.train
 
 from medray.config import RunConfig
+from medray.data.pipeline import derived_seed
 from medray.keras_setup import keras, tf
 from medray.models.applications import set_trainable_top
 from medray.models.classifier import KERAS_V3, build_classifier, copy_weights, load_model_bytes, load_model_file
@@ -60,8 +61,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 compile_for_phase(model, progress, config, num_classes)
             compiled_phase = progress.phase
         model.optimizer.learning_rate.assign(progress.learning_rate(config.train))
-        train_batches, train_steps = per_replica_batches(strategy, train_shard, loop_config["rows"]["train"],
-                                                         per_worker_batch, workers, num_classes, class_weights)
+        train_batches, train_steps = per_replica_batches(
+            strategy, train_shard, loop_config["rows"]["train"], per_worker_batch, workers, num_classes,
+            class_weights, **shuffle_buffer(config, progress.epoch, rank))
         started = time.perf_counter()
         fitted = model.fit(train_batches, epochs=1, steps_per_epoch=train_steps, verbose=0)
         train_seconds = time.perf_counter() - started
@@ -83,6 +85,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
         report_epoch(model, metrics, progress, chief=rank == 0)
         if rank == 0 and loop_config.get("crash_after_epoch"):
             crash_once(metrics["epoch"], loop_config["crash_after_epoch"])
+
+
+def shuffle_buffer(config: RunConfig, epoch: int, rank: int) -> dict:
+    """The worker's shuffle buffer under data.shuffle "blocks", seeded by run seed, epoch and rank."""
+    if config.data.shuffle != "blocks":
+        return {}
+    return {"shuffle_buffer_rows": config.data.shuffle_buffer_rows,
+            "shuffle_seed": derived_seed(config.seed, "buffer", epoch, rank)}
 
 
 def replica_weight_spread(model: keras.Model, strategy) -> float:

@@ -51,6 +51,7 @@ def train_model(config: RunConfig, source: Source, data: TrainingData, image_siz
             resources_per_worker={"CPU": config.scaling.cpus_per_worker},
         ),
         datasets={"train": data.train, "val": data.val},
+        dataset_config=ordered_ingest(),
         run_config=ray.train.RunConfig(
             name="train",
             storage_path=str((run_dir / "checkpoints").resolve()),
@@ -67,6 +68,17 @@ def train_model(config: RunConfig, source: Source, data: TrainingData, image_siz
     except ray.train.TrainingFailedError as error:
         raise find_user_error(error) or MedrayError(f"training failed: {_last_line(error)}") from error
     return export_model(result, run_dir, config.train)
+
+
+def ordered_ingest() -> ray.train.DataConfig:
+    """Ray Train's ingest with each epoch's rows in the order the dataset draws them.
+
+    By default Ray Data hands rows on as tasks finish, so a seeded shuffle would still differ
+    between reruns; validation keeps one fixed order too.
+    """
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return ray.train.DataConfig(execution_options=options)
 
 
 def class_weights(train_counts: list[int], class_balance: str) -> list[float]:

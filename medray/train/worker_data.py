@@ -38,18 +38,22 @@ if not getattr(multi_device_iterator_ops._create_device_dataset, "medray_without
 
 
 def per_replica_batches(strategy, shard, rows: int, per_worker_batch: int, workers: int, num_classes: int,
-                        class_weights: list[float]):
+                        class_weights: list[float], shuffle_buffer_rows: int | None = None,
+                        shuffle_seed: int | None = None):
     """This worker's Ray Data shard as batches of `per_worker_batch`, and the steps in an epoch.
 
     Ray Data has already given each worker its own rows (an equal split). Handing the dataset to
     Keras plainly would let tf.distribute treat its batch as the global one and split it again
     across workers; `distribute_datasets_from_function` uses each worker's batches as they are.
     Class weights ride along as per-sample weights: Keras refuses `class_weight` for such datasets.
+    `shuffle_buffer_rows`: rows Ray Data holds to draw each batch from at random (seeded by
+    `shuffle_seed`), for data.shuffle "blocks"; None keeps the shard's order.
     """
     weights = tf.constant(class_weights or [1.0] * num_classes, dtype=tf.float32)
 
     def worker_dataset(_) -> tf.data.Dataset:
-        dataset = shard.to_tf(feature_columns="image", label_columns="label", batch_size=per_worker_batch)
+        dataset = shard.to_tf(feature_columns="image", label_columns="label", batch_size=per_worker_batch,
+                              local_shuffle_buffer_size=shuffle_buffer_rows, local_shuffle_seed=shuffle_seed)
         return without_autotune(
             dataset.map(lambda image, label: (image, tf.one_hot(label, num_classes), tf.gather(weights, label))))
 
