@@ -108,6 +108,7 @@ def summarise(outcome: RunOutcome) -> str:
     auc = "n/a" if metrics["roc_auc_ovr"] is None else f"{metrics['roc_auc_ovr']:.4f}"
     lines = [
         f"medray run {outcome.run_dir.name}",
+        *(f"  WARNING    {warning}" for warning in metrics.get("warnings", [])),
         f"  data       {source.kind} {source.path}",
         *(f"  {split:<10} {source.num_rows(split)} images  "
           + ", ".join(f"{name} {count}" for name, count in zip(source.class_names, source.class_counts[split]))

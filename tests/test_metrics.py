@@ -6,7 +6,12 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
 from medray.evaluate import compute_metrics
-from medray.report.metrics import calibration_bins, classification_metrics, expected_calibration_error
+from medray.report.metrics import (
+    calibration_bins,
+    classification_metrics,
+    expected_calibration_error,
+    model_warnings,
+)
 
 # A known confusion of three classes (rows true, columns predicted): 18 images.
 CONFUSION = np.array([[5, 1, 0],
@@ -113,3 +118,29 @@ def test_compute_metrics_reads_the_predictions_table():
     metrics = compute_metrics(table, NAMES)
     assert metrics["rows"] == 18 and metrics["class_names"] == NAMES
     assert metrics["accuracy"] == pytest.approx(12 / 18)
+
+
+def test_a_model_that_answers_one_class_for_every_image_is_called_out():
+    """The issue's run: 360 phantoms, 216 of the largest class, every image predicted as it."""
+    labels = np.repeat([0, 1, 2], [216, 90, 54])
+    warnings = model_warnings(labels, np.zeros_like(labels), NAMES)
+    assert "the model predicts normal for 360 of 360 test images" in warnings[0]
+    assert "test accuracy 0.6000 does not beat always answering the largest class normal (0.6000)" in warnings[1]
+    assert warnings[2].startswith("what to do:")
+
+
+def test_a_model_below_the_majority_share_is_called_out_though_it_predicts_every_class():
+    labels, predicted = rows_of(np.array([[4, 3, 3], [1, 1, 1], [1, 1, 0]]))  # accuracy 5/15 < 10/15
+    warnings = model_warnings(labels, predicted, NAMES)
+    assert len(warnings) == 2 and "does not beat always answering the largest class normal (0.6667)" in warnings[0]
+
+
+def test_a_model_that_beats_the_majority_class_gets_no_warning():
+    labels, predicted = rows_of(CONFUSION)  # accuracy 12/18 against a largest class of 8/18
+    assert model_warnings(labels, predicted, NAMES) == []
+    assert classification_metrics(labels, predicted, probabilities_for(predicted, 3), NAMES)["warnings"] == []
+
+
+def test_a_one_class_test_split_is_not_called_degenerate():
+    labels = np.zeros(20, dtype=int)
+    assert model_warnings(labels, labels, NAMES) == []

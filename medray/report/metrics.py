@@ -21,6 +21,9 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+# A model that gives this share of the test images one class has learnt nothing the test split can
+# show; below 1, so that a few stray predictions of such a model do not hide it.
+ONE_CLASS_SHARE = 0.95
 # Equal-width confidence bins of the reliability diagram and of the expected calibration error.
 CALIBRATION_BINS = 10
 MOST_CONFUSED_PAIRS = 5
@@ -60,7 +63,34 @@ def classification_metrics(labels: np.ndarray, predicted: np.ndarray, probabilit
         "confusion_matrix_normalised": row_normalise(matrix).tolist(),
         "most_confused": most_confused_pairs(matrix, class_names),
         "class_names": list(class_names),
+        "warnings": model_warnings(labels, predicted, class_names),
     }
+
+
+def model_warnings(labels: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> list[str]:
+    """Plain-language warnings about a model that learnt nothing useful, for the console and report.
+
+    Two signs, each checked only when the test split holds at least two classes: one class
+    predicted for ONE_CLASS_SHARE or more of the test images, and test accuracy at or below the
+    share of the largest test class (what always answering that class scores)."""
+    rows = len(labels)
+    true_counts = np.bincount(labels, minlength=len(class_names))
+    if rows == 0 or np.count_nonzero(true_counts) < 2:
+        return []
+    found = []
+    predicted_counts = np.bincount(predicted, minlength=len(class_names))
+    top = int(predicted_counts.argmax())
+    if predicted_counts[top] >= ONE_CLASS_SHARE * rows:
+        found.append(f"the model predicts {class_names[top]} for {predicted_counts[top]} of {rows} test images: "
+                     "it does not tell the classes apart")
+    accuracy, majority = float(np.mean(labels == predicted)), true_counts.max() / rows
+    if accuracy <= majority:
+        found.append(f"test accuracy {accuracy:.4f} does not beat always answering the largest class "
+                     f"{class_names[int(true_counts.argmax())]} ({majority:.4f})")
+    if found:
+        found.append("what to do: check the epoch lines (training accuracy that stays near the largest class's share "
+                     "points at the learning rate or at labels that do not match the images)")
+    return found
 
 
 def balanced_accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
