@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from medray.errors import MedrayError, find_user_error
+from medray.errors import MedrayError, user_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,10 +20,10 @@ def main(argv: list[str] | None = None) -> int:
         print("medray: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001  (a user error may arrive wrapped by Ray)
-        user_error = find_user_error(error)
-        if user_error is None:
+        found = user_error(error)
+        if found is None:
             raise
-        print(f"medray: error: {user_error}", file=sys.stderr)
+        print(f"medray: error: {found}", file=sys.stderr)
         return 2
     return 0
 

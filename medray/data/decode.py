@@ -33,8 +33,24 @@ class BadImage(MedrayError):
 
 def decode_native(content: bytes | np.ndarray, max_pixels: int, where: str, what: str = "image"
                   ) -> tuple[np.ndarray, str]:
-    """Any row's image at its own size as (H x W uint8, the mode it was stored in)."""
-    if isinstance(content, np.ndarray):  # .npz rows arrive decoded (H x W, or H x W x 3)
+    """Any row's image at its own size as (H x W uint8, the mode it was stored in).
+
+    Raises BadImage for every failure: Pillow and pydicom raise many types on malformed files
+    (struct.error, TypeError, IndexError, ...), and an exception that escaped here would stop a
+    Ray worker with a traceback instead of naming the row (or skipping it, with on_bad_image: skip).
+    """
+    try:
+        return _decode_native(content, max_pixels, where, what)
+    except BadImage:
+        raise
+    except Exception as error:  # noqa: BLE001  (see the docstring)
+        raise BadImage(f"{where}: cannot decode the {what} ({type(error).__name__}: {error}); "
+                       "remove or replace it") from None
+
+
+def _decode_native(content: bytes | np.ndarray, max_pixels: int, where: str, what: str) -> tuple[np.ndarray, str]:
+    if isinstance(content, np.ndarray):  # .npz rows arrive decoded (H x W, H x W x 1 or H x W x 3)
+        content = content[..., 0] if content.ndim == 3 and content.shape[2] == 1 else content
         return gray_array(content), "L" if content.ndim == 2 else "RGB"
     if not content:
         raise BadImage(f"{where}: the {what} is empty (0 bytes); remove or replace it", "empty file")

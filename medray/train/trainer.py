@@ -16,7 +16,7 @@ from ray.train.tensorflow import TensorflowTrainer
 from medray.config import RunConfig
 from medray.data.pipeline import TrainingData
 from medray.data.sources import Source
-from medray.errors import MedrayError, find_user_error
+from medray.errors import MedrayError, find_user_error, worker_exception
 from medray.train.loop import CHECKPOINT_MODEL, CHECKPOINT_STATE, CRASH_AFTER_EPOCH_ENV, train_loop_per_worker
 
 
@@ -65,7 +65,7 @@ def train_model(config: RunConfig, source: Source, data: TrainingData, image_siz
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as error:
-        raise find_user_error(error) or MedrayError(f"training failed: {_last_line(error)}") from error
+        raise find_user_error(error) or MedrayError(f"training failed: {worker_exception(error)}") from error
     return export_model(result, run_dir, config.train)
 
 
@@ -97,8 +97,3 @@ def export_model(result: ray.train.Result, run_dir: Path, train_config) -> Train
     return TrainingOutcome(model_path, progress["history"], progress["stop_reasons"], int(metrics["epoch"]),
                            dict(metrics))
 
-
-def _last_line(error: BaseException) -> str:
-    """An unexpected worker error's own message, without the traceback above it."""
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
