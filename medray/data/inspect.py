@@ -21,6 +21,8 @@ from medray.filenames import safe_filename
 # |robust z| above this marks an outlier (Iglewicz and Hoaglin's usual cut-off).
 OUTLIER_Z = 3.5
 EXAMPLES = 50
+# Unusable rows named on the console; inspect.json lists them all.
+UNUSABLE_SHOWN = 5
 
 
 def inspect_data(config, out_dir: Path, dedupe: bool = False) -> dict:
@@ -178,6 +180,9 @@ def format_inspection(report: dict) -> str:
     lines.append("modes      " + _top(report["modes"]))
     reasons = pd.Series([row["status"] for row in report["unusable"]], dtype=object).value_counts()
     lines.append(f"unusable   {len(report['unusable'])}" + "".join(f", {reason} {n}" for reason, n in reasons.items()))
+    lines += [f"  {row['status']:<20} {row['message']}" for row in report["unusable"][:UNUSABLE_SHOWN]]
+    if len(report["unusable"]) > UNUSABLE_SHOWN:
+        lines.append(f"  ... {len(report['unusable']) - UNUSABLE_SHOWN} more in inspect.json")
     if report["ignored_files"]["count"]:
         lines.append(f"ignored    {report['ignored_files']['count']} files that are not images")
     lines.append("duplicates " + ", ".join(f"{split} {info['extra_copies']}"
