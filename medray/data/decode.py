@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings as python_warnings
 from contextlib import contextmanager
 from typing import Iterator
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from medray.data.dicom import dicom_to_gray, is_dicom
 from medray.errors import MedrayError
@@ -31,16 +32,19 @@ class BadImage(MedrayError):
         self.reason = reason
 
 
-def decode_native(content: bytes | np.ndarray, max_pixels: int, where: str, what: str = "image"
-                  ) -> tuple[np.ndarray, str]:
-    """Any row's image at its own size as (H x W uint8, the mode it was stored in).
+def decode_native(content: bytes | np.ndarray, max_pixels: int, where: str, what: str = "image",
+                  warnings: list[str] | None = None) -> tuple[np.ndarray, str]:
+    """Any row's image at its own size, as a viewer shows it: (H x W uint8, the mode it was stored in).
+
+    An EXIF orientation is applied; one that cannot be used is ignored (storage order) and said
+    in `warnings`, if given: never a reason to refuse the image.
 
     Raises BadImage for every failure: Pillow and pydicom raise many types on malformed files
     (struct.error, TypeError, IndexError, ...), and an exception that escaped here would stop a
     Ray worker with a traceback instead of naming the row (or skipping it, with on_bad_image: skip).
     """
     try:
-        return _decode_native(content, max_pixels, where, what)
+        return _decode_native(content, max_pixels, where, what, [] if warnings is None else warnings)
     except BadImage:
         raise
     except Exception as error:  # noqa: BLE001  (see the docstring)
@@ -48,7 +52,8 @@ def decode_native(content: bytes | np.ndarray, max_pixels: int, where: str, what
                        "remove or replace it") from None
 
 
-def _decode_native(content: bytes | np.ndarray, max_pixels: int, where: str, what: str) -> tuple[np.ndarray, str]:
+def _decode_native(content: bytes | np.ndarray, max_pixels: int, where: str, what: str,
+                   warnings: list[str]) -> tuple[np.ndarray, str]:
     if isinstance(content, np.ndarray):  # .npz rows arrive decoded (H x W, H x W x 1 or H x W x 3)
         content = content[..., 0] if content.ndim == 3 and content.shape[2] == 1 else content
         return gray_array(content), "L" if content.ndim == 2 else "RGB"
@@ -57,7 +62,33 @@ def _decode_native(content: bytes | np.ndarray, max_pixels: int, where: str, wha
     if is_dicom(content):
         return dicom_to_gray(content, max_pixels, where)
     with open_checked(content, max_pixels, where, what) as image:
-        return np.asarray(_to_gray(image), dtype=np.uint8), image.mode
+        return np.asarray(_to_gray(exif_oriented(image, warnings)), dtype=np.uint8), image.mode
+
+
+# EXIF orientations 2-8 are flips and rotations of the stored pixels; 1 is "as stored".
+EXIF_ORIENTATIONS = range(1, 9)
+ORIENTATION_IGNORED = "EXIF orientation ignored"
+
+
+def exif_oriented(image: Image.Image, warnings: list[str]) -> Image.Image:
+    """The image as a viewer displays it (Pillow's exif_transpose). A malformed or out-of-range
+    orientation leaves the storage order and adds a warning: the pixels themselves are fine."""
+    try:
+        with python_warnings.catch_warnings(record=True) as pillow_warnings:
+            python_warnings.simplefilter("always")
+            orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception as error:  # noqa: BLE001  (a malformed EXIF block raises many types)
+        warnings.append(f"{ORIENTATION_IGNORED}: unreadable EXIF ({type(error).__name__})")
+        return image
+    if pillow_warnings:  # Pillow reads what it can of a truncated EXIF block and warns
+        warnings.append(f"{ORIENTATION_IGNORED}: {pillow_warnings[0].message}".strip())
+        return image
+    if orientation == 1:
+        return image
+    if not isinstance(orientation, int) or orientation not in EXIF_ORIENTATIONS:
+        warnings.append(f"{ORIENTATION_IGNORED}: value {orientation!r} is not 1-8")
+        return image
+    return ImageOps.exif_transpose(image)
 
 
 def decode_gray(data: bytes | np.ndarray, size: int, max_pixels: int, where: str) -> np.ndarray:

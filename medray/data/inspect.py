@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medray.data.manifest import OK, scan_rows, write_manifest
+from medray.data.manifest import OK, row_warnings, scan_rows, write_manifest
 from medray.data.sources import SPLITS, discover
 from medray.filenames import safe_filename
 
@@ -59,6 +59,7 @@ def quality_report(frame: pd.DataFrame, class_names: list[str]) -> dict:
         "modes": _counts(used["mode"]),
         "unusable": frame[frame["status"] != OK][["row_id", "split", "source", "status", "message"]]
         .to_dict("records"),
+        "warnings": row_warnings(frame),
         "duplicates_within_splits": duplicates_within(used),
         "duplicates_across_splits": duplicates_across(used),
         "outliers": outliers(used),
@@ -183,6 +184,9 @@ def format_inspection(report: dict) -> str:
     lines += [f"  {row['status']:<20} {row['message']}" for row in report["unusable"][:UNUSABLE_SHOWN]]
     if len(report["unusable"]) > UNUSABLE_SHOWN:
         lines.append(f"  ... {len(report['unusable']) - UNUSABLE_SHOWN} more in inspect.json")
+    if report["warnings"]["count"]:
+        lines.append(f"warnings   {report['warnings']['count']} rows used as stored: "
+                     + ", ".join(f"{kind} {n}" for kind, n in report["warnings"]["by_kind"].items()))
     if report["ignored_files"]["count"]:
         lines.append(f"ignored    {report['ignored_files']['count']} files that are not images")
     lines.append("duplicates " + ", ".join(f"{split} {info['extra_copies']}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def scan_rows(source: Source, data_config) -> pd.DataFrame:
 
 
 def _columns(frame: pd.DataFrame) -> list[str]:
-    return [column for column in ("row_id", "split", "label", "source", "status", "message", "content_hash",
+    return [column for column in ("row_id", "split", "label", "source", "status", "message", "warning", "content_hash",
                                   "height", "width", "mode", "mean", "std", "file", "part", "offset", "row",
                                   "order", "position") if column in frame]
 
@@ -62,14 +63,16 @@ def describe_rows(batch: dict, settings: dict) -> dict:
                       "row": int(piece["rows"][position]), "order": int(piece["order"]), "position": position,
                       "status": OK, "message": "", "content_hash": "", "height": 0, "width": 0, "mode": "",
                       "mean": np.nan, "std": np.nan}
+            warnings: list[str] = []
             try:
-                pixels, mode = decode_row(row, settings["max_pixels"])
+                pixels, mode = decode_row(row, settings["max_pixels"], warnings)
             except BadImage as error:
                 record |= {"status": error.reason, "message": str(error)}
             else:
                 record |= {"content_hash": content_hash(pixels), "height": pixels.shape[0],
                            "width": pixels.shape[1], "mode": mode, "mean": float(pixels.mean()),
                            "std": float(pixels.std())}
+            record["warning"] = "; ".join(warnings)
             records.append(record)
     return {key: np.asarray([record[key] for record in records]) for key in records[0]} if records else {}
 
@@ -176,6 +179,7 @@ def data_report(source: Source, frame: pd.DataFrame, manifest_path: Path) -> dic
         "reported_rows": reported[["row_id", "split", "source", "status", "message"]]
         .head(REPORTED_EXAMPLES).to_dict("records"),
         "ignored_files": {"count": len(source.ignored_files), "files": source.ignored_files[:REPORTED_EXAMPLES]},
+        "warnings": row_warnings(frame),
     }
     if report["rows_in"] != report["rows_used"] + report["rows_reported"]:
         raise MedrayError(f"internal check failed: {report['rows_in']} rows in, {report['rows_used']} used, "
@@ -183,11 +187,24 @@ def data_report(source: Source, frame: pd.DataFrame, manifest_path: Path) -> dic
     return report
 
 
+def row_warnings(frame: pd.DataFrame) -> dict:
+    """Rows used as they are but worth a look (an EXIF orientation ignored): counted by kind, named."""
+    notes = frame["warning"].fillna("") if "warning" in frame else pd.Series("", index=frame.index)
+    warned = frame.assign(warning=notes)[notes != ""]
+    kinds = Counter(str(note).split(":")[0] for note in warned["warning"])
+    return {"count": len(warned), "by_kind": dict(sorted(kinds.items())),
+            "rows": warned[["row_id", "source", "warning"]].head(REPORTED_EXAMPLES).to_dict("records")}
+
+
 def describe_data_report(report: dict) -> str:
     """Two lines for the console: what was left out and why, and what was ignored."""
     lines = [f"data: {report['rows_in']} rows in, {report['rows_used']} used, {report['rows_reported']} reported"
              + (" (" + ", ".join(f"{reason} {count}" for reason, count in report["reported_by_reason"].items())
                 + ")" if report["rows_reported"] else "")]
+    warnings = report.get("warnings", {"count": 0})
+    if warnings["count"]:
+        lines.append(f"data: {warnings['count']} rows used with a warning ("
+                     + ", ".join(f"{kind} {count}" for kind, count in warnings["by_kind"].items()) + ")")
     if report["ignored_files"]["count"]:
         lines.append(f"data: {report['ignored_files']['count']} files that are not images ignored, e.g. "
                      + ", ".join(Path(file).name for file in report["ignored_files"]["files"][:3]))

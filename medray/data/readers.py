@@ -116,11 +116,12 @@ def npz_rows(piece: dict) -> Iterator[RawRow]:
         yield RawRow(str(row_id), int(label), f"{file} {split} row {position}", image)
 
 
-def decode_row(row: RawRow, max_pixels: int) -> tuple[np.ndarray, str]:
-    """The row's image at its own size and stored mode; BadImage if it cannot be used."""
+def decode_row(row: RawRow, max_pixels: int, warnings: list[str] | None = None) -> tuple[np.ndarray, str]:
+    """The row's image at its own size and stored mode; BadImage if it cannot be used; what was
+    usable but odd (an EXIF orientation ignored) is appended to `warnings`."""
     if isinstance(row.content, BadImage):
         raise row.content
-    return decode_native(row.content, max_pixels, row.where)
+    return decode_native(row.content, max_pixels, row.where, warnings=warnings)
 
 
 def rows_of(kind: str, piece: dict, settings: dict) -> Iterator[RawRow]:
