@@ -118,6 +118,7 @@ def summarise(outcome: RunOutcome) -> str:
         *(f"  stopped    {reason}" for reason in training.stop_reasons),
         f"  test       accuracy {metrics['accuracy']:.4f} (majority class {chance:.4f})  "
         f"macro F1 {metrics['macro_f1']:.4f}  ROC AUC {auc}",
+        *(f"  n/a        {what}: {why}" for what, why in metrics.get("undefined", {}).items()),
     ]
     if outcome.explained is not None:
         lines.append(f"  explain    {outcome.explained.rows} maps ({', '.join(outcome.explained.scores)}), "
