@@ -16,6 +16,7 @@ import pandas as pd
 
 from medray.data.manifest import OK, row_warnings, scan_rows, write_manifest
 from medray.data.sources import SPLITS, discover
+from medray.data.validation import small_validation_warnings
 from medray.filenames import safe_filename
 
 # |robust z| above this marks an outlier (Iglewicz and Hoaglin's usual cut-off).
@@ -35,6 +36,7 @@ def inspect_data(config, out_dir: Path, dedupe: bool = False) -> dict:
     frame = scan_rows(source, data_config)
     report = quality_report(frame, source.class_names)
     report["ignored_files"] = {"count": len(source.ignored_files), "files": source.ignored_files[:EXAMPLES]}
+    report["validation_warnings"] = small_validation_warnings(source, data_config.min_val_per_class)
     out_dir.mkdir(parents=True, exist_ok=True)
     if dedupe:
         frame, report["dedupe"] = deduplicate(frame)
@@ -187,6 +189,7 @@ def format_inspection(report: dict) -> str:
     if report["warnings"]["count"]:
         lines.append(f"warnings   {report['warnings']['count']} rows used as stored: "
                      + ", ".join(f"{kind} {n}" for kind, n in report["warnings"]["by_kind"].items()))
+    lines += [f"warning    {warning}" for warning in report.get("validation_warnings", [])]
     if report["ignored_files"]["count"]:
         lines.append(f"ignored    {report['ignored_files']['count']} files that are not images")
     lines.append("duplicates " + ", ".join(f"{split} {info['extra_copies']}"

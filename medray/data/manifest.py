@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from medray.data.decode import BadImage, content_hash
 from medray.data.readers import decode_row, pieces_of, read_tasks, reader_settings, rows_of
 from medray.data.sources import SPLITS, Source, check_usable, count_labels
+from medray.data.validation import small_validation_warnings
 from medray.errors import MedrayError
 
 OK = "ok"
@@ -161,7 +162,9 @@ def prepare_source(source: Source, data_config, run_dir: Path) -> tuple[Source, 
     frame = load_or_build_manifest(source, data_config, run_dir / "manifest.parquet")
     enforce_policy(frame, data_config.on_bad_image)
     usable = usable_source(source, frame)
-    return usable, data_report(usable, frame, run_dir / "manifest.parquet")
+    report = data_report(usable, frame, run_dir / "manifest.parquet")
+    report["validation_warnings"] = small_validation_warnings(usable, data_config.min_val_per_class)
+    return usable, report
 
 
 def data_report(source: Source, frame: pd.DataFrame, manifest_path: Path) -> dict:
@@ -201,6 +204,7 @@ def describe_data_report(report: dict) -> str:
     lines = [f"data: {report['rows_in']} rows in, {report['rows_used']} used, {report['rows_reported']} reported"
              + (" (" + ", ".join(f"{reason} {count}" for reason, count in report["reported_by_reason"].items())
                 + ")" if report["rows_reported"] else "")]
+    lines += [f"warning: {warning}" for warning in report.get("validation_warnings", [])]
     warnings = report.get("warnings", {"count": 0})
     if warnings["count"]:
         lines.append(f"data: {warnings['count']} rows used with a warning ("

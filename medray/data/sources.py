@@ -53,6 +53,10 @@ class Source:
 def discover(data_config) -> Source:
     discover_kind = {"parquet": _discover_parquet, "folders": _discover_folders, "npz": _discover_npz}
     source = discover_kind[data_config.source](data_config)
+    if data_config.split.val_from_train:
+        from medray.data.validation import carve_validation  # it builds on this module
+
+        source = carve_validation(source, data_config.split.val_from_train, data_config.split.seed)
     check_usable(source)
     return source
 
