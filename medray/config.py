@@ -75,6 +75,9 @@ class DataConfig(_Section):
     # Overrides the class names found in the data (Hugging Face metadata or folder names).
     class_names: list[str] | None = None
     max_image_pixels: int = Field(50_000_000, gt=0)
+    # gray: every image as gray; rgb: colour kept (gray images repeated over 3 channels); auto: rgb
+    # when at least half of a sample of train images carry colour (medray/data/color.py).
+    color: Literal["auto", "gray", "rgb"] = "auto"
     # A class with fewer validation images than this gets a warning: its validation metrics are noise.
     min_val_per_class: int = Field(10, ge=0)
     # error: stop at the first unusable row, naming it; skip: leave such rows out, counted in data.json.

@@ -108,7 +108,7 @@ def summarise(outcome: RunOutcome) -> str:
     auc = "n/a" if metrics["roc_auc_ovr"] is None else f"{metrics['roc_auc_ovr']:.4f}"
     lines = [
         f"medray run {outcome.run_dir.name}",
-        f"  data       {source.kind} {source.path}",
+        f"  data       {source.kind} {source.path} ({source.color})",
         *(f"  {split:<10} {source.num_rows(split)} images  "
           + ", ".join(f"{name} {count}" for name, count in zip(source.class_names, source.class_counts[split]))
           for split in SPLITS),

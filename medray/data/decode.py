@@ -1,4 +1,4 @@
-"""Image bytes -> a grayscale uint8 array, with a guard against decompression bombs.
+"""Image bytes -> a uint8 array, gray (H x W) or RGB (H x W x 3), with a guard against decompression bombs.
 
 Everything a dataset holds (PNG, JPEG, DICOM, an array from an .npz) goes through `decode_native`,
 which gives the image at its own size; the manifest hashes that array, and readers resize it.
@@ -21,6 +21,8 @@ from medray.errors import MedrayError
 
 # Modes whose values are not 0-255 and are stretched to 8 bits instead of clipped.
 HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I", "F"}
+# Modes that hold no colour: decoded gray even when RGB is asked for (then repeated over 3 channels).
+GRAY_MODES = {"1", "L", "LA", "La", *HIGH_DEPTH_MODES}
 
 
 class BadImage(MedrayError):
@@ -33,8 +35,11 @@ class BadImage(MedrayError):
 
 
 def decode_native(content: bytes | np.ndarray, max_pixels: int, where: str, what: str = "image",
-                  warnings: list[str] | None = None) -> tuple[np.ndarray, str]:
-    """Any row's image at its own size, as a viewer shows it: (H x W uint8, the mode it was stored in).
+                  warnings: list[str] | None = None, color: str = "gray") -> tuple[np.ndarray, str]:
+    """Any row's image at its own size, as a viewer shows it: (pixels, the mode it was stored in).
+
+    `color` "gray" gives H x W uint8; "rgb" gives H x W x 3 uint8 (a gray image's value in all three
+    channels); DICOM is always gray.
 
     An EXIF orientation is applied; one that cannot be used is ignored (storage order) and said
     in `warnings`, if given: never a reason to refuse the image.
@@ -44,7 +49,9 @@ def decode_native(content: bytes | np.ndarray, max_pixels: int, where: str, what
     Ray worker with a traceback instead of naming the row (or skipping it, with on_bad_image: skip).
     """
     try:
-        return _decode_native(content, max_pixels, where, what, [] if warnings is None else warnings)
+        pixels, mode = _decode_native(content, max_pixels, where, what, [] if warnings is None else warnings,
+                                      color)
+        return (np.repeat(pixels[..., None], 3, axis=2) if color == "rgb" and pixels.ndim == 2 else pixels), mode
     except BadImage:
         raise
     except Exception as error:  # noqa: BLE001  (see the docstring)
@@ -53,16 +60,19 @@ def decode_native(content: bytes | np.ndarray, max_pixels: int, where: str, what
 
 
 def _decode_native(content: bytes | np.ndarray, max_pixels: int, where: str, what: str,
-                   warnings: list[str]) -> tuple[np.ndarray, str]:
+                   warnings: list[str], color: str) -> tuple[np.ndarray, str]:
     if isinstance(content, np.ndarray):  # .npz rows arrive decoded (H x W, H x W x 1 or H x W x 3)
-        content = content[..., 0] if content.ndim == 3 and content.shape[2] == 1 else content
-        return gray_array(content), "L" if content.ndim == 2 else "RGB"
+        content = np.asarray(content[..., 0] if content.ndim == 3 and content.shape[2] == 1 else content, np.uint8)
+        mode = "L" if content.ndim == 2 else "RGB"
+        return (content if color == "rgb" else gray_array(content)), mode
     if not content:
         raise BadImage(f"{where}: the {what} is empty (0 bytes); remove or replace it", "empty file")
     if is_dicom(content):
         return dicom_to_gray(content, max_pixels, where)
     with open_checked(content, max_pixels, where, what) as image:
-        return np.asarray(_to_gray(exif_oriented(image, warnings)), dtype=np.uint8), image.mode
+        oriented = exif_oriented(image, warnings)
+        converted = _to_rgb(oriented) if color == "rgb" and image.mode not in GRAY_MODES else _to_gray(oriented)
+        return np.asarray(converted, dtype=np.uint8), image.mode
 
 
 # EXIF orientations 2-8 are flips and rotations of the stored pixels; 1 is "as stored".
@@ -98,8 +108,26 @@ def decode_gray(data: bytes | np.ndarray, size: int, max_pixels: int, where: str
 
 def resize_gray(pixels: np.ndarray, size: int) -> np.ndarray:
     """An already-decoded array (H x W, or H x W x 3 for RGB MedMNIST sets) -> (size, size) uint8."""
-    image = Image.fromarray(gray_array(pixels))
+    return resize_pixels(gray_array(pixels), size)
+
+
+def resize_pixels(pixels: np.ndarray, size: int) -> np.ndarray:
+    """(H x W) or (H x W x 3) uint8 -> (size, size) or (size, size, 3), channels kept."""
+    image = Image.fromarray(np.asarray(pixels, dtype=np.uint8))
     return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+# A colour image whose channels differ by less than this on average (0-255) is gray stored as
+# colour (X-rays saved as RGB JPEGs: JPEG's chroma noise keeps them from being exactly equal).
+COLOUR_SPREAD = 3.0
+
+
+def is_colour(pixels: np.ndarray) -> bool:
+    """Whether an image carries colour: H x W x 3 with channels that differ, not gray saved as RGB."""
+    if pixels.ndim != 3:
+        return False
+    channels = pixels.astype(np.int16)
+    return float((channels.max(axis=2) - channels.min(axis=2)).mean()) > COLOUR_SPREAD
 
 
 def gray_array(pixels: np.ndarray) -> np.ndarray:
@@ -140,6 +168,12 @@ def open_checked(data: bytes, max_pixels: int, where: str, what: str) -> Iterato
         raise BadImage(f"{where}: {what} is too large ({error})", "over pixel limit") from None
     except (OSError, ValueError, SyntaxError) as error:
         raise BadImage(f"{where}: cannot decode the {what} ({error}); remove or replace it") from None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("RGBA", "PA", "P"):  # transparent pixels count as black, as in _to_gray
+        return Image.alpha_composite(Image.new("RGBA", image.size, "black"), image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
 
 
 def _to_gray(image: Image.Image) -> Image.Image:

@@ -173,6 +173,8 @@ def data_report(source: Source, frame: pd.DataFrame, manifest_path: Path) -> dic
         "kind": source.kind,
         "path": str(source.path),
         "class_names": source.class_names,
+        # how images were read (gray or rgb), after data.color "auto" was decided
+        "color": source.color,
         "class_counts": {split: dict(zip(source.class_names, source.class_counts[split])) for split in SPLITS},
         "manifest": str(manifest_path),
         "rows_in": len(frame),

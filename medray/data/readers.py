@@ -116,12 +116,13 @@ def npz_rows(piece: dict) -> Iterator[RawRow]:
         yield RawRow(str(row_id), int(label), f"{file} {split} row {position}", image)
 
 
-def decode_row(row: RawRow, max_pixels: int, warnings: list[str] | None = None) -> tuple[np.ndarray, str]:
+def decode_row(row: RawRow, max_pixels: int, warnings: list[str] | None = None,
+               color: str = "gray") -> tuple[np.ndarray, str]:
     """The row's image at its own size and stored mode; BadImage if it cannot be used; what was
     usable but odd (an EXIF orientation ignored) is appended to `warnings`."""
     if isinstance(row.content, BadImage):
         raise row.content
-    return decode_native(row.content, max_pixels, row.where, warnings=warnings)
+    return decode_native(row.content, max_pixels, row.where, warnings=warnings, color=color)
 
 
 def rows_of(kind: str, piece: dict, settings: dict) -> Iterator[RawRow]:
@@ -137,7 +138,7 @@ def reader_settings(source, data_config) -> dict:
     return {"kind": source.kind, "image_column": data_config.image_column,
             "path_column": data_config.path_column, "label_column": data_config.label_column,
             "mask_column": data_config.mask_column if source.has_masks else None,
-            "max_pixels": data_config.max_image_pixels}
+            "max_pixels": data_config.max_image_pixels, "color": source.color}
 
 
 # Parquet and .npz pieces hold hundreds of rows; image files are read a few dozen at a time.

@@ -45,6 +45,8 @@ class Source:
     rejected: list[dict] = field(default_factory=list)
     # files in class folders that are not images (.DS_Store, notes.txt): ignored, but counted
     ignored_files: list[str] = field(default_factory=list)
+    # how images are read: "gray" (H x W) or "rgb" (H x W x 3); data.color "auto" is decided in discover
+    color: str = "gray"
 
     def num_rows(self, split: str) -> int:
         return sum(self.class_counts[split])
@@ -58,7 +60,9 @@ def discover(data_config) -> Source:
 
         source = carve_validation(source, data_config.split.val_from_train, data_config.split.seed)
     check_usable(source)
-    return source
+    from medray.data.color import with_color  # it reads rows through readers, which build on this module
+
+    return with_color(source, data_config)
 
 
 def split_of(name: str) -> str | None:

@@ -17,6 +17,8 @@ from medray.config import RunConfig
 from medray.data.pipeline import TrainingData
 from medray.data.sources import Source
 from medray.errors import MedrayError, find_user_error, worker_exception
+from medray.models.preprocessing import input_channels
+from medray.models.registry import get_backbone
 from medray.train.loop import CHECKPOINT_MODEL, CHECKPOINT_STATE, CRASH_AFTER_EPOCH_ENV, train_loop_per_worker
 
 
@@ -44,6 +46,8 @@ def train_model(config: RunConfig, source: Source, data: TrainingData, image_siz
             "initial_model": initial_model,
             "rows": {"train": data.train_rows, "val": source.num_rows("val")},
             "crash_after_epoch": os.environ.get(CRASH_AFTER_EPOCH_ENV),
+            # RGB data gives every backbone 3 input channels, without a round trip through gray
+            "channels": input_channels(get_backbone(config.model.backbone).model_input, source.color),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.scaling.num_workers,
