@@ -2,7 +2,8 @@
 
 Per split: class counts and imbalance; image sizes and stored modes; rows that cannot be used and
 why; exact duplicates (same decoded pixels) within a split and across splits (train/test leakage);
-brightness and contrast outliers by robust z-score. Written as inspect.json and inspect.png.
+a short ranked list of brightness and contrast outliers (robust z-score within split and class); and
+acquisition shortcuts (shortcuts.py). Written as inspect.json and inspect.png.
 With dedupe, a manifest without duplicates and leaked rows is written for `data.manifest`.
 """
 
@@ -15,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from medray.data.manifest import OK, row_warnings, scan_rows, write_manifest
+from medray.data.shortcuts import format_shortcuts, shortcut_report
 from medray.data.sources import SPLITS, discover
 from medray.data.validation import small_validation_warnings
 from medray.filenames import safe_filename
@@ -24,6 +26,8 @@ OUTLIER_Z = 3.5
 EXAMPLES = 50
 # Unusable rows named on the console; inspect.json lists them all.
 UNUSABLE_SHOWN = 5
+# The most extreme outliers listed (inspect.json), ranked; the console shows the first few.
+OUTLIERS_RANKED, OUTLIERS_SHOWN = 10, 3
 
 
 def inspect_data(config, out_dir: Path, dedupe: bool = False) -> dict:
@@ -65,6 +69,7 @@ def quality_report(frame: pd.DataFrame, class_names: list[str]) -> dict:
         "duplicates_within_splits": duplicates_within(used),
         "duplicates_across_splits": duplicates_across(used),
         "outliers": outliers(used),
+        "shortcuts": shortcut_report(used, class_names),
     }
 
 
@@ -116,16 +121,20 @@ def robust_z(values: pd.Series) -> pd.Series:
 
 
 def outliers(used: pd.DataFrame) -> dict:
+    """The most extreme images by brightness or contrast, ranked, scored within their own split and class.
+
+    Scored against the whole split, every image of a class acquired differently is an "outlier"
+    (a sixth of a real MRI set was): that is a shortcut, which the shortcut section reports, and
+    the list drowned the few images that are odd within their class."""
     found = []
-    for split in SPLITS:
-        rows = used[used["split"] == split]
+    for _, rows in used.groupby(["split", "label"], sort=False):
         scores = rows.assign(z_mean=robust_z(rows["mean"]), z_std=robust_z(rows["std"]))
-        flagged = scores[(scores["z_mean"].abs() > OUTLIER_Z) | (scores["z_std"].abs() > OUTLIER_Z)]
-        found.append(flagged[["row_id", "split", "mean", "std", "z_mean", "z_std"]])
-    table = pd.concat(found)
+        found.append(scores[(scores["z_mean"].abs() > OUTLIER_Z) | (scores["z_std"].abs() > OUTLIER_Z)])
+    columns = ["row_id", "split", "label", "mean", "std", "z_mean", "z_std"]
+    table = pd.concat(found)[columns] if found else pd.DataFrame(columns=columns)
     table = table.assign(worst=table[["z_mean", "z_std"]].abs().max(axis=1)).sort_values("worst", ascending=False)
     return {"count": len(table), "by_split": _counts(table["split"]), "cut_off": OUTLIER_Z,
-            "examples": table.drop(columns="worst").round(3).head(EXAMPLES).to_dict("records")}
+            "ranked": table.drop(columns="worst").round(3).head(OUTLIERS_RANKED).to_dict("records")}
 
 
 def deduplicate(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
@@ -198,7 +207,11 @@ def format_inspection(report: dict) -> str:
     lines.append("leakage    " + ", ".join(f"{pair} {info['images']}"
                                            for pair, info in report["duplicates_across_splits"].items())
                  + " (images in both splits)")
-    lines.append(f"outliers   {report['outliers']['count']} (brightness or contrast, |robust z| > {OUTLIER_Z})")
+    lines.append(f"outliers   {report['outliers']['count']} (brightness or contrast, |robust z| > {OUTLIER_Z} "
+                 "within their split and class); the most extreme:")
+    lines += [f"  {row['row_id']}  z brightness {row['z_mean']:+.1f}, contrast {row['z_std']:+.1f}"
+              for row in report["outliers"]["ranked"][:OUTLIERS_SHOWN]]
+    lines += format_shortcuts(report["shortcuts"])
     if "dedupe" in report:
         dedupe = report["dedupe"]
         lines.append(f"dedupe     dropped {dedupe['duplicates_dropped']} duplicates, "
