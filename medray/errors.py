@@ -14,8 +14,8 @@ import re
 _IN_TRACEBACK = re.compile(r"medray\.[\w.]*\.(?:MedrayError|BadImage): (.+)")
 # The last line of a Python traceback: "ZeroDivisionError: division by zero", "PIL.X.Error: ...".
 _EXCEPTION_LINE = re.compile(r"^((?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Exit|Interrupt)): (.*)$")
-# Ray's own exception names; the worker's original exception is the innermost one that is not Ray's.
-_RAY_MODULES = ("ray.", "ray")
+# Ray's own exceptions live in ray.*; the worker's original exception is the innermost one that is not Ray's.
+_RAY_PREFIX = "ray."
 
 
 class MedrayError(Exception):
@@ -68,7 +68,7 @@ def exception_in_traceback(text: str) -> str | None:
     (e.g. from a Tune trial's error.txt)."""
     for line in text.splitlines():
         match = _EXCEPTION_LINE.match(line.strip())
-        if match and not match.group(1).startswith(_RAY_MODULES):
+        if match and not match.group(1).startswith(_RAY_PREFIX):
             return line.strip()
     return None
 
@@ -91,7 +91,7 @@ def _chain(error: BaseException, implicit: bool = True) -> list[BaseException]:
 
 
 def _is_ray_type(error: BaseException) -> bool:
-    return any(cls.__module__.startswith(_RAY_MODULES) for cls in type(error).__mro__[:2])
+    return any(f"{cls.__module__}.".startswith(_RAY_PREFIX) for cls in type(error).__mro__[:2])
 
 
 def _from_ray(error: BaseException) -> bool:

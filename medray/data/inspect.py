@@ -41,6 +41,7 @@ def inspect_data(config, out_dir: Path, dedupe: bool = False) -> dict:
     report = quality_report(frame, source.class_names)
     report["ignored_files"] = {"count": len(source.ignored_files), "files": source.ignored_files[:EXAMPLES]}
     report["validation_warnings"] = small_validation_warnings(source, data_config.min_val_per_class)
+    report["color"] = {"setting": data_config.color, "used": source.color}
     out_dir.mkdir(parents=True, exist_ok=True)
     if dedupe:
         frame, report["dedupe"] = deduplicate(frame)
@@ -190,6 +191,8 @@ def format_inspection(report: dict) -> str:
             + f"{ratio:>11}{summary['rows'] - summary['used']:>10}")
     lines.append("sizes      " + _top(report["sizes"]))
     lines.append("modes      " + _top(report["modes"]))
+    if "color" in report:
+        lines.append(f"color      read as {report['color']['used']} (data.color {report['color']['setting']})")
     reasons = pd.Series([row["status"] for row in report["unusable"]], dtype=object).value_counts()
     lines.append(f"unusable   {len(report['unusable'])}" + "".join(f", {reason} {n}" for reason, n in reasons.items()))
     lines += [f"  {row['status']:<20} {row['message']}" for row in report["unusable"][:UNUSABLE_SHOWN]]
