@@ -29,13 +29,14 @@ def detect_color(source, data_config) -> str:
     pieces = source.pieces["train"]
     if not pieces:
         return "gray"
-    chosen = [pieces[i] for i in np.unique(np.linspace(0, len(pieces) - 1, min(len(pieces), SAMPLE_IMAGES)).astype(int))]
+    spread = np.linspace(0, len(pieces) - 1, min(len(pieces), SAMPLE_IMAGES)).astype(int)
+    chosen = [pieces[i] for i in np.unique(spread)]
     per_piece = max(1, SAMPLE_IMAGES // len(chosen))
     settings = reader_settings(source, data_config.model_copy(update={"mask_column": None})) | {"mask_column": None}
     votes = []
     for piece in chosen:
         step = max(1, len(piece["rows"]) // per_piece)
-        sample = {key: piece[key][::step][:per_piece] if isinstance(piece[key], list) else piece[key] for key in piece}
+        sample = {key: value[::step][:per_piece] if isinstance(value, list) else value for key, value in piece.items()}
         for row in rows_of(source.kind, sample, settings):
             try:
                 votes.append(is_colour(decode_row(row, settings["max_pixels"], color="rgb")[0]))

@@ -59,7 +59,8 @@ def shortcut_report(used: pd.DataFrame, class_names: list[str], seed: int = 0) -
                                      "distributions": {s: distribution(used, STATISTICS[s], s, labels == index)
                                                        for s in varying}}
         if scores[best] >= SEPARABLE:
-            report["warnings"].append(warning(name, best, scores[best], report["per_class"][name]["distributions"][best]))
+            spread = report["per_class"][name]["distributions"][best]
+            report["warnings"].append(warning(name, best, scores[best], spread))
     return report
 
 

@@ -29,8 +29,9 @@ def carve_validation(source: Source, share: float, seed: int) -> Source:
         start += len(piece["labels"])
         for split, keep in (("train", ~mask), ("val", mask)):
             if keep.any():
-                pieces[split].append(piece | {"split": split, **{key: [value for value, kept in zip(piece[key], keep)
-                                                                        if kept] for key in ("rows", "row_ids", "labels")}})
+                subset = {key: [value for value, kept in zip(piece[key], keep) if kept]
+                          for key in ("rows", "row_ids", "labels")}
+                pieces[split].append(piece | subset | {"split": split})
     counts = {split: count_labels(pieces[split], len(source.class_names)) for split in SPLITS}
     rejected = [row for row in source.rejected if row["split"] != "val"]
     return replace(source, pieces=pieces, class_counts=counts, rejected=rejected)
