@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from medray.errors import MedrayError, find_user_error
+from medray.errors import MedrayError, user_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,10 +20,10 @@ def main(argv: list[str] | None = None) -> int:
         print("medray: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001  (a user error may arrive wrapped by Ray)
-        user_error = find_user_error(error)
-        if user_error is None:
+        found = user_error(error)
+        if found is None:
             raise
-        print(f"medray: error: {user_error}", file=sys.stderr)
+        print(f"medray: error: {found}", file=sys.stderr)
         return 2
     return 0
 
@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--test", type=int, default=360)
     synth.add_argument("--size", type=int, default=64, help="image side in pixels")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--second-scanner", metavar="CLASS",
+                       help="plant an acquisition shortcut: every image of CLASS from a second scanner "
+                            "(another intensity window, more noise), for `medray data inspect` to find")
     synth.set_defaults(command=command_synth)
     inspect = data.add_parser("inspect", help="quality report: class balance, sizes, bad files, duplicates, "
                                               "train/test leakage, outliers")
@@ -142,7 +145,7 @@ def command_synth(args: argparse.Namespace) -> None:
     if not 28 <= args.size <= 256:
         raise MedrayError(f"--size={args.size}: phantoms are drawn at 28 to 256 pixels")
     summary = write_demo_dataset(args.out, train=args.train, val=args.val, test=args.test,
-                                 size=args.size, seed=args.seed)
+                                 size=args.size, seed=args.seed, second_scanner=args.second_scanner)
     for split, counts in summary["counts"].items():
         print(f"{split:<6} " + ", ".join(f"{name} {count}" for name, count in counts.items()))
     print(f"wrote {summary['path']}")

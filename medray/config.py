@@ -50,6 +50,9 @@ class SplitConfig(_Section):
     test: float = Field(0.15, gt=0, lt=1)
     # Its own seed: changing the augmentation seed must not move images between splits.
     seed: int = Field(0, ge=0, lt=2**32)
+    # A share of each class's train rows (seeded by `seed`) used as the validation split instead of
+    # the dataset's own, for datasets whose validation split is too small to pick a model by.
+    val_from_train: float | None = Field(None, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitConfig:
@@ -72,6 +75,11 @@ class DataConfig(_Section):
     # Overrides the class names found in the data (Hugging Face metadata or folder names).
     class_names: list[str] | None = None
     max_image_pixels: int = Field(50_000_000, gt=0)
+    # gray: every image as gray; rgb: colour kept (gray images repeated over 3 channels); auto: rgb
+    # when at least half of a sample of train images carry colour (medray/data/color.py).
+    color: Literal["auto", "gray", "rgb"] = "auto"
+    # A class with fewer validation images than this gets a warning: its validation metrics are noise.
+    min_val_per_class: int = Field(10, ge=0)
     # error: stop at the first unusable row, naming it; skip: leave such rows out, counted in data.json.
     on_bad_image: Literal["error", "skip"] = "error"
     split: SplitConfig = SplitConfig()

@@ -109,7 +109,7 @@ def summarise(outcome: RunOutcome) -> str:
     lines = [
         f"medray run {outcome.run_dir.name}",
         *(f"  WARNING    {warning}" for warning in metrics.get("warnings", [])),
-        f"  data       {source.kind} {source.path}",
+        f"  data       {source.kind} {source.path} ({source.color})",
         *(f"  {split:<10} {source.num_rows(split)} images  "
           + ", ".join(f"{name} {count}" for name, count in zip(source.class_names, source.class_counts[split]))
           for split in SPLITS),
@@ -119,6 +119,7 @@ def summarise(outcome: RunOutcome) -> str:
         *(f"  stopped    {reason}" for reason in training.stop_reasons),
         f"  test       accuracy {metrics['accuracy']:.4f} (majority class {chance:.4f})  "
         f"macro F1 {metrics['macro_f1']:.4f}  ROC AUC {auc}",
+        *(f"  n/a        {what}: {why}" for what, why in metrics.get("undefined", {}).items()),
     ]
     if outcome.explained is not None:
         lines.append(f"  explain    {outcome.explained.rows} maps ({', '.join(outcome.explained.scores)}), "

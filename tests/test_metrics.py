@@ -95,7 +95,33 @@ def test_a_class_missing_from_the_test_split_has_no_auc_and_no_recall_credit():
     assert metrics["roc_auc_per_class"]["c"] is None
     assert metrics["roc_auc_ovr"] == pytest.approx(np.mean([roc_auc_score(labels == c, probabilities[:, c]) for c in (0, 1)]))
     assert metrics["balanced_accuracy"] == pytest.approx((0.5 + 1.0) / 2)
-    assert metrics["per_class"][2] == {"class": "c", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    # predicted but absent: its predictions were all wrong (precision 0), its recall is undefined
+    assert metrics["per_class"][2] == {"class": "c", "precision": 0.0, "recall": None, "f1": 0.0, "support": 0}
+    assert metrics["undefined"] == {"c recall": "no test image of this class"}
+
+
+def test_a_class_absent_from_the_test_split_and_never_predicted_is_undefined_not_zero():
+    labels = np.array([0, 0, 1, 1, 1])
+    predicted = np.array([0, 1, 1, 1, 0])
+    metrics = classification_metrics(labels, predicted, probabilities_for(predicted, 3), ["a", "b", "c"])
+    assert metrics["per_class"][2] == {"class": "c", "precision": None, "recall": None, "f1": None, "support": 0}
+    assert metrics["undefined"]["c precision, recall, F1"] == "no test image of this class and none predicted as it"
+    assert metrics["macro_f1"] == pytest.approx(f1_score(labels, predicted, labels=[0, 1], average="macro"))
+    assert metrics["macro_f1"] == pytest.approx((0.5 + 2 / 3) / 2)
+    assert metrics["macro_classes"] == {"macro_f1": ["a", "b"], "balanced_accuracy": ["a", "b"],
+                                        "roc_auc_ovr": ["a", "b"]}
+
+
+def test_a_one_class_test_split_reports_what_it_can_and_why_not_the_rest():
+    labels = np.array([1, 1, 1, 1])
+    predicted = np.array([1, 1, 0, 1])
+    metrics = classification_metrics(labels, predicted, probabilities_for(predicted, 2), ["normal", "pneumonia"])
+    assert metrics["accuracy"] == 0.75 and metrics["balanced_accuracy"] == 0.75
+    pneumonia = metrics["per_class"][1]
+    assert pneumonia["precision"] == 1.0 and pneumonia["recall"] == 0.75
+    assert metrics["roc_auc_ovr"] is None and metrics["macro_classes"]["roc_auc_ovr"] == []
+    assert metrics["undefined"]["roc_auc_ovr"].startswith("the test split holds only pneumonia")
+    assert metrics["undefined"]["normal recall"] == "no test image of this class"
 
 
 def test_expected_calibration_error_is_the_weighted_gap_between_confidence_and_accuracy():

@@ -63,3 +63,39 @@ def test_pickled_object_arrays_are_never_loaded(tmp_path):
     path = write_npz(tmp_path / "pickled.npz", **arrays)
     with pytest.raises(MedrayError, match="cannot be read safely"):
         discover(DataConfig(path=path, source="npz"))
+
+
+@pytest.mark.parametrize("key, array, words", [
+    ("train_images", np.zeros((5, 28, 28, 28), np.uint8), "train_images has shape (5, 28, 28, 28) and looks like 3-D volumes"),
+    ("val_images", np.zeros((5, 28, 28, 4), np.uint8), "val_images has shape (5, 28, 28, 4) and has 4 channels"),
+    ("test_images", np.zeros((5, 28, 28), np.float32), "test_images has shape (5, 28, 28) and is float32"),
+    ("train_labels", np.zeros((5, 14), np.int64), "train_labels has shape (5, 14): 14 labels per image"),
+    ("val_labels", np.zeros(5, np.float64), "val_labels has shape (5,) and dtype float64"),
+])
+def test_arrays_medray_cannot_use_are_refused_before_ray_naming_file_key_and_shape(tmp_path, key, array, words):
+    path = write_npz(tmp_path / "odd.npz", **(medmnist_arrays() | {key: array}))
+    with pytest.raises(MedrayError) as caught:
+        discover(DataConfig(path=path, source="npz"))
+    assert str(caught.value).startswith(f"{path}: {words}")
+    assert "\n" not in str(caught.value)
+
+
+def test_images_and_labels_of_different_lengths_are_refused_with_both_counts(tmp_path):
+    arrays = medmnist_arrays()
+    arrays["test_labels"] = arrays["test_labels"][:3]
+    path = write_npz(tmp_path / "short.npz", **arrays)
+    with pytest.raises(MedrayError, match="test_images holds 5 images but test_labels 3 labels"):
+        discover(DataConfig(path=path, source="npz"))
+
+
+def test_single_channel_and_rgb_stacks_decode(tmp_path, ray_cluster):
+    arrays = medmnist_arrays(size=16)
+    arrays["train_images"] = arrays["train_images"][..., None]  # N x H x W x 1
+    arrays["val_images"] = np.repeat(arrays["val_images"][..., None], 3, axis=3)  # gray stored as RGB
+    path = write_npz(tmp_path / "channels.npz", **arrays)
+    config = DataConfig(path=path, source="npz")
+    source = discover(config)
+    train = read_split(source, "train", 16, config).take_all()
+    val = read_split(source, "val", 16, config).take_all()
+    assert np.array_equal(train[0]["pixels"], arrays["train_images"][0, :, :, 0])
+    assert np.array_equal(val[0]["pixels"], arrays["val_images"][0, :, :, 0])

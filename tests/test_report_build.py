@@ -216,3 +216,20 @@ def test_unreadable_leaderboard_names_the_file(tmp_path):
     (sweep / "leaderboard.csv").write_bytes(b"")
     with pytest.raises(MedrayError, match="leaderboard.csv"):
         build_report(sweep)
+
+
+def test_a_class_missing_from_the_test_split_is_shown_as_undefined_with_what_the_macro_averages_cover(tmp_path):
+    run_dir = tmp_path / "run"
+    predictions = write_run_folder(run_dir, ["a", "b"], rows=40, seed=2)
+    # a third class the model knows but the test split lacks, and that is never predicted
+    predictions["probabilities"] = [np.append(p * 0.99, 0.01).astype(np.float32) for p in predictions["probabilities"]]
+    predictions.to_parquet(run_dir / "predictions.parquet", index=False)
+    data = json.loads((run_dir / "data.json").read_text())
+    data["class_names"] = ["a", "b", "rare"]
+    for counts in data["class_counts"].values():
+        counts["rare"] = 0
+    data["class_counts"]["train"]["rare"] = 3
+    (run_dir / "data.json").write_text(json.dumps(data))
+    html = build_report(run_dir).read_text()
+    assert "Macro F1: mean over a, b</li>" in html
+    assert "rare precision, recall, F1: n/a, no test image of this class and none predicted as it" in html

@@ -155,3 +155,33 @@ def test_parquet_path_column_pointing_nowhere_is_reported_by_row(tmp_path, ray_c
     source, report = prepare_source(discover(config), config, tmp_path / "run")
     assert report["reported_by_reason"] == {"missing file": 1} and source.num_rows("val") == 3
     assert report["reported_rows"][0]["source"] == f"{tmp_path / 'val-0.parquet'} row 1"
+
+
+def test_hugging_face_image_structs_read_bytes_or_the_file_beside_the_parquet(tmp_path, ray_cluster):
+    """Rows as `datasets` writes them: bytes, or bytes null and a path (relative or absolute)."""
+    scans = [scan(10 + i) for i in range(4)]
+    absolute = write(tmp_path / "elsewhere" / "absolute.png", image_bytes(scans[2]))
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    for split in ("train", "val", "test"):
+        write(tmp_path / "data" / "images" / f"{split}-relative.png", image_bytes(scans[1]))
+        cells = [{"bytes": image_bytes(scans[0]), "path": "ignored-when-bytes-are-there.png"},
+                 {"bytes": None, "path": f"images/{split}-relative.png"},
+                 {"bytes": None, "path": str(absolute)},
+                 {"bytes": None, "path": "images/gone.png"},
+                 {"bytes": None, "path": None},
+                 {"bytes": image_bytes(scans[3]), "path": None}]
+        pq.write_table(pa.table({"image": pa.array(cells, struct), "label": [0, 1, 0, 1, 0, 1]}),
+                       tmp_path / "data" / f"{split}-0.parquet")
+    config = DataConfig(path=tmp_path / "data", on_bad_image="skip")
+    source, report = prepare_source(discover(config), config, tmp_path / "run")
+    assert report["reported_by_reason"] == {"missing file": 3, "no image": 3}
+    test_file = tmp_path / "data" / "test-0.parquet"
+    reasons = {row["source"]: row["status"] for row in report["reported_rows"]}
+    assert reasons[f"{test_file} row 3"] == "missing file" and reasons[f"{test_file} row 4"] == "no image"
+    messages = {row["source"]: row["message"] for row in report["reported_rows"]}
+    assert "images/gone.png" in messages[f"{test_file} row 3"]
+    assert "neither bytes nor a path" in messages[f"{test_file} row 4"]
+    rows = sorted(read_split(source, "test", 16, config).take_all(), key=lambda row: row["row_id"])
+    assert [row["row_id"] for row in rows] == [f"test-0.parquet#{n}" for n in (0, 1, 2, 5)]
+    for row, expected in zip(rows, (scans[0], scans[1], scans[2], scans[3])):
+        assert np.array_equal(row["pixels"], expected)

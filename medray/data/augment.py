@@ -73,13 +73,17 @@ def is_active(settings) -> bool:
 
 
 def augment_pixels(pixels: np.ndarray, row_seeds: np.ndarray, settings) -> np.ndarray:
-    """(N, H, W) 8-bit pixels -> float32 of the same shape and range [0, 255], each image transformed
-    by the transforms its row seed draws."""
+    """(N, H, W) or (N, H, W, 3) 8-bit pixels -> float32 of the same shape and range [0, 255], each
+    image transformed by the transforms its row seed draws (the same for all of its channels)."""
     if len(pixels) == 0 or not is_active(settings):
         return np.asarray(pixels, dtype=np.float32)
-    transforms = draw_transforms(row_seeds, pixels.shape[-1], settings)
+    transforms = draw_transforms(row_seeds, pixels.shape[2], settings)
     eight_bit = pixels if pixels.dtype == np.uint8 else np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
-    moved = affine_batch(eight_bit, transforms, settings.fill)
+    if eight_bit.ndim == 4:
+        moved = np.stack([affine_batch(eight_bit[..., channel], transforms, settings.fill)
+                          for channel in range(eight_bit.shape[3])], axis=3)
+    else:
+        moved = affine_batch(eight_bit, transforms, settings.fill)
     return adjust_intensity(moved.astype(np.float32), transforms.brightness, transforms.contrast)
 
 
@@ -133,9 +137,10 @@ def inverse_affine(transforms: Transforms, height: int, width: int) -> np.ndarra
 
 def adjust_intensity(images: np.ndarray, brightness: np.ndarray, contrast: np.ndarray) -> np.ndarray:
     """Scale each image's deviation from its own mean by `contrast`, add `brightness`, clip to [0, 255]."""
-    mean = images.mean(axis=(1, 2), keepdims=True)
-    factor = contrast[:, None, None].astype(np.float32)
+    per_image = (slice(None),) + (None,) * (images.ndim - 1)  # broadcast over H, W (and channels)
+    mean = images.mean(axis=tuple(range(1, images.ndim)), keepdims=True)
+    factor = contrast[per_image].astype(np.float32)
     # (x - mean) * factor + mean + brightness, in two passes over the pixels instead of four
     adjusted = images * factor
-    adjusted += mean * (1 - factor) + brightness[:, None, None].astype(np.float32)
+    adjusted += mean * (1 - factor) + brightness[per_image].astype(np.float32)
     return np.clip(adjusted, 0.0, 255.0, out=adjusted)

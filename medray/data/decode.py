@@ -1,4 +1,4 @@
-"""Image bytes -> a grayscale uint8 array, with a guard against decompression bombs.
+"""Image bytes -> a uint8 array, gray (H x W) or RGB (H x W x 3), with a guard against decompression bombs.
 
 Everything a dataset holds (PNG, JPEG, DICOM, an array from an .npz) goes through `decode_native`,
 which gives the image at its own size; the manifest hashes that array, and readers resize it.
@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings as python_warnings
 from contextlib import contextmanager
 from typing import Iterator
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from medray.data.dicom import dicom_to_gray, is_dicom
 from medray.errors import MedrayError
 
 # Modes whose values are not 0-255 and are stretched to 8 bits instead of clipped.
 HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I", "F"}
+# Modes that hold no colour: decoded gray even when RGB is asked for (then repeated over 3 channels).
+GRAY_MODES = {"1", "L", "LA", "La", *HIGH_DEPTH_MODES}
 
 
 class BadImage(MedrayError):
@@ -31,17 +34,71 @@ class BadImage(MedrayError):
         self.reason = reason
 
 
-def decode_native(content: bytes | np.ndarray, max_pixels: int, where: str, what: str = "image"
-                  ) -> tuple[np.ndarray, str]:
-    """Any row's image at its own size as (H x W uint8, the mode it was stored in)."""
-    if isinstance(content, np.ndarray):  # .npz rows arrive decoded (H x W, or H x W x 3)
-        return gray_array(content), "L" if content.ndim == 2 else "RGB"
+def decode_native(content: bytes | np.ndarray, max_pixels: int, where: str, what: str = "image",
+                  warnings: list[str] | None = None, color: str = "gray") -> tuple[np.ndarray, str]:
+    """Any row's image at its own size, as a viewer shows it: (pixels, the mode it was stored in).
+
+    `color` "gray" gives H x W uint8; "rgb" gives H x W x 3 uint8 (a gray image's value in all three
+    channels); DICOM is always gray.
+
+    An EXIF orientation is applied; one that cannot be used is ignored (storage order) and said
+    in `warnings`, if given: never a reason to refuse the image.
+
+    Raises BadImage for every failure: Pillow and pydicom raise many types on malformed files
+    (struct.error, TypeError, IndexError, ...), and an exception that escaped here would stop a
+    Ray worker with a traceback instead of naming the row (or skipping it, with on_bad_image: skip).
+    """
+    try:
+        pixels, mode = _decode_native(content, max_pixels, where, what, [] if warnings is None else warnings,
+                                      color)
+        return (np.repeat(pixels[..., None], 3, axis=2) if color == "rgb" and pixels.ndim == 2 else pixels), mode
+    except BadImage:
+        raise
+    except Exception as error:  # noqa: BLE001  (see the docstring)
+        raise BadImage(f"{where}: cannot decode the {what} ({type(error).__name__}: {error}); "
+                       "remove or replace it") from None
+
+
+def _decode_native(content: bytes | np.ndarray, max_pixels: int, where: str, what: str,
+                   warnings: list[str], color: str) -> tuple[np.ndarray, str]:
+    if isinstance(content, np.ndarray):  # .npz rows arrive decoded (H x W, H x W x 1 or H x W x 3)
+        content = np.asarray(content[..., 0] if content.ndim == 3 and content.shape[2] == 1 else content, np.uint8)
+        mode = "L" if content.ndim == 2 else "RGB"
+        return (content if color == "rgb" else gray_array(content)), mode
     if not content:
         raise BadImage(f"{where}: the {what} is empty (0 bytes); remove or replace it", "empty file")
     if is_dicom(content):
         return dicom_to_gray(content, max_pixels, where)
     with open_checked(content, max_pixels, where, what) as image:
-        return np.asarray(_to_gray(image), dtype=np.uint8), image.mode
+        oriented = exif_oriented(image, warnings)
+        converted = _to_rgb(oriented) if color == "rgb" and image.mode not in GRAY_MODES else _to_gray(oriented)
+        return np.asarray(converted, dtype=np.uint8), image.mode
+
+
+# EXIF orientations 2-8 are flips and rotations of the stored pixels; 1 is "as stored".
+EXIF_ORIENTATIONS = range(1, 9)
+ORIENTATION_IGNORED = "EXIF orientation ignored"
+
+
+def exif_oriented(image: Image.Image, warnings: list[str]) -> Image.Image:
+    """The image as a viewer displays it (Pillow's exif_transpose). A malformed or out-of-range
+    orientation leaves the storage order and adds a warning: the pixels themselves are fine."""
+    try:
+        with python_warnings.catch_warnings(record=True) as pillow_warnings:
+            python_warnings.simplefilter("always")
+            orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception as error:  # noqa: BLE001  (a malformed EXIF block raises many types)
+        warnings.append(f"{ORIENTATION_IGNORED}: unreadable EXIF ({type(error).__name__})")
+        return image
+    if pillow_warnings:  # Pillow reads what it can of a truncated EXIF block and warns
+        warnings.append(f"{ORIENTATION_IGNORED}: {pillow_warnings[0].message}".strip())
+        return image
+    if orientation == 1:
+        return image
+    if not isinstance(orientation, int) or orientation not in EXIF_ORIENTATIONS:
+        warnings.append(f"{ORIENTATION_IGNORED}: value {orientation!r} is not 1-8")
+        return image
+    return ImageOps.exif_transpose(image)
 
 
 def decode_gray(data: bytes | np.ndarray, size: int, max_pixels: int, where: str) -> np.ndarray:
@@ -51,8 +108,26 @@ def decode_gray(data: bytes | np.ndarray, size: int, max_pixels: int, where: str
 
 def resize_gray(pixels: np.ndarray, size: int) -> np.ndarray:
     """An already-decoded array (H x W, or H x W x 3 for RGB MedMNIST sets) -> (size, size) uint8."""
-    image = Image.fromarray(gray_array(pixels))
+    return resize_pixels(gray_array(pixels), size)
+
+
+def resize_pixels(pixels: np.ndarray, size: int) -> np.ndarray:
+    """(H x W) or (H x W x 3) uint8 -> (size, size) or (size, size, 3), channels kept."""
+    image = Image.fromarray(np.asarray(pixels, dtype=np.uint8))
     return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+# A colour image whose channels differ by less than this on average (0-255) is gray stored as
+# colour (X-rays saved as RGB JPEGs: JPEG's chroma noise keeps them from being exactly equal).
+COLOUR_SPREAD = 3.0
+
+
+def is_colour(pixels: np.ndarray) -> bool:
+    """Whether an image carries colour: H x W x 3 with channels that differ, not gray saved as RGB."""
+    if pixels.ndim != 3:
+        return False
+    channels = pixels.astype(np.int16)
+    return float((channels.max(axis=2) - channels.min(axis=2)).mean()) > COLOUR_SPREAD
 
 
 def gray_array(pixels: np.ndarray) -> np.ndarray:
@@ -93,6 +168,12 @@ def open_checked(data: bytes, max_pixels: int, where: str, what: str) -> Iterato
         raise BadImage(f"{where}: {what} is too large ({error})", "over pixel limit") from None
     except (OSError, ValueError, SyntaxError) as error:
         raise BadImage(f"{where}: cannot decode the {what} ({error}); remove or replace it") from None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("RGBA", "PA", "P"):  # transparent pixels count as black, as in _to_gray
+        return Image.alpha_composite(Image.new("RGBA", image.size, "black"), image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
 
 
 def _to_gray(image: Image.Image) -> Image.Image:

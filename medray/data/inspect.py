@@ -2,7 +2,8 @@
 
 Per split: class counts and imbalance; image sizes and stored modes; rows that cannot be used and
 why; exact duplicates (same decoded pixels) within a split and across splits (train/test leakage);
-brightness and contrast outliers by robust z-score. Written as inspect.json and inspect.png.
+a short ranked list of brightness and contrast outliers (robust z-score within split and class); and
+acquisition shortcuts (shortcuts.py). Written as inspect.json and inspect.png.
 With dedupe, a manifest without duplicates and leaked rows is written for `data.manifest`.
 """
 
@@ -14,13 +15,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medray.data.manifest import OK, scan_rows, write_manifest
+from medray.data.manifest import OK, row_warnings, scan_rows, write_manifest
+from medray.data.shortcuts import format_shortcuts, shortcut_report
 from medray.data.sources import SPLITS, discover
+from medray.data.validation import small_validation_warnings
 from medray.filenames import safe_filename
 
 # |robust z| above this marks an outlier (Iglewicz and Hoaglin's usual cut-off).
 OUTLIER_Z = 3.5
 EXAMPLES = 50
+# Unusable rows named on the console; inspect.json lists them all.
+UNUSABLE_SHOWN = 5
+# The most extreme outliers listed (inspect.json), ranked; the console shows the first few.
+OUTLIERS_RANKED, OUTLIERS_SHOWN = 10, 3
 
 
 def inspect_data(config, out_dir: Path, dedupe: bool = False) -> dict:
@@ -33,6 +40,8 @@ def inspect_data(config, out_dir: Path, dedupe: bool = False) -> dict:
     frame = scan_rows(source, data_config)
     report = quality_report(frame, source.class_names)
     report["ignored_files"] = {"count": len(source.ignored_files), "files": source.ignored_files[:EXAMPLES]}
+    report["validation_warnings"] = small_validation_warnings(source, data_config.min_val_per_class)
+    report["color"] = {"setting": data_config.color, "used": source.color}
     out_dir.mkdir(parents=True, exist_ok=True)
     if dedupe:
         frame, report["dedupe"] = deduplicate(frame)
@@ -57,9 +66,11 @@ def quality_report(frame: pd.DataFrame, class_names: list[str]) -> dict:
         "modes": _counts(used["mode"]),
         "unusable": frame[frame["status"] != OK][["row_id", "split", "source", "status", "message"]]
         .to_dict("records"),
+        "warnings": row_warnings(frame),
         "duplicates_within_splits": duplicates_within(used),
         "duplicates_across_splits": duplicates_across(used),
         "outliers": outliers(used),
+        "shortcuts": shortcut_report(used, class_names),
     }
 
 
@@ -111,16 +122,20 @@ def robust_z(values: pd.Series) -> pd.Series:
 
 
 def outliers(used: pd.DataFrame) -> dict:
+    """The most extreme images by brightness or contrast, ranked, scored within their own split and class.
+
+    Scored against the whole split, every image of a class acquired differently is an "outlier"
+    (a sixth of a real MRI set was): that is a shortcut, which the shortcut section reports, and
+    the list drowned the few images that are odd within their class."""
     found = []
-    for split in SPLITS:
-        rows = used[used["split"] == split]
+    for _, rows in used.groupby(["split", "label"], sort=False):
         scores = rows.assign(z_mean=robust_z(rows["mean"]), z_std=robust_z(rows["std"]))
-        flagged = scores[(scores["z_mean"].abs() > OUTLIER_Z) | (scores["z_std"].abs() > OUTLIER_Z)]
-        found.append(flagged[["row_id", "split", "mean", "std", "z_mean", "z_std"]])
-    table = pd.concat(found)
+        found.append(scores[(scores["z_mean"].abs() > OUTLIER_Z) | (scores["z_std"].abs() > OUTLIER_Z)])
+    columns = ["row_id", "split", "label", "mean", "std", "z_mean", "z_std"]
+    table = pd.concat(found)[columns] if found else pd.DataFrame(columns=columns)
     table = table.assign(worst=table[["z_mean", "z_std"]].abs().max(axis=1)).sort_values("worst", ascending=False)
     return {"count": len(table), "by_split": _counts(table["split"]), "cut_off": OUTLIER_Z,
-            "examples": table.drop(columns="worst").round(3).head(EXAMPLES).to_dict("records")}
+            "ranked": table.drop(columns="worst").round(3).head(OUTLIERS_RANKED).to_dict("records")}
 
 
 def deduplicate(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
@@ -176,8 +191,17 @@ def format_inspection(report: dict) -> str:
             + f"{ratio:>11}{summary['rows'] - summary['used']:>10}")
     lines.append("sizes      " + _top(report["sizes"]))
     lines.append("modes      " + _top(report["modes"]))
+    if "color" in report:
+        lines.append(f"color      read as {report['color']['used']} (data.color {report['color']['setting']})")
     reasons = pd.Series([row["status"] for row in report["unusable"]], dtype=object).value_counts()
     lines.append(f"unusable   {len(report['unusable'])}" + "".join(f", {reason} {n}" for reason, n in reasons.items()))
+    lines += [f"  {row['status']:<20} {row['message']}" for row in report["unusable"][:UNUSABLE_SHOWN]]
+    if len(report["unusable"]) > UNUSABLE_SHOWN:
+        lines.append(f"  ... {len(report['unusable']) - UNUSABLE_SHOWN} more in inspect.json")
+    if report["warnings"]["count"]:
+        lines.append(f"warnings   {report['warnings']['count']} rows used as stored: "
+                     + ", ".join(f"{kind} {n}" for kind, n in report["warnings"]["by_kind"].items()))
+    lines += [f"warning    {warning}" for warning in report.get("validation_warnings", [])]
     if report["ignored_files"]["count"]:
         lines.append(f"ignored    {report['ignored_files']['count']} files that are not images")
     lines.append("duplicates " + ", ".join(f"{split} {info['extra_copies']}"
@@ -186,7 +210,11 @@ def format_inspection(report: dict) -> str:
     lines.append("leakage    " + ", ".join(f"{pair} {info['images']}"
                                            for pair, info in report["duplicates_across_splits"].items())
                  + " (images in both splits)")
-    lines.append(f"outliers   {report['outliers']['count']} (brightness or contrast, |robust z| > {OUTLIER_Z})")
+    lines.append(f"outliers   {report['outliers']['count']} (brightness or contrast, |robust z| > {OUTLIER_Z} "
+                 "within their split and class); the most extreme:")
+    lines += [f"  {row['row_id']}  z brightness {row['z_mean']:+.1f}, contrast {row['z_std']:+.1f}"
+              for row in report["outliers"]["ranked"][:OUTLIERS_SHOWN]]
+    lines += format_shortcuts(report["shortcuts"])
     if "dedupe" in report:
         dedupe = report["dedupe"]
         lines.append(f"dedupe     dropped {dedupe['duplicates_dropped']} duplicates, "

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections import Counter
 from dataclasses import replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -20,8 +22,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medray.data.decode import BadImage, content_hash
-from medray.data.readers import decode_row, pieces_of, read_tasks, reader_settings, rows_of
-from medray.data.sources import SPLITS, Source, check_usable, count_labels
+from medray.data.dicom import is_dicom
+from medray.data.readers import RawRow, decode_row, pieces_of, read_tasks, reader_settings, rows_of
+from medray.data.sources import SPLIT_ALIASES, SPLITS, Source, check_usable, count_labels
+from medray.data.validation import small_validation_warnings
 from medray.errors import MedrayError
 
 OK = "ok"
@@ -47,8 +51,9 @@ def scan_rows(source: Source, data_config) -> pd.DataFrame:
 
 
 def _columns(frame: pd.DataFrame) -> list[str]:
-    return [column for column in ("row_id", "split", "label", "source", "status", "message", "content_hash",
-                                  "height", "width", "mode", "mean", "std", "file", "part", "offset", "row",
+    return [column for column in ("row_id", "split", "label", "source", "status", "message", "warning", "content_hash",
+                                  "height", "width", "mode", "bit_depth", "format", "name_prefix", "source_folder",
+                                  "mean", "std", "file", "part", "offset", "row",
                                   "order", "position") if column in frame]
 
 
@@ -61,17 +66,51 @@ def describe_rows(batch: dict, settings: dict) -> dict:
                       "file": str(piece["file"]), "part": int(piece["part"]), "offset": int(piece["offset"]),
                       "row": int(piece["rows"][position]), "order": int(piece["order"]), "position": position,
                       "status": OK, "message": "", "content_hash": "", "height": 0, "width": 0, "mode": "",
-                      "mean": np.nan, "std": np.nan}
+                      "mean": np.nan, "std": np.nan, **acquisition_facts(row, settings["kind"])}
+            warnings: list[str] = []
             try:
-                pixels, mode = decode_row(row, settings["max_pixels"])
+                pixels, mode = decode_row(row, settings["max_pixels"], warnings)
             except BadImage as error:
                 record |= {"status": error.reason, "message": str(error)}
             else:
                 record |= {"content_hash": content_hash(pixels), "height": pixels.shape[0],
-                           "width": pixels.shape[1], "mode": mode, "mean": float(pixels.mean()),
-                           "std": float(pixels.std())}
+                           "width": pixels.shape[1], "mode": mode, "bit_depth": bit_depth(mode),
+                           "mean": float(pixels.mean()), "std": float(pixels.std())}
+            record["warning"] = "; ".join(warnings)
             records.append(record)
     return {key: np.asarray([record[key] for record in records]) for key in records[0]} if records else {}
+
+
+# Bits per stored sample by Pillow mode; DICOM modes ("DICOM MONOCHROME2") are read as 16.
+MODE_BITS = {"1": 1, "L": 8, "LA": 8, "P": 8, "PA": 8, "RGB": 8, "RGBA": 8, "CMYK": 8, "YCbCr": 8,
+             "I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32, "F": 32}
+FILE_FORMATS = ((b"\x89PNG", "PNG"), (b"\xff\xd8", "JPEG"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+                (b"BM", "BMP"), (b"GIF8", "GIF"))
+
+
+def bit_depth(mode: str) -> int:
+    return 16 if mode.startswith("DICOM") else MODE_BITS.get(mode, 8)
+
+
+def acquisition_facts(row: RawRow, kind: str) -> dict:
+    """What a row says about how it was acquired and stored, not about anatomy: its file format,
+    the letters its file name starts with and the folder it sits in below its class (inspect's
+    shortcut detector reads these)."""
+    content = row.content
+    if isinstance(content, np.ndarray):
+        file_format = "npz"
+    elif isinstance(content, bytes) and is_dicom(content):
+        file_format = "DICOM"
+    else:
+        file_format = next((name for magic, name in FILE_FORMATS
+                            if isinstance(content, bytes) and content.startswith(magic)), "other")
+    prefix, folder = "", ""
+    if kind == "folders":
+        parts = PurePosixPath(row.row_id).parts
+        skip = 2 if parts[0].lower() in SPLIT_ALIASES else 1  # <split>/<class>/ or <class>/
+        prefix_match = re.match(r"[A-Za-z]+", PurePosixPath(parts[-1]).stem)
+        prefix, folder = (prefix_match.group(0).lower() if prefix_match else ""), "/".join(parts[skip:-1])
+    return {"format": file_format, "name_prefix": prefix, "source_folder": folder, "bit_depth": 0}
 
 
 def fingerprint(data_config) -> str:
@@ -158,7 +197,9 @@ def prepare_source(source: Source, data_config, run_dir: Path) -> tuple[Source, 
     frame = load_or_build_manifest(source, data_config, run_dir / "manifest.parquet")
     enforce_policy(frame, data_config.on_bad_image)
     usable = usable_source(source, frame)
-    return usable, data_report(usable, frame, run_dir / "manifest.parquet")
+    report = data_report(usable, frame, run_dir / "manifest.parquet")
+    report["validation_warnings"] = small_validation_warnings(usable, data_config.min_val_per_class)
+    return usable, report
 
 
 def data_report(source: Source, frame: pd.DataFrame, manifest_path: Path) -> dict:
@@ -167,6 +208,8 @@ def data_report(source: Source, frame: pd.DataFrame, manifest_path: Path) -> dic
         "kind": source.kind,
         "path": str(source.path),
         "class_names": source.class_names,
+        # how images were read (gray or rgb), after data.color "auto" was decided
+        "color": source.color,
         "class_counts": {split: dict(zip(source.class_names, source.class_counts[split])) for split in SPLITS},
         "manifest": str(manifest_path),
         "rows_in": len(frame),
@@ -176,6 +219,7 @@ def data_report(source: Source, frame: pd.DataFrame, manifest_path: Path) -> dic
         "reported_rows": reported[["row_id", "split", "source", "status", "message"]]
         .head(REPORTED_EXAMPLES).to_dict("records"),
         "ignored_files": {"count": len(source.ignored_files), "files": source.ignored_files[:REPORTED_EXAMPLES]},
+        "warnings": row_warnings(frame),
     }
     if report["rows_in"] != report["rows_used"] + report["rows_reported"]:
         raise MedrayError(f"internal check failed: {report['rows_in']} rows in, {report['rows_used']} used, "
@@ -183,11 +227,25 @@ def data_report(source: Source, frame: pd.DataFrame, manifest_path: Path) -> dic
     return report
 
 
+def row_warnings(frame: pd.DataFrame) -> dict:
+    """Rows used as they are but worth a look (an EXIF orientation ignored): counted by kind, named."""
+    notes = frame["warning"].fillna("") if "warning" in frame else pd.Series("", index=frame.index)
+    warned = frame.assign(warning=notes)[notes != ""]
+    kinds = Counter(str(note).split(":")[0] for note in warned["warning"])
+    return {"count": len(warned), "by_kind": dict(sorted(kinds.items())),
+            "rows": warned[["row_id", "source", "warning"]].head(REPORTED_EXAMPLES).to_dict("records")}
+
+
 def describe_data_report(report: dict) -> str:
     """Two lines for the console: what was left out and why, and what was ignored."""
     lines = [f"data: {report['rows_in']} rows in, {report['rows_used']} used, {report['rows_reported']} reported"
              + (" (" + ", ".join(f"{reason} {count}" for reason, count in report["reported_by_reason"].items())
                 + ")" if report["rows_reported"] else "")]
+    lines += [f"warning: {warning}" for warning in report.get("validation_warnings", [])]
+    warnings = report.get("warnings", {"count": 0})
+    if warnings["count"]:
+        lines.append(f"data: {warnings['count']} rows used with a warning ("
+                     + ", ".join(f"{kind} {count}" for kind, count in warnings["by_kind"].items()) + ")")
     if report["ignored_files"]["count"]:
         lines.append(f"data: {report['ignored_files']['count']} files that are not images ignored, e.g. "
                      + ", ".join(Path(file).name for file in report["ignored_files"]["files"][:3]))

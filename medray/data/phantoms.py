@@ -50,16 +50,37 @@ def make_phantom(rng: np.random.Generator, label: int, size: int) -> tuple[np.nd
     return phantom.image, phantom.lesion
 
 
-def make_phantoms(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """n slices, masks and labels; class counts follow CLASS_SHARES exactly, in shuffled order."""
+def make_phantoms(n: int, size: int, seed: int, second_scanner: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """n slices, masks and labels; class counts follow CLASS_SHARES exactly, in shuffled order.
+
+    `second_scanner`: a class index whose every slice comes from another scanner (see
+    `as_second_scanner`): an acquisition shortcut planted for `medray data inspect` to find.
+    """
     rng = np.random.default_rng(seed)
+    # Its own generator: planting a second scanner leaves every other slice as it was.
+    scanner_rng = np.random.default_rng([seed, 2])
     counts = proportional_class_counts(n)
     labels = rng.permutation(np.repeat(np.arange(len(CLASS_NAMES), dtype=np.int64), counts))
     images = np.zeros((n, size, size), dtype=np.uint8)
     masks = np.zeros((n, size, size), dtype=bool)
     for index, label in enumerate(labels):
         images[index], masks[index] = make_phantom(rng, int(label), size)
+        if label == second_scanner:
+            images[index] = as_second_scanner(scanner_rng, images[index])
     return images, masks, labels
+
+
+# The second scanner's intensity window: full scale is mapped to [floor, floor + span] (a narrower
+# band, raised off black), and its noise is stronger (standard deviation in 0-255 units).
+SECOND_SCANNER_FLOOR, SECOND_SCANNER_SPAN, SECOND_SCANNER_NOISE = 70.0, 110.0, 6.0
+
+
+def as_second_scanner(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """The same anatomy as another scanner stores it: another intensity window, more noise."""
+    windowed = SECOND_SCANNER_FLOOR + image.astype(np.float64) * (SECOND_SCANNER_SPAN / 255.0)
+    noisy = windowed + rng.normal(0, SECOND_SCANNER_NOISE, image.shape)
+    return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
 
 
 def proportional_class_counts(n: int, shares: tuple[float, ...] = CLASS_SHARES) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Ray Datasets for a run: read -> decode -> (augment) -> preprocess, all streamed in map_batches.
 
-A split's rows after decoding: `row_id` (str), `pixels` (uint8 H x W) and `label` (int64), plus
+A split's rows after decoding: `row_id` (str), `pixels` (uint8 H x W, or H x W x 3 when the source's
+colour is rgb) and `label` (int64), plus
 `mask` (uint8 H x W, 255 = lesion) when the parquet has the configured mask column.
 Training and validation rows then become `image` (float32, the backbone's input) and `label`.
 """
@@ -15,7 +16,7 @@ from ray.data import RandomSeedConfig
 from ray.data.expressions import random
 
 from medray.data.augment import SEED_COLUMN, augment_pixels
-from medray.data.decode import decode_mask, resize_gray
+from medray.data.decode import decode_mask, resize_pixels
 from medray.data.oversample import plan_oversampling, repeat_rows
 from medray.data.readers import decode_row, pieces_of, read_tasks, reader_settings, rows_of
 from medray.data.sources import Source
@@ -42,13 +43,15 @@ def read_pieces(batch: dict, settings: dict, image_size: int) -> dict:
     for piece in pieces_of(batch):
         for row in rows_of(settings["kind"], piece, settings):
             row_ids.append(row.row_id)
-            pixels.append(resize_gray(decode_row(row, settings["max_pixels"])[0], image_size))
+            pixels.append(resize_pixels(decode_row(row, settings["max_pixels"], color=settings["color"])[0],
+                                        image_size))
             labels.append(row.label)
             if settings["mask_column"]:
                 masks.append(decode_mask(row.mask, image_size, settings["max_pixels"], f"{row.where} (mask)"))
     rows = {
         "row_id": np.asarray(row_ids, dtype=object),
-        "pixels": np.stack(pixels) if pixels else np.zeros((0, image_size, image_size), np.uint8),
+        "pixels": np.stack(pixels) if pixels else np.zeros(
+            (0, image_size, image_size, *((3,) if settings["color"] == "rgb" else ())), np.uint8),
         "label": np.asarray(labels, dtype=np.int64),
     }
     if settings["mask_column"]:

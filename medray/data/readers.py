@@ -48,26 +48,53 @@ def parquet_rows(piece: dict, image_column: str, path_column: str | None, label_
     masks = table.column(mask_column).to_pylist() if mask_column else [None] * len(images)
     for position, image, mask, row_id, label in zip(piece["rows"], images, masks, piece["row_ids"], piece["labels"]):
         where = f"{file} row {int(piece['offset']) + int(position)}"
-        content = _read_linked(file, image, where) if path_column else _blob(image)
+        content = _read_linked(file, image, where) if path_column else stored_image(file, image, where)
         yield RawRow(str(row_id), int(label), where, content, _blob(mask) if mask_column else None)
 
 
+def stored_image(parquet_file: str, value, where: str) -> bytes | BadImage:
+    """An image cell: plain binary, or a Hugging Face image struct {bytes, path}.
+
+    `datasets` keeps an image beside the parquet file as bytes null and a path (relative to the
+    parquet file's folder, or absolute); the bytes are used when present, the file otherwise.
+    """
+    if isinstance(value, dict):
+        if value.get("bytes") is None and value.get("path"):
+            return _read_linked(parquet_file, value["path"], where)
+        value = value.get("bytes")
+    if value is None:
+        return BadImage(f"{where}: the row holds no image (neither bytes nor a path); fill it or remove the row",
+                        NO_IMAGE)
+    return value
+
+
+# Reasons a row is reported under, besides decode.py's.
+MISSING_FILE = "missing file"
+NO_IMAGE = "no image"
+
+
 def _blob(value) -> bytes:
-    """Hugging Face stores images as struct {bytes, path}; plain binary columns work too."""
+    """A mask cell: Hugging Face image struct {bytes, path} or plain binary."""
     if isinstance(value, dict):
         value = value.get("bytes")
     return value or b""
 
 
+def linked_path(parquet_file: str, value: str) -> Path:
+    """Where an image path stored in a parquet file points: relative to that file's folder, or absolute.
+    The one place such paths are resolved."""
+    return Path(parquet_file).parent / str(value)
+
+
 def _read_linked(parquet_file: str, value, where: str) -> bytes | BadImage:
     if not value:
-        return BadImage(f"{where}: the image path is empty; fill data.path_column", "missing file")
-    path = Path(parquet_file).parent / str(value)  # relative to the parquet file; absolute paths stay
+        return BadImage(f"{where}: the image path is empty; fill data.path_column", NO_IMAGE)
+    path = linked_path(parquet_file, value)
     try:
         return path.read_bytes()
     except OSError as error:
         return BadImage(f"{where}: cannot read image file {path} ({error.strerror}); fix the path or the file",
-                        "missing file")
+                        MISSING_FILE)
 
 
 def file_rows(piece: dict) -> Iterator[RawRow]:
@@ -76,7 +103,7 @@ def file_rows(piece: dict) -> Iterator[RawRow]:
         with open(path, "rb") as handle:
             content = handle.read()
     except OSError as error:
-        content = BadImage(f"{path}: cannot read the file ({error.strerror})", "missing file")
+        content = BadImage(f"{path}: cannot read the file ({error.strerror})", MISSING_FILE)
     yield RawRow(str(piece["row_ids"][0]), int(piece["labels"][0]), path, content)
 
 
@@ -89,11 +116,13 @@ def npz_rows(piece: dict) -> Iterator[RawRow]:
         yield RawRow(str(row_id), int(label), f"{file} {split} row {position}", image)
 
 
-def decode_row(row: RawRow, max_pixels: int) -> tuple[np.ndarray, str]:
-    """The row's image at its own size and stored mode; BadImage if it cannot be used."""
+def decode_row(row: RawRow, max_pixels: int, warnings: list[str] | None = None,
+               color: str = "gray") -> tuple[np.ndarray, str]:
+    """The row's image at its own size and stored mode; BadImage if it cannot be used; what was
+    usable but odd (an EXIF orientation ignored) is appended to `warnings`."""
     if isinstance(row.content, BadImage):
         raise row.content
-    return decode_native(row.content, max_pixels, row.where)
+    return decode_native(row.content, max_pixels, row.where, warnings=warnings, color=color)
 
 
 def rows_of(kind: str, piece: dict, settings: dict) -> Iterator[RawRow]:
@@ -109,7 +138,7 @@ def reader_settings(source, data_config) -> dict:
     return {"kind": source.kind, "image_column": data_config.image_column,
             "path_column": data_config.path_column, "label_column": data_config.label_column,
             "mask_column": data_config.mask_column if source.has_masks else None,
-            "max_pixels": data_config.max_image_pixels}
+            "max_pixels": data_config.max_image_pixels, "color": source.color}
 
 
 # Parquet and .npz pieces hold hundreds of rows; image files are read a few dozen at a time.

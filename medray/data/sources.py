@@ -45,6 +45,8 @@ class Source:
     rejected: list[dict] = field(default_factory=list)
     # files in class folders that are not images (.DS_Store, notes.txt): ignored, but counted
     ignored_files: list[str] = field(default_factory=list)
+    # how images are read: "gray" (H x W) or "rgb" (H x W x 3); data.color "auto" is decided in discover
+    color: str = "gray"
 
     def num_rows(self, split: str) -> int:
         return sum(self.class_counts[split])
@@ -53,8 +55,14 @@ class Source:
 def discover(data_config) -> Source:
     discover_kind = {"parquet": _discover_parquet, "folders": _discover_folders, "npz": _discover_npz}
     source = discover_kind[data_config.source](data_config)
+    if data_config.split.val_from_train:
+        from medray.data.validation import carve_validation  # it builds on this module
+
+        source = carve_validation(source, data_config.split.val_from_train, data_config.split.seed)
     check_usable(source)
-    return source
+    from medray.data.color import with_color  # it reads rows through readers, which build on this module
+
+    return with_color(source, data_config)
 
 
 def split_of(name: str) -> str | None:
@@ -290,13 +298,13 @@ def _discover_npz(data_config) -> Source:
                 if key not in arrays.files:
                     raise MedrayError(f"{path}: no array {key!r} (arrays: {', '.join(arrays.files)}); "
                                       "medray reads the MedMNIST layout train_/val_/test_images and _labels")
+            images = check_npz_images(path, f"{split}_images", *npz_header(arrays, f"{split}_images", path))
             split_labels = _load_array(arrays, f"{split}_labels", path)
-            if split_labels.ndim > 1 and split_labels.shape[1] != 1:
-                raise MedrayError(f"{path}: {split}_labels has shape {split_labels.shape}; medray trains "
-                                  "single-label classifiers (one label per image)")
+            check_npz_labels(path, f"{split}_labels", split_labels.shape, split_labels.dtype)
             raw[split] = [int(label) for label in split_labels.reshape(-1)]
-            if len(arrays[f"{split}_images"]) != len(raw[split]):
-                raise MedrayError(f"{path}: {split}_images and {split}_labels differ in length")
+            if images[0] != len(raw[split]):
+                raise MedrayError(f"{path}: {split}_images holds {images[0]} images but {split}_labels "
+                                  f"{len(raw[split])} labels; give every image one label")
     largest = max((max(values) for values in raw.values() if values), default=0)
     class_names = data_config.class_names or [f"class_{index}" for index in range(largest + 1)]
     labeller = _Labeller(class_names, data_config.on_bad_image == "skip")
@@ -310,6 +318,45 @@ def _discover_npz(data_config) -> Source:
             piece = _pieces_from_rows(str(path), 0, positions, row_ids, labels, split)
             pieces[split] += [piece] if piece else []
     return _source("npz", path, class_names, pieces, labeller)
+
+
+def npz_header(arrays, key: str, path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """An array's shape and dtype from its .npy header, without reading (or unpickling) its data."""
+    with arrays.zip.open(f"{key}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _fortran_order, dtype = read_header(member)
+    if dtype.hasobject:
+        raise MedrayError(f"{path}: array {key!r} holds Python objects, which medray never unpickles; "
+                          "save it as numbers")
+    return tuple(shape), dtype
+
+
+def check_npz_images(path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:
+    """N x H x W (gray), N x H x W x 1 (gray) or N x H x W x 3 (RGB) uint8: what MedMNIST's 2-D sets hold."""
+    problem = None
+    if len(shape) == 4 and shape[3] not in (1, 3):
+        problem = (f"looks like 3-D volumes ({shape[1]}x{shape[2]}x{shape[3]}); medray classifies 2-D "
+                   "images, so export slices" if shape[3] > 4 else
+                   f"has {shape[3]} channels; medray reads gray (1) or RGB (3), so drop the extra channels")
+    elif len(shape) not in (3, 4):
+        problem = "is not a stack of images"
+    elif dtype != np.uint8:
+        problem = f"is {dtype}; medray reads uint8 pixels (0-255), so scale and convert with .astype(np.uint8)"
+    if problem:
+        raise MedrayError(f"{path}: {key} has shape {shape} and {problem} (expected N x H x W, "
+                          "N x H x W x 1 or N x H x W x 3 uint8)")
+    return shape
+
+
+def check_npz_labels(path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """N or N x 1 integer class indices; MedMNIST's multi-label ChestMNIST (N x 14) is refused."""
+    if len(shape) == 2 and shape[1] > 1:
+        raise MedrayError(f"{path}: {key} has shape {shape}: {shape[1]} labels per image; medray trains "
+                          "single-label classifiers (one label per image, shape N or N x 1)")
+    if len(shape) not in (1, 2) or not np.issubdtype(dtype, np.integer):
+        raise MedrayError(f"{path}: {key} has shape {shape} and dtype {dtype}; medray reads integer class "
+                          "indices of shape N or N x 1")
 
 
 def _load_array(arrays, key: str, path: Path) -> np.ndarray:

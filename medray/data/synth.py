@@ -30,11 +30,18 @@ ROW_GROUP_ROWS = 256
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 
-def write_demo_dataset(out_dir, *, train: int, val: int, test: int, size: int, seed: int) -> dict:
-    """Generate phantoms for each split and write them; returns the summary also in dataset.json."""
+def write_demo_dataset(out_dir, *, train: int, val: int, test: int, size: int, seed: int,
+                       second_scanner: str | None = None) -> dict:
+    """Generate phantoms for each split and write them; returns the summary also in dataset.json.
+    `second_scanner`: a class name whose slices all come from a second scanner (phantoms.py)."""
     out_dir = Path(out_dir)
     split_sizes = {"train": train, "val": val, "test": test}
-    parameters = {**split_sizes, "size": size, "seed": seed}
+    parameters = {**split_sizes, "size": size, "seed": seed, **({"second_scanner": second_scanner}
+                                                                 if second_scanner else {})}
+    if second_scanner is not None and second_scanner not in CLASS_NAMES:
+        raise MedrayError(f"--second-scanner {second_scanner}: not a phantom class; choose one of "
+                          f"{', '.join(CLASS_NAMES)}")
+    planted = CLASS_NAMES.index(second_scanner) if second_scanner else None
     existing = _same_dataset(out_dir, parameters)
     if existing is not None:
         return existing
@@ -45,7 +52,7 @@ def write_demo_dataset(out_dir, *, train: int, val: int, test: int, size: int, s
     try:
         counts = {}
         for split, rows in split_sizes.items():
-            images, masks, labels = make_phantoms(rows, size, split_seed(seed, split))
+            images, masks, labels = make_phantoms(rows, size, split_seed(seed, split), second_scanner=planted)
             _write_split(staging, split, images, masks, labels)
             counts[split] = {name: int(np.sum(labels == index)) for index, name in enumerate(CLASS_NAMES)}
         summary = {"path": str(out_dir), "classes": list(CLASS_NAMES), "counts": counts}

@@ -1,4 +1,4 @@
-"""A heat map over the grayscale original, as PNG bytes a person can look at."""
+"""A heat map over the original (gray or colour), as PNG bytes a person can look at."""
 
 from __future__ import annotations
 
@@ -16,20 +16,22 @@ COLORBAR_WIDTH = 40
 
 
 def overlay_png(pixels: np.ndarray, cam: np.ndarray, colorbar: bool = False) -> bytes:
-    """pixels: (H, W) uint8; cam: (h, w) in [0, 1] at feature resolution.
+    """pixels: (H, W) gray or (H, W, 3) RGB uint8, drawn as they are; cam: (h, w) in [0, 1] at
+    feature resolution.
 
     An all-zero map is not drawn as a blank heat map (it would read as "nothing here"): the
     original is shown with a red frame and the words "empty map".
     """
-    height, width = pixels.shape
+    height, width = pixels.shape[:2]
     scale = max(1, int(np.ceil(MIN_OVERLAY_SIDE / max(height, width))))
     size = (width * scale, height * scale)
-    gray = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BICUBIC), dtype=np.float32) / 255
+    original = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BICUBIC), dtype=np.float32) / 255
+    original = original if original.ndim == 3 else np.repeat(original[..., None], 3, -1)
     if cam.max() <= 0:
-        return _png(_flag_empty(Image.fromarray((np.repeat(gray[..., None], 3, -1) * 255).round().astype(np.uint8))))
+        return _png(_flag_empty(Image.fromarray((original * 255).round().astype(np.uint8))))
     heat = np.asarray(Image.fromarray(cam.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR))
     colored = matplotlib.colormaps[COLORMAP](np.clip(heat, 0, 1))[..., :3]
-    blended = (1 - ALPHA) * gray[..., None] + ALPHA * colored
+    blended = (1 - ALPHA) * original + ALPHA * colored
     image = Image.fromarray((blended * 255).round().astype(np.uint8))
     return _png(_with_colorbar(image) if colorbar else image)
 

@@ -14,8 +14,10 @@ from medray.models.registry import Backbone
 KERAS_V3 = "keras_v3"
 
 
-def build_classifier(backbone: Backbone, input_size: int, num_classes: int, model_config) -> keras.Model:
-    return backbone.build(input_size, backbone.model_input.channels, num_classes, model_config)
+def build_classifier(backbone: Backbone, input_size: int, num_classes: int, model_config,
+                     channels: int | None = None) -> keras.Model:
+    """`channels`: of the input, by default the backbone's own (see preprocessing.input_channels)."""
+    return backbone.build(input_size, channels or backbone.model_input.channels, num_classes, model_config)
 
 
 def copy_weights(source: keras.Model, target: keras.Model) -> None:

@@ -27,12 +27,21 @@ class ModelInput:
 
 
 def to_model_input(pixels: np.ndarray, model_input: ModelInput) -> np.ndarray:
-    """(N, H, W) grayscale in [0, 255] -> (N, H, W, channels) float32 as the backbone expects; the
-    same function at training, evaluation and Grad-CAM time."""
-    images = np.asarray(pixels, dtype=np.float32)[..., np.newaxis]
-    if model_input.channels != 1:
-        images = np.repeat(images, model_input.channels, axis=-1)
+    """(N, H, W) gray or (N, H, W, 3) RGB in [0, 255] -> (N, H, W, channels) float32 as the backbone
+    expects; the same function at training, evaluation and Grad-CAM time. Gray is repeated into a
+    3-channel backbone; RGB goes in as it is (the model was built with 3 input channels, see
+    `input_channels`)."""
+    images = np.asarray(pixels, dtype=np.float32)
+    if images.ndim == 3:
+        images = images[..., np.newaxis]
+        if model_input.channels != 1:
+            images = np.repeat(images, model_input.channels, axis=-1)
     return model_input.preprocess(images).astype(np.float32, copy=False)
+
+
+def input_channels(model_input: ModelInput, color: str) -> int:
+    """Channels of the model's input: RGB data needs 3 even where the backbone reads gray (baseline_cnn)."""
+    return 3 if color == "rgb" else model_input.channels
 
 
 def standardise_per_image(pixels: np.ndarray) -> np.ndarray:

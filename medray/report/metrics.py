@@ -4,6 +4,10 @@ Binary and multi-class runs share one code path: every per-class number is one-v
 macro ROC AUC is the mean over the classes present in the test split (a class with no test image
 has no ROC curve, so it gets None instead of a made-up number). With two classes that mean is the
 ROC AUC of the second class's probability, the number MedMNIST's evaluator and its baselines report.
+
+Degenerate test splits are reported, not papered over: a ratio with nothing to divide (the recall
+of a class without test images, the precision of a class never predicted) is None with a reason in
+`undefined`, never 0, and each macro average names the classes it is the mean over.
 """
 
 from __future__ import annotations
@@ -39,24 +43,40 @@ def prediction_arrays(predictions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray
 
 def classification_metrics(labels: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray,
                            class_names: list[str]) -> dict:
+    """Test-split metrics. A number that cannot be computed is None, with its reason in `undefined`
+    (a class absent from the test split and never predicted has no precision, recall or F1, not 0),
+    and every macro average lists the classes it covers in `macro_classes`."""
     indices = list(range(len(class_names)))
+    # zero_division=nan: an undefined ratio stays undefined instead of counting as 0.
     precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predicted, labels=indices, zero_division=0)
+        labels, predicted, labels=indices, zero_division=np.nan)
     per_class_auc = roc_auc_per_class(labels, probabilities)
     matrix = confusion_matrix(labels, predicted, labels=indices)
     confidence = probabilities.max(axis=1)
+    undefined = undefined_reasons(matrix, class_names)
+    with_f1 = [index for index in indices if not np.isnan(f1[index])]
+    present = [index for index in indices if support[index] > 0]
+    with_auc = [index for index in indices if per_class_auc[index] is not None]
+    if len(with_auc) < 2:
+        undefined["roc_auc_ovr"] = (f"the test split holds only {', '.join(class_names[i] for i in present)}; "
+                                    "a ROC curve needs images of a class and of the rest")
     return {
         "rows": int(len(labels)),
         "accuracy": float(accuracy_score(labels, predicted)),
         "balanced_accuracy": balanced_accuracy(labels, predicted),
-        "macro_f1": float(f1_score(labels, predicted, average="macro", labels=indices, zero_division=0)),
+        "macro_f1": float(f1[with_f1].mean()) if with_f1 else None,
         "weighted_f1": float(f1_score(labels, predicted, average="weighted", labels=indices, zero_division=0)),
         "roc_auc_ovr": roc_auc(labels, probabilities),
         "roc_auc_per_class": {name: per_class_auc[index] for index, name in enumerate(class_names)},
+        # which classes each macro average is the mean over
+        "macro_classes": {"macro_f1": [class_names[i] for i in with_f1],
+                          "balanced_accuracy": [class_names[i] for i in present],
+                          "roc_auc_ovr": [class_names[i] for i in with_auc] if len(with_auc) >= 2 else []},
+        "undefined": undefined,
         "expected_calibration_error": expected_calibration_error(confidence, labels == predicted),
         "per_class": [
-            {"class": name, "precision": float(precision[index]), "recall": float(recall[index]),
-             "f1": float(f1[index]), "support": int(support[index])}
+            {"class": name, "precision": _defined(precision[index]), "recall": _defined(recall[index]),
+             "f1": _defined(f1[index]), "support": int(support[index])}
             for index, name in enumerate(class_names)
         ],
         "confusion_matrix": matrix.tolist(),
@@ -91,6 +111,24 @@ def model_warnings(labels: np.ndarray, predicted: np.ndarray, class_names: list[
         found.append("what to do: check the epoch lines (training accuracy that stays near the largest class's share "
                      "points at the learning rate or at labels that do not match the images)")
     return found
+
+
+def undefined_reasons(matrix: np.ndarray, class_names: list[str]) -> dict[str, str]:
+    """Why a class's precision, recall or F1 is None: "<class> precision" -> reason."""
+    reasons = {}
+    for index, name in enumerate(class_names):
+        true_rows, predicted_rows = int(matrix[index].sum()), int(matrix[:, index].sum())
+        if not true_rows and not predicted_rows:
+            reasons[f"{name} precision, recall, F1"] = "no test image of this class and none predicted as it"
+        elif not true_rows:
+            reasons[f"{name} recall"] = "no test image of this class"
+        elif not predicted_rows:
+            reasons[f"{name} precision"] = "no test image was predicted as this class"
+    return reasons
+
+
+def _defined(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
 
 
 def balanced_accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:

@@ -92,6 +92,8 @@ def plot_recall_against_frequency(class_names: list[str], recall: list[float], s
     figure, axes = plt.subplots(figsize=(6.5, 4.5))
     axes.scatter(share, recall, s=60, color="#457b9d", zorder=3)
     for name, x, y in zip(class_names, share, recall):
+        if np.isnan(y):  # a class without test images has no recall to place
+            continue
         axes.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
     axes.set(xlim=(0, max(1.0, max(share) * 1.1)), ylim=(-0.03, 1.08), xlabel=share_label, ylabel="Test recall",
              title="Recall of each class against its frequency")

@@ -122,7 +122,7 @@ def draw_run_plots(plot_dir: Path, metrics: dict, labels, predicted, probabiliti
             plot_dir / "reliability_diagram.png"),
         "confidence": plots.plot_confidence_histogram(confidence, correct, plot_dir / "confidence_histogram.png"),
     }
-    recall = [row["recall"] for row in metrics["per_class"]]
+    recall = [np.nan if row["recall"] is None else row["recall"] for row in metrics["per_class"]]  # None: no test image
     train_counts = data.get("class_counts", {}).get("train")
     if train_counts:  # the frequency the model learned from; the test support is the fallback
         counts, share_label = [train_counts.get(name, 0) for name in class_names], "Share of training images"

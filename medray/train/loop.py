@@ -42,7 +42,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         # Built without pretrained weights: the driver resolved them once and sends them along,
         # so workers never download anything.
         random_init = config.model.model_copy(update={"weights": "none"})
-        model = build_classifier(get_backbone(config.model.backbone), image_size, num_classes, random_init)
+        model = build_classifier(get_backbone(config.model.backbone), image_size, num_classes, random_init,
+                                 channels=loop_config.get("channels"))
         if loop_config["initial_model"] is not None:
             copy_weights(load_model_bytes(loop_config["initial_model"]), model)
     progress = restore_checkpoint(model, ray.train.get_checkpoint())

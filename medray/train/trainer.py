@@ -16,7 +16,9 @@ from ray.train.tensorflow import TensorflowTrainer
 from medray.config import RunConfig
 from medray.data.pipeline import TrainingData
 from medray.data.sources import Source
-from medray.errors import MedrayError, find_user_error
+from medray.errors import MedrayError, find_user_error, worker_exception
+from medray.models.preprocessing import input_channels
+from medray.models.registry import get_backbone
 from medray.train.loop import CHECKPOINT_MODEL, CHECKPOINT_STATE, CRASH_AFTER_EPOCH_ENV, train_loop_per_worker
 
 
@@ -44,6 +46,8 @@ def train_model(config: RunConfig, source: Source, data: TrainingData, image_siz
             "initial_model": initial_model,
             "rows": {"train": data.train_rows, "val": source.num_rows("val")},
             "crash_after_epoch": os.environ.get(CRASH_AFTER_EPOCH_ENV),
+            # RGB data gives every backbone 3 input channels, without a round trip through gray
+            "channels": input_channels(get_backbone(config.model.backbone).model_input, source.color),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.scaling.num_workers,
@@ -66,7 +70,7 @@ def train_model(config: RunConfig, source: Source, data: TrainingData, image_siz
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as error:
-        raise find_user_error(error) or MedrayError(f"training failed: {_last_line(error)}") from error
+        raise find_user_error(error) or MedrayError(f"training failed: {worker_exception(error)}") from error
     return export_model(result, run_dir, config.train)
 
 
@@ -109,8 +113,3 @@ def export_model(result: ray.train.Result, run_dir: Path, train_config) -> Train
     return TrainingOutcome(model_path, progress["history"], progress["stop_reasons"], int(metrics["epoch"]),
                            dict(metrics))
 
-
-def _last_line(error: BaseException) -> str:
-    """An unexpected worker error's own message, without the traceback above it."""
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ray import tune
 
+from medray.errors import exception_in_traceback, find_user_error
 from medray.tune.leaderboard import stop_reason
 
 
@@ -23,6 +24,13 @@ class TrialLog(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._print(trial)
+        # Tune keeps the worker's traceback in error.txt; the user gets its one line.
+        # (Never the pickled error: medray does not unpickle.)
+        path = trial.error_file
+        text = Path(path).read_text() if path and Path(path).is_file() else ""
+        found = find_user_error(Exception(text)) or exception_in_traceback(text)
+        if found:
+            print(f"trial {trial.trial_id}  error: {found}", flush=True)
 
     def _print(self, trial) -> None:
         # Both: the leaderboard ranks a trial by its best or its last epoch (train.export_epoch).
