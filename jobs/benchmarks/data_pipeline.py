@@ -2,9 +2,11 @@
 
 Writes `--rows` generated 128x128 PNG phantoms (Hugging Face style parquet: image {bytes, path},
 label), then times one pass over the training rows each way:
-  medray: read_split -> augment_and_prepare, exactly as `training_data` builds it for the trainer,
-          iterated with iter_batches and thrown away; epochs after the first are timed (the first
-          starts Ray Data's workers and their imports).
+  medray: `training_data` as it builds the rows for the trainer, iterated with iter_batches and
+          thrown away; epochs after the first are timed (the first starts Ray Data's workers and
+          their imports). Once for each way of shuffling the rows every epoch (data.shuffle: "full",
+          and "blocks" with the training worker's shuffle buffer), and once without shuffling
+          (read_split -> augment_and_prepare, the pipeline before shuffling), which prices each.
   Pillow: a notebook's loop over the same parquet rows: PIL decode, convert("L"), resize, the same
           flip/rotation/shift/zoom (one PIL affine transform) and brightness/contrast per image,
           stacked into batches and given the backbone's own preprocessing.
@@ -34,12 +36,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
+from ray.data.expressions import random
 
 from medray.cluster import connect
 from medray.config import validate_config
 from medray.data.augment import adjust_intensity, draw_transforms, inverse_affine
 from medray.data.phantoms import make_phantoms
-from medray.data.pipeline import training_data
+from medray.data.augment import SEED_COLUMN
+from medray.data.pipeline import augment_and_prepare, read_split, training_data
 from medray.data.sources import discover
 from medray.data.synth import IMAGE_STRUCT, ROW_GROUP_ROWS, encode_png
 from medray.models.preprocessing import to_model_input
@@ -71,7 +75,10 @@ def main() -> None:
         large, small = (config_for(directory, args.input_size) for directory in (large_dir, small_dir))
         connect(large.scaling)
         small_rate, small_growth = medray_epoch(small, rounds=1)
-        medray_rate, large_growth = medray_epoch(large, args.rounds)
+        rates, growths = {}, {}
+        for shuffle in SHUFFLES:
+            rates[shuffle], growths[shuffle] = medray_epoch(large, args.rounds, shuffle)
+        large_growth = growths["full"]
         pillow_rate = max(pillow_loop(large_dir / "train-00000-of-00001.parquet", args.input_size, large)
                           for _ in range(args.rounds))
     import ray
@@ -79,9 +86,11 @@ def main() -> None:
     cpus = ray.cluster_resources().get("CPU", 0)
     print(f"\n{args.rows} rows, {PNG_SIZE}x{PNG_SIZE} PNG -> {args.input_size}x{args.input_size} model input, "
           f"augment {AUGMENT}; Ray cluster CPUs: {cpus:g}, machine load average {os.getloadavg()[0]:.1f}")
-    print(f"medray Ray Data pipeline:       {medray_rate:8.0f} images/s")
     print(f"plain Pillow loop (1 process):  {pillow_rate:8.0f} images/s")
-    print(f"ratio medray / Pillow: {medray_rate / pillow_rate:.2f}  (goal >= 1.5 on 2 cores)")
+    for shuffle, rate in rates.items():
+        print(f"medray, {SHUFFLE_NAMES[shuffle]:<32} {rate:8.0f} images/s  ratio to Pillow {rate / pillow_rate:.2f}"
+              f"  ({rate / rates['none']:.2f} of unshuffled)")
+    print("goal: ratio to Pillow >= 1.5 on 2 cores with data.shuffle full, the default")
     print(f"driver peak RSS growth while streaming: {small_growth / 2**20:.0f} MiB for {args.small_rows} rows, "
           f"{large_growth / 2**20:.0f} MiB for {args.rows} rows ({small_rate:.0f} images/s on the small set)")
 
@@ -124,20 +133,38 @@ def config_for(path: Path, input_size: int):
     })
 
 
-def medray_epoch(config, rounds: int) -> tuple[float, int]:
+SHUFFLES = ("none", "blocks", "full")
+SHUFFLE_NAMES = {"none": "without shuffling:", "blocks": 'data.shuffle "blocks" + buffer:',
+                 "full": 'data.shuffle "full" (random_shuffle):'}
+
+
+def medray_epoch(config, rounds: int, shuffle: str = "full") -> tuple[float, int]:
     """Images/s of the best pass after the first over the train rows, and the driver's peak RSS
-    growth over all passes."""
+    growth over all passes. `shuffle`: data.shuffle, or "none" for the pipeline without it."""
     source = discover(config.data)
-    data = training_data(source, get_backbone(config.model.backbone), config.model.input_size, config)
+    backbone = get_backbone(config.model.backbone)
+    buffer = {}
+    if shuffle == "none":
+        train = read_split(source, "train", config.model.input_size, config.data).with_column(
+            SEED_COLUMN, random(seed=config.seed)).map_batches(
+            augment_and_prepare, fn_kwargs={"model_input": backbone.model_input, "augment": config.data.augment})
+        rows = source.num_rows("train")
+    else:
+        config = config.model_copy(update={"data": config.data.model_copy(update={"shuffle": shuffle})})
+        data = training_data(source, backbone, config.model.input_size, config)
+        train, rows = data.train, data.train_rows
+        # as a training worker reads them (medray.train.worker_data)
+        buffer = {"local_shuffle_buffer_size": config.data.shuffle_buffer_rows} if shuffle == "blocks" else {}
+    train.context.execution_options.preserve_order = True  # as Ray Train's ingest runs it
     rates = []
     with PeakRss() as memory:
         for epoch in range(1 + rounds):
             started, count = time.perf_counter(), 0
-            for batch in data.train.iter_batches(batch_size=BATCH, batch_format="numpy"):
+            for batch in train.iter_batches(batch_size=BATCH, batch_format="numpy", **buffer):
                 count += len(batch["label"])
             seconds = time.perf_counter() - started
-            assert count == data.train_rows, (count, data.train_rows)
-            print(f"medray epoch {epoch + 1}: {count} rows in {seconds:.1f} s", flush=True)
+            assert count == rows, (count, rows)
+            print(f"medray ({shuffle}) epoch {epoch + 1}: {count} rows in {seconds:.1f} s", flush=True)
             rates.append(count / seconds)
     return max(rates[1:]), memory.growth
 
