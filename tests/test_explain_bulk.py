@@ -22,6 +22,7 @@ from medray.models.registry import get_backbone
 from conftest import DEMO_CONFIG, ROOT, tiny_overrides
 
 TEST_ROWS = 24  # tiny_dataset's test split
+SAMPLE = 12  # images the faithfulness and sanity checks run on
 CLASSES = ("no_lesion", "bright_round_lesion", "dark_irregular_lesion")
 
 
@@ -46,7 +47,8 @@ def explain_args(tiny_dataset, run_dir, *overrides):
 def explained(tiny_dataset, tmp_path_factory, ray_cluster):
     run_dir = fake_run(tmp_path_factory.mktemp("runs") / "run")
     assert main(explain_args(tiny_dataset, run_dir, "explain.method=[gradcam,hirescam]",
-                             "explain.batch_size=8", "explain.gallery_size=4")) == 0
+                             "explain.batch_size=8", "explain.gallery_size=4", f"explain.check_sample={SAMPLE}",
+                             "explain.label_randomisation_epochs=2")) == 0
     return run_dir / "explain"
 
 
@@ -72,14 +74,23 @@ def test_overlays_are_pictures_filed_by_method_and_true_class(explained):
             assert image.mode == "RGB" and image.width >= 224
 
 
-def test_checks_are_summarised_per_method_with_localisation_from_the_masks(explained):
+def test_localisation_rests_on_every_lesion_and_the_costly_checks_on_the_sample(explained):
     scores = json.loads((explained / "checks.json").read_text())
     assert set(scores) == {"gradcam", "hirescam"}
     for score in scores.values():
         assert score["maps"] == TEST_ROWS and score["lesion_maps"] > 0
-        assert 0 <= score["pointing_game"] <= 1 and 0 < score["localisation_chance"] < 0.5
-        assert 0 <= score["deletion_auc"] <= 1 and 0 <= score["insertion_auc"] <= 1
-        assert score["randomisation_check"] in ("passed", "FAILED")
+        assert score["pointing_game"]["n"] == score["lesion_maps"]
+        low, high = score["pointing_game"]["ci"]
+        assert 0 <= low <= score["pointing_game"]["value"] <= high <= 1
+        assert 0 < score["localisation_chance"]["value"] < 0.5
+        assert score["sample_images"] == SAMPLE and score["deletion_auc"]["n"] == SAMPLE
+        assert 0 <= score["deletion_auc"]["value"] <= 1 and 0 <= score["insertion_auc"]["value"] <= 1
+        assert sum(figures["maps"] for figures in score["per_class"].values()) == SAMPLE
+        assert len(score["cascade"]["rank_corr"]) == len(score["cascade"]["steps"]) >= 3
+        assert score["verdicts"]["model_randomisation"] in ("passed", "FAILED")
+        assert score["verdicts"]["data_randomisation"] in ("passed", "FAILED")
+    sample = pd.read_parquet(explained / "sample_checks.parquet")
+    assert len(sample) == 2 * SAMPLE and sample.groupby("method")["row_id"].nunique().eq(SAMPLE).all()
     with Image.open(explained / "checks.png") as image:
         assert image.width > 500
     summary = (explained / "summary.txt").read_text()
@@ -101,7 +112,8 @@ def test_every_class_target_writes_one_map_and_overlay_per_class(tiny_dataset, t
     assert len(maps) == 3 * TEST_ROWS
     assert (maps.groupby("row_id")["target"].apply(sorted).apply(list) == [[0, 1, 2]] * TEST_ROWS).all()
     assert maps["overlay_file"].is_unique
-    assert maps["deletion_auc"].isna().all()  # checks off
+    assert maps["pointing_game"].isna().all()  # checks off
+    assert not (run_dir / "explain" / "sample_checks.parquet").exists()
     assert len(list((run_dir / "explain" / "overlays").rglob("*.png"))) == 3 * TEST_ROWS
 
 
