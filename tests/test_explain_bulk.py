@@ -148,10 +148,12 @@ KILLABLE_JOB = textwrap.dedent("""
 """)
 
 
-def test_a_killed_job_restarted_writes_exactly_one_map_per_test_row(tiny_dataset, tmp_path, ray_cluster):
+def test_a_killed_job_restarted_writes_exactly_one_map_per_image_method_layer_and_target(tiny_dataset, tmp_path,
+                                                                                         ray_cluster):
     run_dir = fake_run(tmp_path / "run")
-    overrides = [*tiny_overrides(tiny_dataset / "parquet", tmp_path), "explain.batch_size=4",
-                 "explain.checks=false", "explain.gallery_size=0"]
+    settings = ["explain.batch_size=4", "explain.method=[gradcam,hirescam]", "explain.target=all",
+                "explain.check_sample=6", "explain.label_randomisation_epochs=1", "explain.gallery_size=0"]
+    overrides = [*tiny_overrides(tiny_dataset / "parquet", tmp_path), *settings]
     script = tmp_path / "job.py"
     script.write_text(KILLABLE_JOB)
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
@@ -163,15 +165,19 @@ def test_a_killed_job_restarted_writes_exactly_one_map_per_test_row(tiny_dataset
     assert written == ["part-000000.parquet", "part-000001.parquet"]
     shards_before = sorted(path.name for path in (run_dir / "explain" / "maps").glob("part-*.parquet"))
     assert 2 <= len(shards_before) < TEST_ROWS // 4  # killed part-way
+    assert not (run_dir / "explain" / "sample_checks.parquet").exists()
 
-    assert main(explain_args(tiny_dataset, run_dir, "explain.batch_size=4", "explain.checks=false",
-                             "explain.gallery_size=0")) == 0
+    assert main(explain_args(tiny_dataset, run_dir, *settings)) == 0
     maps = pd.read_parquet(run_dir / "explain" / "maps")
-    assert len(maps) == TEST_ROWS and maps["row_id"].is_unique
+    key = ["row_id", "method", "layer", "target"]
+    assert len(maps) == TEST_ROWS * 2 * 3 and not maps.duplicated(key).any()
+    assert maps["row_id"].nunique() == TEST_ROWS
     summary = (run_dir / "explain" / "summary.txt").read_text()
     resumed = int(summary.split("(")[1].split(" ")[0])
     assert resumed == 4 * len(shards_before)
-    assert len(list((run_dir / "explain" / "overlays").rglob("*.png"))) == TEST_ROWS
+    assert len(list((run_dir / "explain" / "overlays").rglob("*.png"))) == TEST_ROWS * 2 * 3
+    sample = pd.read_parquet(run_dir / "explain" / "sample_checks.parquet")
+    assert len(sample) == 6 * 2 * 3 and not sample.duplicated(key).any()
 
 
 def test_resuming_with_another_method_is_refused_rather_than_mixed(tiny_dataset, tmp_path, capsys, ray_cluster):
