@@ -164,17 +164,7 @@ def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: 
     settings = explain_settings(model_bytes, class_names, explain_config)
     check_same_settings(maps_dir, settings, resuming=bool(done))
     todo = decoded if not done else decoded.map_batches(drop_rows, fn_kwargs={"done": done})
-    todo = one_batch_per_block(todo, explain_config.batch_size)
-    mapped = todo.map_batches(
-        CamActor,
-        fn_constructor_kwargs={
-            "model_bytes": model_bytes, "backbone_name": backbone_name, "class_names": list(class_names),
-            "methods": methods, "target": explain_config.target, "overlays": explain_config.overlays,
-            "colorbar": explain_config.colorbar, "checks": explain_config.checks},
-        batch_size=explain_config.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=explain_config.concurrency),
-        num_gpus=explain_config.gpus_per_actor or None,
-    )
+    mapped = cam_dataset(todo, model_bytes, backbone_name, class_names, explain_config)
     for block in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
         for table in split_by_images(block, explain_config.batch_size):
             if "overlay" in table.column_names:
@@ -199,6 +189,23 @@ def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: 
                           resumed=len(done), rows=sum(score["maps"] for score in scores.values()),
                           empty_maps=sum(score["empty_maps"] for score in scores.values()),
                           scores=scores, galleries=galleries)
+
+
+def cam_dataset(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: str, class_names: list[str],
+                explain_config) -> ray.data.Dataset:
+    """The heterogeneous pipeline: reading and decoding stay in CPU tasks (as many as the cluster's
+    CPUs allow), the CAM runs in a pool of `explain.concurrency` actors that each request
+    `explain.gpus_per_actor` GPUs, so on a GPU cluster many CPU decoders feed the GPU actors."""
+    return one_batch_per_block(decoded, explain_config.batch_size).map_batches(
+        CamActor,
+        fn_constructor_kwargs={
+            "model_bytes": model_bytes, "backbone_name": backbone_name, "class_names": list(class_names),
+            "methods": explain_config.methods, "target": explain_config.target, "overlays": explain_config.overlays,
+            "colorbar": explain_config.colorbar, "checks": explain_config.checks},
+        batch_size=explain_config.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=explain_config.concurrency),
+        num_gpus=explain_config.gpus_per_actor or None,
+    )
 
 
 def explain_settings(model_bytes: bytes, class_names: list[str], explain_config) -> dict:
