@@ -1,6 +1,7 @@
 """The bulk explain job's shape on a cluster: decoding in CPU tasks, CAM in an actor pool whose
-actors request `explain.gpus_per_actor` GPUs. This machine has no GPU, so the plan is checked, not
-the speed: Ray Data's logical plan (resource requests) and physical plan (operator layout)."""
+actors request `explain.gpus_per_actor` GPUs, overlay encoding in CPU tasks again. This machine has
+no GPU, so the plan is checked, not the speed: Ray Data's logical plan (resource requests) and
+physical plan (operator layout)."""
 
 import ray
 
@@ -43,6 +44,10 @@ def test_cam_actors_request_the_configured_gpus_and_decoding_stays_in_cpu_tasks(
     # two operators, not fused: the actors' GPUs are not spent on decoding
     assert "ActorPoolMapOperator[MapBatches(CamActor)]" in cam_line and "read_pieces" not in cam_line
     assert decode_line.lstrip("+- ").startswith("TaskPoolMapOperator[")
+    # overlays are encoded after the actors, in CPU tasks of their own
+    overlay_line = next(line for line in physical if "encode_overlays" in line)
+    assert overlay_line.lstrip("+- ").startswith("TaskPoolMapOperator[") and "CamActor" not in overlay_line
+    assert not operators["MapBatches(encode_overlays)"].ray_remote_args.get("num_gpus")
 
 
 def test_on_cpus_the_same_layout_runs_and_its_stats_show_both_operators(tiny_dataset, tmp_path, ray_cluster):

@@ -75,10 +75,10 @@ class ExplainOutcome:
 
 class CamActor(ModelActor):
     def __init__(self, model_bytes: bytes, backbone_name: str, class_names: list[str], methods: list[str],
-                 target: str, overlays: bool, colorbar: bool, checks: bool):
+                 target: str, overlays: bool, checks: bool):
         super().__init__(model_bytes, backbone_name)
         self.class_names, self.target = class_names, target
-        self.overlays, self.colorbar, self.checks = overlays, colorbar, checks
+        self.overlays, self.checks = overlays, checks
         self.explainer = CamExplainer(self.model, self.backbone.cam_layers, methods)
 
     def __call__(self, batch: dict) -> pa.Table:
@@ -103,8 +103,8 @@ class CamActor(ModelActor):
                     columns["overlay_file"] = [self._overlay_file(method, layer, label, row_id, target)
                                                for label, row_id, target in
                                                zip(batch["label"], columns["row_id"], slot_targets)]
-                    columns["overlay"] = [overlay_png(pixels, cam, self.colorbar)
-                                          for pixels, cam in zip(batch["pixels"], slot_maps)]
+                    columns["overlay_pixels"] = [pixels.tobytes() for pixels in batch["pixels"]]
+                    columns["overlay_shape"] = batch["pixels"].shape[1:3]
                 parts.append(maps_table(columns))
         return pa.concat_tables(parts)
 
@@ -143,9 +143,23 @@ def maps_table(columns: dict) -> pa.Table:
     }
     table = pa.table({field.name: pa.array(arrays[field.name], field.type) for field in MAPS_SCHEMA},
                      schema=MAPS_SCHEMA)
-    if "overlay" in columns:
-        table = table.append_column("overlay", pa.array(columns["overlay"], pa.binary()))
+    if "overlay_pixels" in columns:  # the grayscale original (H, W) uint8, for `encode_overlays`
+        table = table.append_column("overlay_pixels", pa.array(columns["overlay_pixels"], pa.binary()))
+        for axis, name in enumerate(("overlay_height", "overlay_width")):
+            table = table.append_column(name, pa.array([columns["overlay_shape"][axis]] * count, pa.int32()))
     return table
+
+
+def encode_overlays(table: pa.Table, colorbar: bool) -> pa.Table:
+    """The overlay PNG of every map, in CPU tasks after the CAM actors: encoding costs more than a
+    map, and the actors' GPUs should not wait on it."""
+    pngs = [overlay_png(np.frombuffer(row["overlay_pixels"], np.uint8).reshape(row["overlay_height"],
+                                                                                row["overlay_width"]),
+                        np.asarray(row["cam"], np.float32).reshape(row["cam_height"], row["cam_width"]), colorbar)
+            for row in table.select(["overlay_pixels", "overlay_height", "overlay_width", "cam", "cam_height",
+                                     "cam_width"]).to_pylist()]
+    return (table.drop_columns(["overlay_pixels", "overlay_height", "overlay_width"])
+            .append_column("overlay", pa.array(pngs, pa.binary())))
 
 
 def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: str, class_names: list[str],
@@ -195,17 +209,22 @@ def cam_dataset(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: st
                 explain_config) -> ray.data.Dataset:
     """The heterogeneous pipeline: reading and decoding stay in CPU tasks (as many as the cluster's
     CPUs allow), the CAM runs in a pool of `explain.concurrency` actors that each request
-    `explain.gpus_per_actor` GPUs, so on a GPU cluster many CPU decoders feed the GPU actors."""
-    return one_batch_per_block(decoded, explain_config.batch_size).map_batches(
+    `explain.gpus_per_actor` GPUs, so on a GPU cluster many CPU decoders feed the GPU actors; the
+    overlay PNGs are encoded in CPU tasks again."""
+    mapped = one_batch_per_block(decoded, explain_config.batch_size).map_batches(
         CamActor,
         fn_constructor_kwargs={
             "model_bytes": model_bytes, "backbone_name": backbone_name, "class_names": list(class_names),
             "methods": explain_config.methods, "target": explain_config.target, "overlays": explain_config.overlays,
-            "colorbar": explain_config.colorbar, "checks": explain_config.checks},
+            "checks": explain_config.checks},
         batch_size=explain_config.batch_size,
         compute=ray.data.ActorPoolStrategy(size=explain_config.concurrency),
         num_gpus=explain_config.gpus_per_actor or None,
     )
+    if not explain_config.overlays:
+        return mapped
+    return mapped.map_batches(encode_overlays, fn_kwargs={"colorbar": explain_config.colorbar},
+                              batch_size=None, batch_format="pyarrow")
 
 
 def explain_settings(model_bytes: bytes, class_names: list[str], explain_config) -> dict:
