@@ -42,7 +42,7 @@ def _cascade_panel(axis, score: dict, measure: str, title: str) -> None:
     axis.set_xticks([0, *positions], ["trained", *steps], rotation=45, ha="right", fontsize=7)
     axis.set_ylim(-1.05 if measure == "rank_corr" else -0.1, 1.05)
     axis.set_title(f"{title}\nverdict: {score['verdict']}", fontsize=9)
-    axis.legend(fontsize=6, loc="lower left")
+    axis.legend(fontsize=6, loc="best")
 
 
 def _faithfulness_panel(axis, score: dict, title: str) -> None:
