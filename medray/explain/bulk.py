@@ -268,6 +268,9 @@ def check_sample(decoded: ray.data.Dataset, maps_dir: Path, model_bytes: bytes, 
         keep_rows, fn_kwargs={"keep": chosen})
     batches = list(sampled.iter_batches(batch_size=None, batch_format="numpy"))
     rows = {name: np.concatenate([batch[name] for batch in batches]) for name in ("row_id", "pixels", "label")}
+    # Blocks arrive in any order; sorted, the seeded label permutation and random orders repeat.
+    order = np.argsort(rows["row_id"].astype(str), kind="stable")
+    rows = {name: values[order] for name, values in rows.items()}
     task = ray.remote(sample_checks).options(num_gpus=explain_config.gpus_per_actor or None)
     table, steps = ray.get(task.remote(model_bytes, backbone_name, len(class_names), rows, explain_config))
     table = table.replace_schema_metadata({"cascade_steps": json.dumps(steps)})
