@@ -33,7 +33,7 @@ from medray.errors import MedrayError
 from medray.explain import checks
 from medray.explain.cam import CamExplainer
 from medray.explain.gallery import write_galleries
-from medray.explain.overlay import overlay_png
+from medray.explain.overlay import encode_overlays
 from medray.explain.sample import StratifiedSampler
 from medray.explain.sample_checks import SAMPLE_CHECKS, sample_checks
 from medray.explain.scorecard import score_methods, write_scorecard
@@ -148,18 +148,6 @@ def maps_table(columns: dict) -> pa.Table:
         for axis, name in enumerate(("overlay_height", "overlay_width")):
             table = table.append_column(name, pa.array([columns["overlay_shape"][axis]] * count, pa.int32()))
     return table
-
-
-def encode_overlays(table: pa.Table, colorbar: bool) -> pa.Table:
-    """The overlay PNG of every map, in CPU tasks after the CAM actors: encoding costs more than a
-    map, and the actors' GPUs should not wait on it."""
-    pngs = [overlay_png(np.frombuffer(row["overlay_pixels"], np.uint8).reshape(row["overlay_height"],
-                                                                                row["overlay_width"]),
-                        np.asarray(row["cam"], np.float32).reshape(row["cam_height"], row["cam_width"]), colorbar)
-            for row in table.select(["overlay_pixels", "overlay_height", "overlay_width", "cam", "cam_height",
-                                     "cam_width"]).to_pylist()]
-    return (table.drop_columns(["overlay_pixels", "overlay_height", "overlay_width"])
-            .append_column("overlay", pa.array(pngs, pa.binary())))
 
 
 def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: str, class_names: list[str],

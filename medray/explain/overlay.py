@@ -6,6 +6,7 @@ import io
 
 import matplotlib
 import numpy as np
+import pyarrow as pa
 from PIL import Image, ImageDraw
 
 # Small inputs (28-64 px) are enlarged so that an overlay is readable on screen.
@@ -41,6 +42,19 @@ def overlay_png(pixels: np.ndarray, cam: np.ndarray, colorbar: bool = False) -> 
     blended = (1 - ALPHA) * pixels.astype(np.float32)[..., None] + ALPHA * colored
     image = Image.fromarray(np.rint(blended).astype(np.uint8)).resize(size, Image.Resampling.NEAREST)
     return _png(_with_colorbar(image) if colorbar else image)
+
+
+def encode_overlays(table: pa.Table, colorbar: bool) -> pa.Table:
+    """The overlay PNG of every map of a block of the bulk job's output, in CPU tasks after the CAM
+    actors: encoding costs more than a map, and the actors' GPUs should not wait on it. Kept apart
+    from the CAM code so that these tasks never import TensorFlow."""
+    pngs = [overlay_png(np.frombuffer(row["overlay_pixels"], np.uint8).reshape(row["overlay_height"],
+                                                                                row["overlay_width"]),
+                        np.asarray(row["cam"], np.float32).reshape(row["cam_height"], row["cam_width"]), colorbar)
+            for row in table.select(["overlay_pixels", "overlay_height", "overlay_width", "cam", "cam_height",
+                                     "cam_width"]).to_pylist()]
+    return (table.drop_columns(["overlay_pixels", "overlay_height", "overlay_width"])
+            .append_column("overlay", pa.array(pngs, pa.binary())))
 
 
 def _flag_empty(image: Image.Image) -> Image.Image:
