@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+
 from medray.explain.cam import CamExplainer
 from medray.explain.checks import is_empty, rank_correlation, upsample_maps
 from medray.keras_setup import keras, tf
@@ -54,8 +55,8 @@ def cascade_blocks(model: keras.Model, max_steps: int) -> list[list[int]]:
     keys = [BLOCK_NUMBER.search(layer.name) for layer in weighted_layers(model)]
     blocks: list[list[int]] = []
     for index, key in enumerate(keys):
-        same = key is not None and index and keys[index - 1] is not None and keys[index - 1].group() == key.group()
-        if same:
+        previous = keys[index - 1] if index else None
+        if key is not None and previous is not None and previous.group() == key.group():
             blocks[-1].append(index)
         else:
             blocks.append([index])
@@ -68,9 +69,10 @@ def cascade_blocks(model: keras.Model, max_steps: int) -> list[list[int]]:
 
 
 def block_names(model: keras.Model, blocks: list[list[int]]) -> list[str]:
-    """The top layer of each step's block: the point's label in checks.png."""
+    """Each step's layers as "lowest..highest" (or the one layer): the point's label in checks.png."""
     layers = weighted_layers(model)
-    return [layers[max(block)].name for block in blocks]
+    return [layers[block[0]].name if len(block) == 1 else f"{layers[min(block)].name}..{layers[max(block)].name}"
+            for block in blocks]
 
 
 def cascade_maps(model: keras.Model, cam_layers, methods, images: np.ndarray, targets: np.ndarray,
