@@ -128,7 +128,7 @@ def test_maps_of_weight_and_label_randomised_models_differ_clearly_and_the_verdi
 
 def test_a_map_that_ignores_the_model_fails_the_verdict(sanity_scores):
     reference = sanity_scores["gradcam"]["shared_structure_reference"]
-    unchanged = {"rank_corr": {"value": 1.0, "ci": [1.0, 1.0], "n": 90}, "ssim": {"value": 1.0, "ci": [1.0, 1.0], "n": 90}}
+    unchanged = {measure: {"value": 1.0, "ci": [1.0, 1.0], "n": 90} for measure in ("rank_corr", "ssim")}
     verdict = sanity_verdict({"model_randomisation": unchanged, "data_randomisation": unchanged}, reference)
     assert verdict["verdicts"] == {"model_randomisation": "FAILED", "data_randomisation": "FAILED"}
     assert verdict["verdict"].startswith("FAILED")

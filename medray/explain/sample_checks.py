@@ -61,8 +61,9 @@ def sample_checks(model_bytes: bytes, backbone_name: str, num_classes: int, rows
             columns = {"row_id": np.asarray(rows["row_id"]).astype(str), "label": labels, "prediction": predictions,
                        "target": slot_targets, "method": [key[0]] * count, "layer": [key[1]] * count}
             for order, prefix in (("map", ""), ("random", "random_order_")):
-                deletion, insertion = checks.deletion_insertion_auc(
-                    images, upsampled, slot_targets, explainer.probabilities, explain_config.deletion_steps, order=order)
+                deletion, insertion = checks.deletion_insertion_auc(images, upsampled, slot_targets,
+                                                                    explainer.probabilities,
+                                                                    explain_config.deletion_steps, order=order)
                 columns[f"{prefix}deletion_auc"], columns[f"{prefix}insertion_auc"] = deletion, insertion
             steps = [sanity.map_similarity(trained, step[key][:, slot], size) for step in cascade]
             for name in SIMILARITIES:

@@ -165,7 +165,8 @@ def format_scorecard(scores: dict) -> str:
         lines.append("  sanity checks (Adebayo et al. 2018), sample, median Spearman / SSIM with the trained "
                      f"model's map; two images' maps of one class: {cell(reference['rank_corr'])} / "
                      f"{cell(reference['ssim'])}")
-        for test, label in (("model_randomisation", "weights re-initialised"), ("data_randomisation", "labels permuted")):
+        for test, label in (("model_randomisation", "weights re-initialised"),
+                            ("data_randomisation", "labels permuted")):
             figures = score[test]
             lines.append(f"    {label:<24} {cell(figures['rank_corr'])} / {cell(figures['ssim'])}  "
                          f"{score['verdicts'][test] or 'not run'}")
