@@ -17,8 +17,6 @@ import hashlib
 import heapq
 from collections.abc import Iterable
 
-import numpy as np
-
 from medray.data.phantoms import proportional_class_counts
 
 Stratum = tuple[int, bool]  # (true class, prediction correct)
