@@ -181,9 +181,19 @@ class ExplainConfig(_Section):
     gpus_per_actor: float = Field(0.0, ge=0)
     overlays: bool = True
     colorbar: bool = False
-    # Localisation (with masks), deletion/insertion and the model-randomisation check.
+    # Localisation against the lesion masks on every image; deletion/insertion and the sanity checks
+    # (Adebayo et al. 2018) on a sample of `check_sample` test images, stratified by true class and by
+    # correct/incorrect prediction and drawn with `sample_seed`.
     checks: bool = True
+    check_sample: int = Field(256, ge=0, le=100_000)
+    sample_seed: int = Field(0, ge=0, lt=2**32)
     deletion_steps: int = Field(16, ge=2, le=256)
+    # Points of the cascading model randomisation, top block first (neighbouring blocks are merged
+    # beyond this many).
+    cascade_steps: int = Field(8, ge=1, le=64)
+    # Epochs the same architecture trains on the sample with permuted labels, the data randomisation
+    # test; 0 leaves that test out.
+    label_randomisation_epochs: int = Field(10, ge=0, le=1000)
     gallery_size: int = Field(16, ge=0, le=256)
 
     @property

@@ -22,6 +22,7 @@ from medray.models.registry import get_backbone
 from conftest import DEMO_CONFIG, ROOT, tiny_overrides
 
 TEST_ROWS = 24  # tiny_dataset's test split
+SAMPLE = 12  # images the faithfulness and sanity checks run on
 CLASSES = ("no_lesion", "bright_round_lesion", "dark_irregular_lesion")
 
 
@@ -46,7 +47,8 @@ def explain_args(tiny_dataset, run_dir, *overrides):
 def explained(tiny_dataset, tmp_path_factory, ray_cluster):
     run_dir = fake_run(tmp_path_factory.mktemp("runs") / "run")
     assert main(explain_args(tiny_dataset, run_dir, "explain.method=[gradcam,hirescam]",
-                             "explain.batch_size=8", "explain.gallery_size=4")) == 0
+                             "explain.batch_size=8", "explain.gallery_size=4", f"explain.check_sample={SAMPLE}",
+                             "explain.label_randomisation_epochs=2")) == 0
     return run_dir / "explain"
 
 
@@ -72,14 +74,23 @@ def test_overlays_are_pictures_filed_by_method_and_true_class(explained):
             assert image.mode == "RGB" and image.width >= 224
 
 
-def test_checks_are_summarised_per_method_with_localisation_from_the_masks(explained):
+def test_localisation_rests_on_every_lesion_and_the_costly_checks_on_the_sample(explained):
     scores = json.loads((explained / "checks.json").read_text())
     assert set(scores) == {"gradcam", "hirescam"}
     for score in scores.values():
         assert score["maps"] == TEST_ROWS and score["lesion_maps"] > 0
-        assert 0 <= score["pointing_game"] <= 1 and 0 < score["localisation_chance"] < 0.5
-        assert 0 <= score["deletion_auc"] <= 1 and 0 <= score["insertion_auc"] <= 1
-        assert score["randomisation_check"] in ("passed", "FAILED")
+        assert score["pointing_game"]["n"] == score["lesion_maps"]
+        low, high = score["pointing_game"]["ci"]
+        assert 0 <= low <= score["pointing_game"]["value"] <= high <= 1
+        assert 0 < score["localisation_chance"]["value"] < 0.5
+        assert score["sample_images"] == SAMPLE and score["deletion_auc"]["n"] == SAMPLE
+        assert 0 <= score["deletion_auc"]["value"] <= 1 and 0 <= score["insertion_auc"]["value"] <= 1
+        assert sum(figures["maps"] for figures in score["per_class"].values()) == SAMPLE
+        assert len(score["cascade"]["rank_corr"]) == len(score["cascade"]["steps"]) >= 3
+        assert score["verdicts"]["model_randomisation"] in ("passed", "FAILED")
+        assert score["verdicts"]["data_randomisation"] in ("passed", "FAILED")
+    sample = pd.read_parquet(explained / "sample_checks.parquet")
+    assert len(sample) == 2 * SAMPLE and sample.groupby("method")["row_id"].nunique().eq(SAMPLE).all()
     with Image.open(explained / "checks.png") as image:
         assert image.width > 500
     summary = (explained / "summary.txt").read_text()
@@ -101,7 +112,8 @@ def test_every_class_target_writes_one_map_and_overlay_per_class(tiny_dataset, t
     assert len(maps) == 3 * TEST_ROWS
     assert (maps.groupby("row_id")["target"].apply(sorted).apply(list) == [[0, 1, 2]] * TEST_ROWS).all()
     assert maps["overlay_file"].is_unique
-    assert maps["deletion_auc"].isna().all()  # checks off
+    assert maps["pointing_game"].isna().all()  # checks off
+    assert not (run_dir / "explain" / "sample_checks.parquet").exists()
     assert len(list((run_dir / "explain" / "overlays").rglob("*.png"))) == 3 * TEST_ROWS
 
 
@@ -136,10 +148,12 @@ KILLABLE_JOB = textwrap.dedent("""
 """)
 
 
-def test_a_killed_job_restarted_writes_exactly_one_map_per_test_row(tiny_dataset, tmp_path, ray_cluster):
+def test_a_killed_job_restarted_writes_exactly_one_map_per_image_method_layer_and_target(tiny_dataset, tmp_path,
+                                                                                         ray_cluster):
     run_dir = fake_run(tmp_path / "run")
-    overrides = [*tiny_overrides(tiny_dataset / "parquet", tmp_path), "explain.batch_size=4",
-                 "explain.checks=false", "explain.gallery_size=0"]
+    settings = ["explain.batch_size=4", "explain.method=[gradcam,hirescam]", "explain.target=all",
+                "explain.check_sample=6", "explain.label_randomisation_epochs=1", "explain.gallery_size=0"]
+    overrides = [*tiny_overrides(tiny_dataset / "parquet", tmp_path), *settings]
     script = tmp_path / "job.py"
     script.write_text(KILLABLE_JOB)
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
@@ -151,15 +165,19 @@ def test_a_killed_job_restarted_writes_exactly_one_map_per_test_row(tiny_dataset
     assert written == ["part-000000.parquet", "part-000001.parquet"]
     shards_before = sorted(path.name for path in (run_dir / "explain" / "maps").glob("part-*.parquet"))
     assert 2 <= len(shards_before) < TEST_ROWS // 4  # killed part-way
+    assert not (run_dir / "explain" / "sample_checks.parquet").exists()
 
-    assert main(explain_args(tiny_dataset, run_dir, "explain.batch_size=4", "explain.checks=false",
-                             "explain.gallery_size=0")) == 0
+    assert main(explain_args(tiny_dataset, run_dir, *settings)) == 0
     maps = pd.read_parquet(run_dir / "explain" / "maps")
-    assert len(maps) == TEST_ROWS and maps["row_id"].is_unique
+    key = ["row_id", "method", "layer", "target"]
+    assert len(maps) == TEST_ROWS * 2 * 3 and not maps.duplicated(key).any()
+    assert maps["row_id"].nunique() == TEST_ROWS
     summary = (run_dir / "explain" / "summary.txt").read_text()
     resumed = int(summary.split("(")[1].split(" ")[0])
     assert resumed == 4 * len(shards_before)
-    assert len(list((run_dir / "explain" / "overlays").rglob("*.png"))) == TEST_ROWS
+    assert len(list((run_dir / "explain" / "overlays").rglob("*.png"))) == TEST_ROWS * 2 * 3
+    sample = pd.read_parquet(run_dir / "explain" / "sample_checks.parquet")
+    assert len(sample) == 6 * 2 * 3 and not sample.duplicated(key).any()
 
 
 def test_resuming_with_another_method_is_refused_rather_than_mixed(tiny_dataset, tmp_path, capsys, ray_cluster):

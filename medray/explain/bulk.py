@@ -1,10 +1,15 @@
 """The bulk explain job: CAM maps for every test image with a Ray Data actor pool.
 
 Actors build the model and its compiled CAM function once, then map whole batches: maps for every
-configured method, CAM layer (one per branch) and target class, the per-image checks, and the
-overlay PNGs. The driver streams their output into `maps/part-*.parquet` shards and overlay files,
-so its memory stays flat however many images there are. A shard is renamed into place only after
-its overlays are written, so after a crash the re-run skips exactly the images of complete shards.
+configured method, CAM layer (one per branch) and target class, localisation against the lesion
+masks, and the overlay PNGs. The driver streams their output into `maps/part-*.parquet` shards and
+overlay files, so its memory stays flat however many images there are. A shard is renamed into
+place only after its overlays are written, so after a crash the re-run skips exactly the images of
+complete shards.
+
+The checks that cost extra forward passes or extra models (deletion/insertion, the sanity checks)
+then run once on a stratified sample of the images (`medray.explain.sample`,
+`medray.explain.sample_checks`), written to `sample_checks.parquet`.
 """
 
 from __future__ import annotations
@@ -28,14 +33,14 @@ from medray.errors import MedrayError
 from medray.explain import checks
 from medray.explain.cam import CamExplainer
 from medray.explain.gallery import write_galleries
-from medray.explain.overlay import overlay_png
+from medray.explain.overlay import encode_overlays
+from medray.explain.sample import StratifiedSampler
+from medray.explain.sample_checks import SAMPLE_CHECKS, sample_checks
 from medray.explain.scorecard import score_methods, write_scorecard
 from medray.filenames import safe_filename
-from medray.keras_setup import keras
 from medray.models.actor import ModelActor
 
-CHECK_COLUMNS = ("pointing_game", "energy_in_lesion", "lesion_share", "deletion_auc", "insertion_auc",
-                 "random_order_deletion_auc", "random_order_insertion_auc", "random_model_rank_corr")
+CHECK_COLUMNS = ("pointing_game", "energy_in_lesion", "lesion_share")
 MAPS_SCHEMA = pa.schema([
     ("row_id", pa.string()),
     ("label", pa.int64()),
@@ -53,7 +58,6 @@ MAPS_SCHEMA = pa.schema([
     *((name, pa.float64()) for name in CHECK_COLUMNS),
 ])
 SHARD = re.compile(r"^part-(\d+)\.parquet$")
-RANDOMISATION_SEED = 2018
 SETTINGS = "settings.json"
 
 
@@ -71,13 +75,11 @@ class ExplainOutcome:
 
 class CamActor(ModelActor):
     def __init__(self, model_bytes: bytes, backbone_name: str, class_names: list[str], methods: list[str],
-                 target: str, overlays: bool, colorbar: bool, checks: bool, deletion_steps: int):
+                 target: str, overlays: bool, checks: bool):
         super().__init__(model_bytes, backbone_name)
         self.class_names, self.target = class_names, target
-        self.overlays, self.colorbar, self.checks, self.deletion_steps = overlays, colorbar, checks, deletion_steps
+        self.overlays, self.checks = overlays, checks
         self.explainer = CamExplainer(self.model, self.backbone.cam_layers, methods)
-        self.random_explainer = (CamExplainer(randomised_copy(self.model), self.backbone.cam_layers, methods)
-                                 if checks else None)
 
     def __call__(self, batch: dict) -> pa.Table:
         images = self.model_input(batch["pixels"])
@@ -85,7 +87,6 @@ class CamActor(ModelActor):
         targets = {"predicted": None, "true": batch["label"],
                    "all": np.tile(np.arange(len(self.class_names)), (count, 1))}[self.target]
         explained = self.explainer(images, targets)
-        randomised = self.random_explainer(images, explained.targets) if self.checks else None
         predictions = explained.probabilities.argmax(axis=1)
         parts = []
         for (method, layer), maps in explained.maps.items():
@@ -96,36 +97,25 @@ class CamActor(ModelActor):
                     "target": slot_targets, "confidence": explained.probabilities.max(axis=1),
                     "probabilities": explained.probabilities, "method": [method] * count,
                     "layer": [layer] * count, "cam": slot_maps, "empty": checks.is_empty(slot_maps),
-                    **self._checks(images, batch, slot_maps, slot_targets,
-                                   randomised.maps[(method, layer)][:, slot] if randomised else None),
+                    **self._localisation(batch, slot_maps, images.shape[1:3]),
                 }
                 if self.overlays:
                     columns["overlay_file"] = [self._overlay_file(method, layer, label, row_id, target)
                                                for label, row_id, target in
                                                zip(batch["label"], columns["row_id"], slot_targets)]
-                    columns["overlay"] = [overlay_png(pixels, cam, self.colorbar)
-                                          for pixels, cam in zip(batch["pixels"], slot_maps)]
+                    columns["overlay_pixels"] = [pixels.tobytes() for pixels in batch["pixels"]]
+                    columns["overlay_shape"] = batch["pixels"].shape[1:3]
                 parts.append(maps_table(columns))
         return pa.concat_tables(parts)
 
-    def _checks(self, images: np.ndarray, batch: dict, maps: np.ndarray, targets: np.ndarray,
-                random_maps: np.ndarray | None) -> dict:
-        count = len(maps)
-        if not self.checks:
+    def _localisation(self, batch: dict, maps: np.ndarray, size: tuple[int, int]) -> dict:
+        """Cheap, so on every image that has a lesion mask."""
+        if not self.checks or "mask" not in batch:
             return {}
-        upsampled = checks.upsample_maps(maps, images.shape[1:3])
-        result = {name: np.full(count, np.nan) for name in CHECK_COLUMNS}
-        if "mask" in batch:
-            result["pointing_game"] = checks.pointing_game(upsampled, batch["mask"])
-            result["energy_in_lesion"] = checks.energy_in_lesion(upsampled, batch["mask"])
-            result["lesion_share"] = checks.lesion_share(batch["mask"])
-        predict = self.explainer.probabilities
-        result["deletion_auc"], result["insertion_auc"] = checks.deletion_insertion_auc(
-            images, upsampled, targets, predict, self.deletion_steps)
-        result["random_order_deletion_auc"], result["random_order_insertion_auc"] = checks.deletion_insertion_auc(
-            images, upsampled, targets, predict, self.deletion_steps, order="random")
-        result["random_model_rank_corr"] = checks.rank_correlation(maps, random_maps)
-        return result
+        upsampled = checks.upsample_maps(maps, size)
+        return {"pointing_game": checks.pointing_game(upsampled, batch["mask"]),
+                "energy_in_lesion": checks.energy_in_lesion(upsampled, batch["mask"]),
+                "lesion_share": checks.lesion_share(batch["mask"])}
 
     def _overlay_file(self, method: str, layer: str, label: int, row_id: str, target: int) -> str:
         name = safe_filename(row_id)
@@ -134,14 +124,6 @@ class CamActor(ModelActor):
         if len(self.backbone.cam_layers) > 1:
             name += f"-{safe_filename(layer)}"
         return f"{safe_filename(method)}/{safe_filename(self.class_names[int(label)])}/{name}.png"
-
-
-def randomised_copy(model: keras.Model) -> keras.Model:
-    """The same architecture with every weight re-initialised (Adebayo et al.'s randomisation test).
-    Its own seed: a model built after the common set_random_seed(0) would otherwise be re-drawn
-    identically."""
-    keras.utils.set_random_seed(RANDOMISATION_SEED)
-    return keras.models.clone_model(model)
 
 
 def maps_table(columns: dict) -> pa.Table:
@@ -161,8 +143,10 @@ def maps_table(columns: dict) -> pa.Table:
     }
     table = pa.table({field.name: pa.array(arrays[field.name], field.type) for field in MAPS_SCHEMA},
                      schema=MAPS_SCHEMA)
-    if "overlay" in columns:
-        table = table.append_column("overlay", pa.array(columns["overlay"], pa.binary()))
+    if "overlay_pixels" in columns:  # the grayscale original (H, W) uint8, for `encode_overlays`
+        table = table.append_column("overlay_pixels", pa.array(columns["overlay_pixels"], pa.binary()))
+        for axis, name in enumerate(("overlay_height", "overlay_width")):
+            table = table.append_column(name, pa.array([columns["overlay_shape"][axis]] * count, pa.int32()))
     return table
 
 
@@ -182,18 +166,7 @@ def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: 
     settings = explain_settings(model_bytes, class_names, explain_config)
     check_same_settings(maps_dir, settings, resuming=bool(done))
     todo = decoded if not done else decoded.map_batches(drop_rows, fn_kwargs={"done": done})
-    todo = one_batch_per_block(todo, explain_config.batch_size)
-    mapped = todo.map_batches(
-        CamActor,
-        fn_constructor_kwargs={
-            "model_bytes": model_bytes, "backbone_name": backbone_name, "class_names": list(class_names),
-            "methods": methods, "target": explain_config.target, "overlays": explain_config.overlays,
-            "colorbar": explain_config.colorbar, "checks": explain_config.checks,
-            "deletion_steps": explain_config.deletion_steps},
-        batch_size=explain_config.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=explain_config.concurrency),
-        num_gpus=explain_config.gpus_per_actor or None,
-    )
+    mapped = cam_dataset(todo, model_bytes, backbone_name, class_names, explain_config)
     for block in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
         for table in split_by_images(block, explain_config.batch_size):
             if "overlay" in table.column_names:
@@ -206,7 +179,10 @@ def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: 
             next_index += 1
             if on_shard is not None:
                 on_shard(shard)
-    scores = score_methods(maps_dir)
+    sample_path = out_dir / SAMPLE_CHECKS
+    if explain_config.checks and explain_config.check_sample and not sample_path.is_file():
+        check_sample(decoded, maps_dir, model_bytes, backbone_name, class_names, explain_config, sample_path)
+    scores = score_methods(maps_dir, sample_path if sample_path.is_file() else None, class_names)
     write_scorecard(scores, out_dir)
     galleries = (write_galleries(maps_dir, overlay_dir, class_names, out_dir / "galleries",
                                  explain_config.gallery_size)
@@ -217,11 +193,36 @@ def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: 
                           scores=scores, galleries=galleries)
 
 
+def cam_dataset(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: str, class_names: list[str],
+                explain_config) -> ray.data.Dataset:
+    """The heterogeneous pipeline: reading and decoding stay in CPU tasks (as many as the cluster's
+    CPUs allow), the CAM runs in a pool of `explain.concurrency` actors that each request
+    `explain.gpus_per_actor` GPUs, so on a GPU cluster many CPU decoders feed the GPU actors; the
+    overlay PNGs are encoded in CPU tasks again."""
+    mapped = one_batch_per_block(decoded, explain_config.batch_size).map_batches(
+        CamActor,
+        fn_constructor_kwargs={
+            "model_bytes": model_bytes, "backbone_name": backbone_name, "class_names": list(class_names),
+            "methods": explain_config.methods, "target": explain_config.target, "overlays": explain_config.overlays,
+            "checks": explain_config.checks},
+        batch_size=explain_config.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=explain_config.concurrency),
+        num_gpus=explain_config.gpus_per_actor or None,
+    )
+    if not explain_config.overlays:
+        return mapped
+    return mapped.map_batches(encode_overlays, fn_kwargs={"colorbar": explain_config.colorbar},
+                              batch_size=None, batch_format="pyarrow")
+
+
 def explain_settings(model_bytes: bytes, class_names: list[str], explain_config) -> dict:
     """What a map depends on. Shards written under other settings must not be mixed with new ones."""
     return {"model_sha256": hashlib.sha256(model_bytes).hexdigest(), "class_names": list(class_names),
             "method": explain_config.methods, "target": explain_config.target,
             "checks": explain_config.checks, "deletion_steps": explain_config.deletion_steps,
+            "check_sample": explain_config.check_sample, "sample_seed": explain_config.sample_seed,
+            "cascade_steps": explain_config.cascade_steps,
+            "label_randomisation_epochs": explain_config.label_randomisation_epochs,
             "overlays": explain_config.overlays, "colorbar": explain_config.colorbar}
 
 
@@ -236,6 +237,39 @@ def check_same_settings(maps_dir: Path, settings: dict, resuming: bool) -> None:
                 f"{maps_dir.parent} holds maps made with other settings ({', '.join(changed)} changed); "
                 "resuming would mix them. Delete that folder to start afresh, or explain into a new run folder")
     path.write_text(json.dumps(settings, indent=2))
+
+
+def check_sample(decoded: ray.data.Dataset, maps_dir: Path, model_bytes: bytes, backbone_name: str,
+                 class_names: list[str], explain_config, path: Path) -> None:
+    """Deletion/insertion and the sanity checks on the stratified sample, into `path` (atomically:
+    a resumed job redoes them only if they had not been written)."""
+    sampler = StratifiedSampler(explain_config.check_sample, explain_config.sample_seed)
+    for shard in sorted(maps_dir.glob("part-*.parquet")):
+        table = pq.read_table(shard, columns=["row_id", "label", "prediction"])
+        row_ids = table["row_id"].to_numpy(zero_copy_only=False)
+        first = np.unique(row_ids, return_index=True)[1]  # one map per image
+        sampler.add(row_ids[first], table["label"].to_numpy()[first], table["prediction"].to_numpy()[first])
+    chosen = frozenset(sampler.draw())
+    if not chosen:
+        return
+    sampled = decoded.select_columns(["row_id", "pixels", "label"]).map_batches(
+        keep_rows, fn_kwargs={"keep": chosen})
+    batches = list(sampled.iter_batches(batch_size=None, batch_format="numpy"))
+    rows = {name: np.concatenate([batch[name] for batch in batches]) for name in ("row_id", "pixels", "label")}
+    # Blocks arrive in any order; sorted, the seeded label permutation and random orders repeat.
+    order = np.argsort(rows["row_id"].astype(str), kind="stable")
+    rows = {name: values[order] for name, values in rows.items()}
+    task = ray.remote(sample_checks).options(num_gpus=explain_config.gpus_per_actor or None)
+    table, steps = ray.get(task.remote(model_bytes, backbone_name, len(class_names), rows, explain_config))
+    table = table.replace_schema_metadata({"cascade_steps": json.dumps(steps)})
+    partial = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, partial)
+    os.replace(partial, path)
+
+
+def keep_rows(batch: dict, keep: frozenset[str]) -> dict:
+    chosen = np.isin(batch["row_id"].astype(str), list(keep))
+    return {name: values[chosen] for name, values in batch.items()}
 
 
 def split_by_images(table: pa.Table, images: int) -> list[pa.Table]:

@@ -5,9 +5,8 @@
 - faithfulness: deletion and insertion curves (Petsiuk et al. 2018), the target class's
   probability as pixels are replaced by a blurred copy, or revealed from it, in the map's order
   (a faithful map: low deletion AUC, high insertion AUC; random order is the reference);
-- model randomisation (Adebayo et al. 2018): rank correlation between the trained model's map and
-  the map of the same architecture with re-initialised weights (a map that does not change
-  explains the architecture, not what the model learned).
+- similarity of two maps of an image (Spearman's rank correlation), which the sanity checks of
+  `medray.explain.sanity` (Adebayo et al. 2018) use.
 
 Every function takes a batch and returns one value per image; NaN where a check does not apply
 (no lesion, an empty map).
@@ -15,6 +14,7 @@ Every function takes a batch and returns one value per image; NaN where a check 
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -91,14 +91,11 @@ def deletion_insertion_auc(images: np.ndarray, maps: np.ndarray, targets: np.nda
 
 
 def rank_correlation(maps: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """Spearman's rho between two maps of each image; NaN where either map is constant."""
+    """Spearman's rho between the two maps of each image ((N, ...) each); NaN where one is constant."""
     first, second = maps.reshape(len(maps), -1), other.reshape(len(other), -1)
-    ranked_first, ranked_second = stats.rankdata(first, axis=1), stats.rankdata(second, axis=1)
-    centred_first = ranked_first - ranked_first.mean(axis=1, keepdims=True)
-    centred_second = ranked_second - ranked_second.mean(axis=1, keepdims=True)
-    denominator = np.sqrt((centred_first ** 2).sum(axis=1) * (centred_second ** 2).sum(axis=1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 0, (centred_first * centred_second).sum(axis=1) / denominator, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        return np.array([stats.spearmanr(a, b).statistic for a, b in zip(first, second)], np.float64)
 
 
 def is_empty(maps: np.ndarray) -> np.ndarray:

@@ -1,123 +1,174 @@
-"""The checks of every map, summarised per method: a table to print, checks.json and checks.png."""
+"""The checks of every map, summarised per method: a text to print, checks.json and checks.png.
+
+Every figure says how many images it rests on and carries a 95 % bootstrap confidence interval
+(percentile method, 1,000 resamples): localisation on every image with a lesion mask, the
+faithfulness curves and the sanity checks on the stratified sample.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pyarrow.parquet as pq
+from scipy import stats
 
-# Adebayo et al.: a map that still ranks pixels alike after the weights are re-initialised shows
-# the architecture, not what the model learned. A median Spearman rho at or above this fails.
-RANDOMISATION_MAX_RANK_CORR = 0.5
-NUMBER_COLUMNS = ("empty", "pointing_game", "energy_in_lesion", "lesion_share", "deletion_auc", "insertion_auc",
-                  "random_order_deletion_auc", "random_order_insertion_auc", "random_model_rank_corr")
-SUMMARY_COLUMNS = ("row_id", "method", *NUMBER_COLUMNS)
+from medray.explain.checks_plot import plot_checks
+from medray.explain.sanity import sanity_verdict
+
+LOCALISATION_COLUMNS = ("empty", "pointing_game", "energy_in_lesion", "lesion_share")
+FAITHFULNESS = ("deletion_auc", "random_order_deletion_auc", "insertion_auc", "random_order_insertion_auc")
+BOOTSTRAP_RESAMPLES = 1000
+# Above this many values the bootstrap's resamples would cost more than the maps; the normal
+# approximation it converges to is used instead.
+BOOTSTRAP_MAX_VALUES = 50_000
 
 
-def score_methods(maps_dir: Path) -> dict:
-    """{method: {figure: value}} over every map in the shards of `maps_dir`.
+def figure(values: np.ndarray, statistic: str = "mean") -> dict | None:
+    """{"value", "ci": [low, high] (None below 2 values), "n"} of the non-NaN values; None if none."""
+    values = np.asarray(values, np.float64)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return None
+    function = np.mean if statistic == "mean" else np.median
+    result = {"value": float(function(values)), "ci": None, "n": int(values.size)}
+    if values.size >= 2 and np.ptp(values) == 0:
+        result["ci"] = [result["value"], result["value"]]
+    elif values.size > BOOTSTRAP_MAX_VALUES and statistic == "mean":
+        half = 1.96 * values.std(ddof=1) / np.sqrt(values.size)
+        result["ci"] = [result["value"] - half, result["value"] + half]
+    elif values.size >= 2:
+        interval = stats.bootstrap((values,), function, n_resamples=BOOTSTRAP_RESAMPLES, method="percentile",
+                                   random_state=0).confidence_interval
+        result["ci"] = [float(interval.low), float(interval.high)]
+    return result
 
-    Shards are read one at a time and only their numbers are kept (a few bytes a map), so the
-    driver's memory does not grow with the number of images; each image's maps are all in one
-    shard, so distinct row ids per shard add up to the images.
+
+def value(fig: dict | None) -> float | None:
+    return None if fig is None else fig["value"]
+
+
+def score_methods(maps_dir: Path, sample_checks: Path | None = None, class_names: list[str] | None = None) -> dict:
+    """{method: {figure: ...}} from the maps shards (every image) and the sample's checks.
+
+    Shards are read one at a time and only their localisation numbers are kept (a few bytes a
+    map); each image's maps are all in one shard, so distinct row ids per shard add up to the images.
     """
     columns: dict[str, dict[str, list[np.ndarray]]] = {}
     images: dict[str, int] = {}
     for shard in sorted(maps_dir.glob("part-*.parquet")):
-        table = pq.read_table(shard, columns=list(SUMMARY_COLUMNS))
+        table = pq.read_table(shard, columns=["row_id", "method", *LOCALISATION_COLUMNS])
         methods = table["method"].to_numpy(zero_copy_only=False)
         row_ids = table["row_id"].to_numpy(zero_copy_only=False)
         for method in dict.fromkeys(methods):
             chosen = methods == method
             images[method] = images.get(method, 0) + len(set(row_ids[chosen]))
-            store = columns.setdefault(method, {name: [] for name in NUMBER_COLUMNS})
-            for name in NUMBER_COLUMNS:
+            store = columns.setdefault(method, {name: [] for name in LOCALISATION_COLUMNS})
+            for name in LOCALISATION_COLUMNS:
                 store[name].append(table[name].to_numpy(zero_copy_only=False)[chosen].astype(np.float32))
-    return {method: _score({name: np.concatenate(parts) for name, parts in store.items()}, images[method])
-            for method, store in columns.items()}
+    sample = pq.read_table(sample_checks) if sample_checks is not None else None
+    steps = json.loads(sample.schema.metadata[b"cascade_steps"]) if sample is not None else []
+    sample = sample.to_pandas() if sample is not None else None  # a few hundred maps
+    scores = {}
+    for method, store in columns.items():
+        scores[method] = _localisation({name: np.concatenate(parts) for name, parts in store.items()}, images[method])
+        if sample is not None:
+            rows = sample[sample["method"] == method]
+            scores[method].update(sample_figures(rows, steps, class_names))
+    return scores
 
 
-def _score(values: dict[str, np.ndarray], images: int) -> dict:
-    def mean(name: str, where: np.ndarray | None = None) -> float | None:
-        column = values[name] if where is None else values[name][where]
-        column = column[~np.isnan(column)]
-        return None if column.size == 0 else float(column.mean())
-
+def _localisation(values: dict[str, np.ndarray], images: int) -> dict:
     with_lesion = ~np.isnan(values["pointing_game"])
-    rank_corr = values["random_model_rank_corr"][~np.isnan(values["random_model_rank_corr"])]
-    median_corr = None if rank_corr.size == 0 else float(np.median(rank_corr))
     return {
         "maps": int(values["empty"].size),
         "images": int(images),
         "empty_share": float(values["empty"].mean()),
         "empty_maps": int(values["empty"].sum()),
         "lesion_maps": int(with_lesion.sum()),
-        "pointing_game": mean("pointing_game"),
-        "energy_in_lesion": mean("energy_in_lesion"),
+        "pointing_game": figure(values["pointing_game"]),
+        "energy_in_lesion": figure(values["energy_in_lesion"]),
         # the lesion's area share: what a map with no information scores on both
-        "localisation_chance": mean("lesion_share", with_lesion) if with_lesion.any() else None,
-        "deletion_auc": mean("deletion_auc"),
-        "random_order_deletion_auc": mean("random_order_deletion_auc"),
-        "insertion_auc": mean("insertion_auc"),
-        "random_order_insertion_auc": mean("random_order_insertion_auc"),
-        "random_model_rank_corr_median": median_corr,
-        "randomisation_check": None if median_corr is None else (
-            "passed" if median_corr < RANDOMISATION_MAX_RANK_CORR else "FAILED"),
+        "localisation_chance": figure(values["lesion_share"][with_lesion]),
+    }
+
+
+def sample_figures(rows, steps: list[str], class_names: list[str] | None) -> dict:
+    """Faithfulness overall and per true class, and the sanity checks with their verdict."""
+    name_of = (lambda label: class_names[label]) if class_names else str
+    per_class = {name_of(int(label)): {"maps": int(len(group)),
+                                       **{name: value(figure(group[name].to_numpy())) for name in FAITHFULNESS}}
+                 for label, group in rows.groupby("label")}
+    cascade_rank = np.stack(rows["cascade_rank_corr"].to_numpy()) if len(rows) else np.zeros((0, len(steps)))
+    cascade_ssim = np.stack(rows["cascade_ssim"].to_numpy()) if len(rows) else np.zeros((0, len(steps)))
+    tests = {
+        "model_randomisation": {"rank_corr": figure(cascade_rank[:, -1], "median"),
+                                "ssim": figure(cascade_ssim[:, -1], "median")},
+        "data_randomisation": {"rank_corr": figure(rows["label_random_rank_corr"].to_numpy(), "median"),
+                               "ssim": figure(rows["label_random_ssim"].to_numpy(), "median")},
+    }
+    reference = {"rank_corr": figure(rows["shared_rank_corr"].to_numpy(), "median"),
+                 "ssim": figure(rows["shared_ssim"].to_numpy(), "median")}
+    return {
+        "sample_maps": int(len(rows)),
+        "sample_images": int(rows["row_id"].nunique()),
+        **{name: figure(rows[name].to_numpy()) for name in FAITHFULNESS},
+        "per_class": per_class,
+        "cascade": {"steps": steps,
+                    "rank_corr": [value(figure(column, "median")) for column in cascade_rank.T],
+                    "ssim": [value(figure(column, "median")) for column in cascade_ssim.T]},
+        **tests,
+        "shared_structure_reference": reference,
+        **sanity_verdict(tests, reference),
     }
 
 
 def write_scorecard(scores: dict, out_dir: Path) -> None:
     (out_dir / "checks.json").write_text(json.dumps(scores, indent=2))
-    if scores and any(score["deletion_auc"] is not None for score in scores.values()):
-        plot_scorecard(scores, out_dir / "checks.png")
+    if any(score.get("sample_maps") for score in scores.values()):
+        plot_checks(scores, out_dir / "checks.png")
+
+
+def cell(fig: dict | float | None, digits: int = 3) -> str:
+    """A figure as "0.123 [0.101, 0.145]", n/a where a check did not run."""
+    if fig is None:
+        return "n/a"
+    if not isinstance(fig, dict):
+        return f"{fig:.{digits}f}"
+    interval = "" if fig["ci"] is None else f" [{fig['ci'][0]:.{digits}f}, {fig['ci'][1]:.{digits}f}]"
+    return f"{fig['value']:.{digits}f}{interval}"
 
 
 def format_scorecard(scores: dict) -> str:
-    """One line per method; n/a where a check did not run (no masks, checks off)."""
-    def cell(value, digits=3):
-        return "n/a" if value is None else f"{value:.{digits}f}"
-
-    header = (f"{'method':<10} {'maps':>6} {'empty':>6} {'pointing':>9} {'energy':>7} {'chance':>7} "
-              f"{'deletion':>9} {'(random)':>9} {'insertion':>10} {'(random)':>9} {'rand.rho':>9}  check")
-    lines = [header]
+    """A few lines per method, each figure with its 95 % interval and the images it rests on."""
+    lines = []
     for method, score in scores.items():
-        lines.append(
-            f"{method:<10} {score['maps']:>6} {cell(score['empty_share']):>6} {cell(score['pointing_game']):>9} "
-            f"{cell(score['energy_in_lesion']):>7} {cell(score['localisation_chance']):>7} "
-            f"{cell(score['deletion_auc']):>9} {cell(score['random_order_deletion_auc']):>9} "
-            f"{cell(score['insertion_auc']):>10} {cell(score['random_order_insertion_auc']):>9} "
-            f"{cell(score['random_model_rank_corr_median']):>9}  {score['randomisation_check'] or 'n/a'}"
-            + ("  EMPTY MAPS" if score["empty_maps"] else ""))
+        lines.append(f"{method}: {score['maps']} maps of {score['images']} images, {score['empty_maps']} empty"
+                     + ("  EMPTY MAPS" if score["empty_maps"] else ""))
+        if score["pointing_game"] is not None:
+            lines.append(f"  localisation, every map with a lesion (n={score['lesion_maps']}): pointing game "
+                         f"{cell(score['pointing_game'])}, energy in lesion {cell(score['energy_in_lesion'])}, "
+                         f"chance {cell(value(score['localisation_chance']))}")
+        if not score.get("sample_maps"):
+            continue
+        lines.append(f"  faithfulness, sample (n={score['deletion_auc']['n']} maps of {score['sample_images']} "
+                     f"images): deletion {cell(score['deletion_auc'])} vs random order "
+                     f"{cell(score['random_order_deletion_auc'])} (lower is better); insertion "
+                     f"{cell(score['insertion_auc'])} vs random order {cell(score['random_order_insertion_auc'])} "
+                     "(higher is better)")
+        for name, figures in score["per_class"].items():
+            lines.append(f"    {name:<24} (n={figures['maps']:>4}): deletion {cell(figures['deletion_auc'])} vs "
+                         f"{cell(figures['random_order_deletion_auc'])}, insertion {cell(figures['insertion_auc'])} "
+                         f"vs {cell(figures['random_order_insertion_auc'])}")
+        reference = score["shared_structure_reference"]
+        lines.append("  sanity checks (Adebayo et al. 2018), sample, median Spearman / SSIM with the trained "
+                     f"model's map; two images' maps of one class: {cell(reference['rank_corr'])} / "
+                     f"{cell(reference['ssim'])}")
+        for test, label in (("model_randomisation", "weights re-initialised"),
+                            ("data_randomisation", "labels permuted")):
+            figures = score[test]
+            lines.append(f"    {label:<24} {cell(figures['rank_corr'])} / {cell(figures['ssim'])}  "
+                         f"{score['verdicts'][test] or 'not run'}")
+        lines.append(f"  verdict: {score['verdict']}  ({score['verdict_rule']})")
     return "\n".join(lines)
-
-
-def plot_scorecard(scores: dict, path: Path) -> None:
-    """Each check as bars per method, next to its no-information reference."""
-    panels = [("pointing game", "pointing_game", "localisation_chance", "higher is better"),
-              ("energy in lesion", "energy_in_lesion", "localisation_chance", "higher is better"),
-              ("deletion AUC", "deletion_auc", "random_order_deletion_auc", "lower is better"),
-              ("insertion AUC", "insertion_auc", "random_order_insertion_auc", "higher is better"),
-              ("rank corr. with random model", "random_model_rank_corr_median", None, "lower is better")]
-    methods = list(scores)
-    figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2))
-    positions = np.arange(len(methods))
-    for axis, (title, key, reference, hint) in zip(axes, panels):
-        values = [scores[m][key] if scores[m][key] is not None else np.nan for m in methods]
-        axis.bar(positions - 0.2 if reference else positions, values, width=0.4, label="map", color="tab:red")
-        if reference:
-            references = [scores[m][reference] if scores[m][reference] is not None else np.nan for m in methods]
-            axis.bar(positions + 0.2, references, width=0.4, label="no-information reference", color="tab:gray")
-        if key == "random_model_rank_corr_median":
-            axis.axhline(RANDOMISATION_MAX_RANK_CORR, color="black", linestyle="--", linewidth=1)
-        axis.set_xticks(positions, methods, rotation=30)
-        axis.set_title(f"{title}\n({hint})", fontsize=9)
-    axes[0].legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)

@@ -1,0 +1,78 @@
+"""The checks that cost extra forward passes or extra models, on the stratified sample only.
+
+Per sampled image, method, CAM layer and target class:
+- deletion and insertion AUC in the map's order and in random order (Petsiuk et al. 2018);
+- Adebayo et al.'s sanity checks (`medray.explain.sanity`): Spearman and SSIM between the trained
+  model's map and the map after each step of the cascading re-initialisation, and the map of the
+  same architecture trained on permuted labels;
+- the shared-structure reference: the same similarities between the trained model's maps of two
+  different images of the same class, i.e. how alike two maps are through what all images share
+  (anatomy, frame, upsampling) without any image-specific evidence.
+
+It runs as one Ray task (on a GPU when the CAM actors get one): the sample is a few hundred images
+and the label-randomised model is trained on all of them at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from medray.explain import checks, sanity
+from medray.explain.cam import CamExplainer
+from medray.models.classifier import load_model_bytes
+from medray.models.preprocessing import to_model_input
+from medray.models.registry import get_backbone
+
+SAMPLE_CHECKS = "sample_checks.parquet"
+SIMILARITIES = ("rank_corr", "ssim")
+
+
+def sample_checks(model_bytes: bytes, backbone_name: str, num_classes: int, rows: dict, explain_config
+                  ) -> tuple[pa.Table, list[str]]:
+    """rows: the sample's decoded rows (row_id, pixels (N, H, W) uint8, label).
+
+    Returns one table row per map and the cascade's step names (the top layer of each block)."""
+    backbone = get_backbone(backbone_name)
+    model = load_model_bytes(model_bytes)
+    images = to_model_input(rows["pixels"], backbone.model_input)
+    labels = np.asarray(rows["label"], np.int64)
+    count, size = len(images), images.shape[1:3]
+    explainer = CamExplainer(model, backbone.cam_layers, explain_config.methods)
+    targets = {"predicted": None, "true": labels,
+               "all": np.tile(np.arange(num_classes), (count, 1))}[explain_config.target]
+    explained = explainer(images, targets)
+    blocks = sanity.cascade_blocks(model, explain_config.cascade_steps)
+    cascade = sanity.cascade_maps(model, backbone.cam_layers, explain_config.methods, images, explained.targets,
+                                  blocks)
+    label_random = None
+    if explain_config.label_randomisation_epochs:
+        permuted_model = sanity.label_randomised_model(model, images, labels, explain_config.label_randomisation_epochs,
+                                                       explain_config.batch_size)
+        label_random = CamExplainer(permuted_model, backbone.cam_layers, explain_config.methods)(
+            images, explained.targets).maps
+    partners = sanity.shared_structure_partners(labels)
+    predictions = explained.probabilities.argmax(axis=1)
+    parts = []
+    for key, maps in explained.maps.items():
+        for slot in range(explained.targets.shape[1]):
+            trained, slot_targets = maps[:, slot], explained.targets[:, slot]
+            upsampled = checks.upsample_maps(trained, size)
+            columns = {"row_id": np.asarray(rows["row_id"]).astype(str), "label": labels, "prediction": predictions,
+                       "target": slot_targets, "method": [key[0]] * count, "layer": [key[1]] * count}
+            for order, prefix in (("map", ""), ("random", "random_order_")):
+                deletion, insertion = checks.deletion_insertion_auc(images, upsampled, slot_targets,
+                                                                    explainer.probabilities,
+                                                                    explain_config.deletion_steps, order=order)
+                columns[f"{prefix}deletion_auc"], columns[f"{prefix}insertion_auc"] = deletion, insertion
+            steps = [sanity.map_similarity(trained, step[key][:, slot], size) for step in cascade]
+            for name in SIMILARITIES:
+                columns[f"cascade_{name}"] = list(np.stack([step[name] for step in steps], axis=1))
+            random_labels = (sanity.map_similarity(trained, label_random[key][:, slot], size) if label_random
+                             else {name: np.full(count, np.nan) for name in SIMILARITIES})
+            shared = sanity.map_similarity(trained, trained[partners], size)
+            for name in SIMILARITIES:
+                columns[f"label_random_{name}"] = random_labels[name]
+                columns[f"shared_{name}"] = shared[name]
+            parts.append(pa.table(columns))
+    return pa.concat_tables(parts), sanity.block_names(model, blocks)
