@@ -81,6 +81,11 @@ class DataConfig(_Section):
     # Keep the decoded train and validation rows in Ray's object store after the first epoch, so
     # later epochs only augment. "auto": when they take at most a tenth of the object store.
     cache: Literal["auto", "always", "never"] = "auto"
+    # For `medray explain --model` only. False: the images carry no labels (a folder of images or
+    # DICOM files without class subfolders, a parquet without data.label_column): every row is
+    # explained and filed under its predicted class. None: no labels when the parquet has no label
+    # column or the folder holds its images directly.
+    labelled: bool | None = None
 
 
 class ModelConfig(_Section):
@@ -171,6 +176,16 @@ class ExplainConfig(_Section):
     checks: bool = True
     deletion_steps: int = Field(16, ge=2, le=256)
     gallery_size: int = Field(16, ge=0, le=256)
+    # A Keras classifier trained elsewhere (.keras or .h5), explained instead of a run's model.
+    model: Path | None = None
+    # What that model expects of [0, 255] pixels: none, unit (1/255), symmetric ([-1, 1]), imagenet
+    # (1/255 then ImageNet mean/std), or a registry backbone's own preprocess_input (e.g. mobilenet_v2).
+    preprocess: Literal["none", "unit", "symmetric", "imagenet", "mobilenet_v2", "densenet169", "inception_v3",
+                        "xception", "resnet50", "efficientnet_b0"] = "unit"
+    # Layer path(s) to read maps from (`outer/inner` inside a nested backbone); None: found from the graph.
+    cam_layer: str | list[str] | None = None
+    # Lambda layers run Python code stored in the model file; refused unless this is true.
+    trust_model_code: bool = False
 
     @property
     def methods(self) -> list[str]:

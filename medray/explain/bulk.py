@@ -33,6 +33,7 @@ from medray.explain.scorecard import score_methods, write_scorecard
 from medray.filenames import safe_filename
 from medray.keras_setup import keras
 from medray.models.actor import ModelActor
+from medray.models.user_model import keras_of
 
 CHECK_COLUMNS = ("pointing_game", "energy_in_lesion", "lesion_share", "deletion_auc", "insertion_auc",
                  "random_order_deletion_auc", "random_order_insertion_auc", "random_model_rank_corr")
@@ -75,8 +76,8 @@ class CamActor(ModelActor):
         super().__init__(model_bytes, backbone_name)
         self.class_names, self.target = class_names, target
         self.overlays, self.colorbar, self.checks, self.deletion_steps = overlays, colorbar, checks, deletion_steps
-        self.explainer = CamExplainer(self.model, self.backbone.cam_layers, methods)
-        self.random_explainer = (CamExplainer(randomised_copy(self.model), self.backbone.cam_layers, methods)
+        self.explainer = CamExplainer(self.model, self.cam_layers, methods)
+        self.random_explainer = (CamExplainer(randomised_copy(self.model), self.explainer.layers, methods)
                                  if checks else None)
 
     def __call__(self, batch: dict) -> pa.Table:
@@ -100,9 +101,11 @@ class CamActor(ModelActor):
                                    randomised.maps[(method, layer)][:, slot] if randomised else None),
                 }
                 if self.overlays:
-                    columns["overlay_file"] = [self._overlay_file(method, layer, label, row_id, target)
-                                               for label, row_id, target in
-                                               zip(batch["label"], columns["row_id"], slot_targets)]
+                    # unlabelled images (label -1) are filed under the class the model predicts
+                    folders = np.where(batch["label"] >= 0, batch["label"], predictions)
+                    columns["overlay_file"] = [self._overlay_file(method, layer, folder, row_id, target)
+                                               for folder, row_id, target in
+                                               zip(folders, columns["row_id"], slot_targets)]
                     columns["overlay"] = [overlay_png(pixels, cam, self.colorbar)
                                           for pixels, cam in zip(batch["pixels"], slot_maps)]
                 parts.append(maps_table(columns))
@@ -131,7 +134,7 @@ class CamActor(ModelActor):
         name = safe_filename(row_id)
         if self.target == "all":
             name += f"-{safe_filename(self.class_names[int(target)])}"
-        if len(self.backbone.cam_layers) > 1:
+        if len(self.explainer.layers) > 1:
             name += f"-{safe_filename(layer)}"
         return f"{safe_filename(method)}/{safe_filename(self.class_names[int(label)])}/{name}.png"
 
@@ -140,8 +143,9 @@ def randomised_copy(model: keras.Model) -> keras.Model:
     """The same architecture with every weight re-initialised (Adebayo et al.'s randomisation test).
     Its own seed: a model built after the common set_random_seed(0) would otherwise be re-drawn
     identically."""
-    keras.utils.set_random_seed(RANDOMISATION_SEED)
-    return keras.models.clone_model(model)
+    library = keras_of(model)  # a user's model may be a Keras 3 one
+    library.utils.set_random_seed(RANDOMISATION_SEED)
+    return library.models.clone_model(model)
 
 
 def maps_table(columns: dict) -> pa.Table:

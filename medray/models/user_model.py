@@ -142,6 +142,12 @@ def _read_h5(path: Path) -> tuple[str, dict]:
             json.loads(config.decode() if isinstance(config, bytes) else config))
 
 
+def keras_of(model):
+    """The Keras that built `model`: tf-keras (medray's own models) or Keras 3."""
+    keras = _tf_keras()
+    return keras if isinstance(model, keras.Model) else _keras3()
+
+
 def _tf_keras():
     from medray.keras_setup import keras
 
