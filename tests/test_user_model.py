@@ -83,3 +83,22 @@ def test_class_names_must_match_the_model_outputs():
     check_class_names(["normal", "tumour"], ModelShape(16, 1, 1), "m.h5")  # a sigmoid head has two classes
     with pytest.raises(MedrayError, match=r"m\.h5: the model predicts 3 classes but 2 class names"):
         check_class_names(["normal", "tumour"], ModelShape(16, 1, 3), "m.h5")
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("none", [0.0, 127.5, 255.0]), ("unit", [0.0, 0.5, 1.0]), ("symmetric", [-1.0, 0.0, 1.0]),
+    ("mobilenet_v2", [-1.0, 0.0, 1.0]),
+])
+def test_declared_preprocessing_maps_pixels_as_the_model_was_trained(name, expected):
+    from medray.explain.model_job import preprocessing
+
+    pixels = np.array([0.0, 127.5, 255.0], np.float32).reshape(1, 1, 3, 1)
+    assert np.allclose(preprocessing(name)(pixels).ravel(), expected)
+
+
+def test_imagenet_preprocessing_matches_keras_torch_mode():
+    from medray.explain.model_job import preprocessing
+
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3)).astype(np.float32)
+    reference = keras.applications.imagenet_utils.preprocess_input(pixels.copy(), mode="torch")
+    assert np.allclose(preprocessing("imagenet")(pixels), reference, atol=1e-5)
