@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 
-# How a MedrayError reads once Ray has turned a worker's traceback into text.
-_IN_TRACEBACK = re.compile(r"medray\.errors\.MedrayError: (.+)")
+# How a MedrayError (or its BadImage, raised by a decoding task) reads once Ray has turned a
+# worker's traceback into text.
+_IN_TRACEBACK = re.compile(r"medray\.(?:errors\.MedrayError|data\.decode\.BadImage): (.+)")
 
 
 class MedrayError(Exception):

@@ -115,3 +115,13 @@ def test_a_labelled_test_split_gets_metrics_and_the_run_report(tmp_path, tiny_da
     assert len(predictions) == 24 and set(predictions["label_name"]) <= set(CLASS_NAMES)
     assert (out / "metrics.json").is_file() and (out / "report.html").is_file()
     assert "no accuracy figures" not in (out / "summary.txt").read_text()
+
+
+def test_an_unreadable_unlabelled_image_stops_the_job_in_one_line_naming_it(tmp_path, ray_cluster, capsys):
+    folder = tmp_path / "scans"
+    write(folder / "good.png", image_bytes(scan(0)))
+    write(folder / "broken.png", b"\x89PNG not really")
+    model = nested_sigmoid_model(tmp_path / "classifier.h5")
+    assert main(explain_args(model, folder, tmp_path / "out", "data.source=folders")) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("medray: error: ") and "broken.png" in error and "remove or replace it" in error
