@@ -117,11 +117,15 @@ def test_a_labelled_test_split_gets_metrics_and_the_run_report(tmp_path, tiny_da
     assert "no accuracy figures" not in (out / "summary.txt").read_text()
 
 
-def test_an_unreadable_unlabelled_image_stops_the_job_in_one_line_naming_it(tmp_path, ray_cluster, capsys):
+def test_an_unreadable_unlabelled_image_stops_the_job_in_one_line_or_is_skipped_and_counted(tmp_path, ray_cluster,
+                                                                                              capsys):
     folder = tmp_path / "scans"
     write(folder / "good.png", image_bytes(scan(0)))
     write(folder / "broken.png", b"\x89PNG not really")
     model = nested_sigmoid_model(tmp_path / "classifier.h5")
-    assert main(explain_args(model, folder, tmp_path / "out", "data.source=folders")) == 2
+    assert main(explain_args(model, folder, tmp_path / "out", "data.source=folders", "output.run_id=strict")) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("medray: error: ") and "broken.png" in error and "remove or replace it" in error
+    assert error.startswith("medray: error: ") and "broken.png" in error and "data.on_bad_image: skip" in error
+    assert main(explain_args(model, folder, tmp_path / "out", "data.source=folders", "data.on_bad_image=skip")) == 0
+    assert "images left out as unreadable: 1" in capsys.readouterr().out
+    assert list(pd.read_parquet(tmp_path / "out" / "mine" / "predictions.parquet")["row_id"]) == ["good.png"]

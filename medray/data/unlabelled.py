@@ -8,6 +8,7 @@ Every row becomes a read task of the "test" split with label -1, in the same pie
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -48,6 +49,21 @@ def discover_unlabelled(data_config, class_names: list[str]) -> Source:
                           "files without a suffix)")
     return Source(data_config.source, root, list(class_names), {split: pieces if split == "test" else []
                                                                  for split in SPLITS})
+
+
+def usable_unlabelled(source: Source, data_config, manifest_path: Path) -> tuple[Source, int]:
+    """The rows that decode, after one pass over all of them (the run's manifest); unusable rows
+    stop the job in one line naming the first, or with data.on_bad_image: skip are left out and
+    counted. Returns the usable source and the number of rows left out."""
+    from medray.data.manifest import OK, enforce_policy, load_or_build_manifest, usable_pieces
+
+    frame = load_or_build_manifest(source, data_config, manifest_path)
+    enforce_policy(frame, data_config.on_bad_image)
+    pieces = usable_pieces(frame)
+    if not pieces["test"]:
+        raise MedrayError(f"data.path {data_config.path}: none of the {len(frame)} images can be decoded "
+                          f"(see {manifest_path})")
+    return replace(source, pieces=pieces), int((frame["status"] != OK).sum())
 
 
 def row_sources(source: Source) -> dict[str, str]:

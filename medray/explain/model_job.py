@@ -18,7 +18,7 @@ from medray.config import to_yaml
 from medray.data.manifest import prepare_source
 from medray.data.pipeline import read_split
 from medray.data.sources import discover
-from medray.data.unlabelled import discover_unlabelled, has_labels, row_sources
+from medray.data.unlabelled import discover_unlabelled, has_labels, row_sources, usable_unlabelled
 from medray.errors import MedrayError
 from medray.evaluate import compute_metrics, predictions_from_maps
 from medray.explain.bulk import ExplainOutcome, explain_split
@@ -72,9 +72,12 @@ def explain_model(config, model_path: str | Path | None = None,
     out_dir = create_run_dir(config)
     (out_dir / "config.yaml").write_text(to_yaml(config))
     connect(config.scaling)
+    skipped = 0
     if labelled:  # bad rows refused or skipped and counted, as in a run
         source, data_report = prepare_source(source, config.data, out_dir)
         (out_dir / "data.json").write_text(json.dumps(data_report, indent=2))
+    else:
+        source, skipped = usable_unlabelled(source, config.data, out_dir / "manifest.parquet")
     spec = UserModelSpec(path.suffix.lower(), ModelInput(shape.channels, preprocessing(config.explain.preprocess)),
                          cam_layers, config.explain.trust_model_code)
     explained = explain_split(read_split(source, "test", shape.input_size, config.data), path.read_bytes(), spec,
@@ -87,6 +90,9 @@ def explain_model(config, model_path: str | Path | None = None,
         (out_dir / "metrics.json").write_text(json.dumps(compute_metrics(predictions, class_names), indent=2))
     else:
         lines.append(NO_LABELS)
+        if skipped:
+            lines.append(f"images left out as unreadable: {skipped} (data.on_bad_image: skip; "
+                         f"see {out_dir / 'manifest.parquet'})")
     facts = {"model": str(path.resolve()), "input_size": shape.input_size, "channels": shape.channels,
              "class_names": class_names, "preprocess": config.explain.preprocess, "cam_layers": list(cam_layers),
              "labelled": labelled}
