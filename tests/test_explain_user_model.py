@@ -51,12 +51,14 @@ def test_a_folder_of_unlabelled_images_and_dicom_files_is_predicted_and_filed_by
     folder.joinpath("series").mkdir()
     write_dicom(folder / "series" / "IM0001", scan(9, 12).astype(np.uint16) * 8)  # DICOM without a suffix
     model = nested_sigmoid_model(tmp_path / "classifier.h5")
-    assert main(explain_args(model, folder, tmp_path / "out", "data.source=folders", "explain.preprocess=symmetric")) == 0
+    args = explain_args(model, folder, tmp_path / "out", "data.source=folders", "explain.preprocess=symmetric")
+    assert main(args) == 0
     out = tmp_path / "out" / "mine"
     predictions = pd.read_parquet(out / "predictions.parquet")
     assert sorted(predictions["row_id"]) == ["scan0.png", "scan1.png", "scan2.png", "scan3.png", "scan4.png",
                                              "series/IM0001"]
-    assert predictions.loc[predictions["row_id"] == "series/IM0001", "source"].item() == str(folder / "series" / "IM0001")
+    dicom_source = predictions.loc[predictions["row_id"] == "series/IM0001", "source"].item()
+    assert dicom_source == str(folder / "series" / "IM0001")
     assert set(predictions["prediction_name"]) <= set(CLASSES) and predictions["label_name"].isna().all()
     assert np.allclose(np.stack(predictions["probabilities"]).sum(axis=1), 1, atol=1e-6)
     maps = pq.read_table(out / "explain" / "maps").to_pandas()
@@ -77,8 +79,9 @@ def test_a_folder_of_unlabelled_images_and_dicom_files_is_predicted_and_filed_by
 def test_a_parquet_without_a_label_column_is_explained_row_by_row(tmp_path, ray_cluster):
     pq.write_table(pa.table({"image": [image_bytes(scan(index)) for index in range(3)]}), tmp_path / "test-new.parquet")
     model = nested_sigmoid_model(tmp_path / "classifier.keras")
-    assert main(explain_args(model, tmp_path / "test-new.parquet", tmp_path / "out", "explain.method=[gradcam,scorecam]",
-                             "explain.preprocess=mobilenet_v2", "explain.target=all")) == 0
+    assert main(explain_args(model, tmp_path / "test-new.parquet", tmp_path / "out",
+                             "explain.method=[gradcam,scorecam]", "explain.preprocess=mobilenet_v2",
+                             "explain.target=all")) == 0
     predictions = pd.read_parquet(tmp_path / "out" / "mine" / "predictions.parquet")
     assert list(predictions["row_id"]) == ["test-new.parquet#0", "test-new.parquet#1", "test-new.parquet#2"]
     assert predictions["source"].str.endswith("test-new.parquet row 0").sum() == 1
@@ -106,7 +109,8 @@ def test_a_labelled_test_split_gets_metrics_and_the_run_report(tmp_path, tiny_da
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((32, 32, 1)), keras.layers.Conv2D(4, 3, activation="relu", name="features"),
-                              keras.layers.GlobalMaxPooling2D(), keras.layers.Dense(len(CLASS_NAMES), activation="softmax")])
+                              keras.layers.GlobalMaxPooling2D(),
+                              keras.layers.Dense(len(CLASS_NAMES), activation="softmax")])
     model.save(tmp_path / "three.keras", save_format="keras_v3")
     assert main(explain_args(tmp_path / "three.keras", tiny_dataset / "parquet", tmp_path / "out",
                              "data.class_names=null", "explain.preprocess=none")) == 0

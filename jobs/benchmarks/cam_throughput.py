@@ -84,8 +84,9 @@ def main() -> None:
     if results:
         print_table(results)
     if NESTED in results and "mobilenet_v2" in results:
-        print(f"\n{NESTED} (.h5) bulk / mobilenet_v2 bulk: {results[NESTED]['bulk'] / results['mobilenet_v2']['bulk']:.2f}, "
-              f"steady: {results[NESTED]['steady'] / results['mobilenet_v2']['steady']:.2f}")
+        nested, own = results[NESTED], results["mobilenet_v2"]
+        print(f"\n{NESTED} (.h5) bulk / mobilenet_v2 bulk: {nested['bulk'] / own['bulk']:.2f}, "
+              f"steady: {nested['steady'] / own['steady']:.2f}")
     if not args.skip_memory:
         memory(args.memory_sizes, work / "memory", args.memory_overlays)
 
@@ -121,7 +122,8 @@ def throughput(name: str, size: int, images: int, loop_images: int, batch: int, 
     inputs = to_model_input(pixels, backbone.model_input)
     layer = None if name == NESTED else backbone.cam_layers[0]
     result = {
-        "loop": float("nan") if name == NESTED else rate(loop_images, lambda: per_image_loop(model, layer, inputs[:loop_images])),
+        "loop": (float("nan") if name == NESTED
+                 else rate(loop_images, lambda: per_image_loop(model, layer, inputs[:loop_images]))),
         "limit": float("nan") if name == NESTED else batched_limit(model, layer, inputs, batch),
         "explainer": explainer_rate(model, layer, inputs, batch),
     }

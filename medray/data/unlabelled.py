@@ -85,8 +85,9 @@ def _folder_pieces(data_config) -> tuple[Path, list[dict]]:
     # DICOM series are often stored as files without a suffix; decoding tells them from other files.
     files = sorted(file for file in root.rglob("*") if file.is_file() and not file.name.startswith(".")
                    and (_is_image_name(file) or not file.suffix))
-    return root, [{"file": str(file), "part": 0, "offset": 0, "rows": [0], "row_ids": [file.relative_to(root).as_posix()],
-                   "labels": [UNLABELLED], "split": "test"} for file in files]
+    return root, [{"file": str(file), "part": 0, "offset": 0, "rows": [0],
+                   "row_ids": [file.relative_to(root).as_posix()], "labels": [UNLABELLED], "split": "test"}
+                  for file in files]
 
 
 def _parquet_pieces(data_config) -> tuple[Path, list[dict]]:
