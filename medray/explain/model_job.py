@@ -58,10 +58,10 @@ def explain_model(config, model_path: str | Path | None = None,
     if config.model.input_size and config.model.input_size != shape.input_size:
         raise MedrayError(f"{path}: the model takes {shape.input_size} px images but model.input_size="
                           f"{config.model.input_size}; remove model.input_size, medray reads the size from the model")
-    if config.explain.target == "true" and not has_labels(config.data):
+    labelled = has_labels(config.data)
+    if config.explain.target == "true" and not labelled:
         raise MedrayError(f"explain.target=true: the images in {config.data.path} have no labels; use predicted or all")
     cam_layers = CamGraph(model, config.explain.cam_layer).layers
-    labelled = has_labels(config.data)
     if labelled:
         source = discover(config.data)
         class_names = source.class_names
