@@ -36,10 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(run)
     run.set_defaults(command=command_run)
 
-    explain = commands.add_parser("explain", help="CAM maps, galleries and checks for a finished run's test split")
+    explain = commands.add_parser("explain", help="CAM maps, galleries and checks for a finished run's test split, "
+                                                   "or for a Keras model trained elsewhere (--model)")
     add_config_arguments(explain)
-    explain.add_argument("--run", required=True, dest="run_dir",
-                         help="the run's folder (holds model.keras), e.g. results/demo-20261123-053822")
+    explain.add_argument("--run", dest="run_dir",
+                         help="the run's folder (holds model.keras), e.g. results/demo-20261123-053822; with "
+                              "--model, only where the class names come from")
+    explain.add_argument("--model", help="a Keras classifier (.keras or .h5) to explain over data.path "
+                                         "(same as explain.model)")
+    explain.add_argument("--trust-model-code", action="store_true",
+                         help="load a model holding Lambda layers, whose Python code runs on load: only "
+                              "files from authors you trust (same as explain.trust_model_code)")
     explain.set_defaults(command=command_explain)
 
     tune = commands.add_parser("tune", help="search hyperparameters and backbones with Ray Tune, rank them")
@@ -132,7 +139,16 @@ def command_explain(args: argparse.Namespace) -> None:
     from medray.config import load_config
     from medray.explain.job import explain_run
 
-    outcome = explain_run(load_config(args.config, args.overrides), args.run_dir)
+    overrides = [*args.overrides, *(["explain.trust_model_code=true"] if args.trust_model_code else [])]
+    config = load_config(args.config, overrides)
+    if args.model or config.explain.model:
+        from medray.explain.model_job import explain_model
+
+        print((explain_model(config, args.model, args.run_dir).out_dir / "summary.txt").read_text(), end="")
+        return
+    if args.run_dir is None:
+        raise MedrayError("medray explain needs --run <run folder> or --model <.keras or .h5 file>")
+    outcome = explain_run(config, args.run_dir)
     print((outcome.maps_dir.parent / "summary.txt").read_text(), end="")
 
 

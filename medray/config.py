@@ -95,6 +95,11 @@ class DataConfig(_Section):
     # shuffle_buffer_rows rows in every training worker (less data moved, less mixing).
     shuffle: Literal["full", "blocks"] = "full"
     shuffle_buffer_rows: int = Field(1024, ge=1, le=1_000_000)
+    # For `medray explain --model` only. False: the images carry no labels (a folder of images or
+    # DICOM files without class subfolders, a parquet without data.label_column): every row is
+    # explained and filed under its predicted class. None: no labels when the parquet has no label
+    # column or the folder holds its images directly.
+    labelled: bool | None = None
 
 
 class ModelConfig(_Section):
@@ -195,6 +200,16 @@ class ExplainConfig(_Section):
     # test; 0 leaves that test out.
     label_randomisation_epochs: int = Field(10, ge=0, le=1000)
     gallery_size: int = Field(16, ge=0, le=256)
+    # A Keras classifier trained elsewhere (.keras or .h5), explained instead of a run's model.
+    model: Path | None = None
+    # What that model expects of [0, 255] pixels: none, unit (1/255), symmetric ([-1, 1]), imagenet
+    # (1/255 then ImageNet mean/std), or a registry backbone's own preprocess_input (e.g. mobilenet_v2).
+    preprocess: Literal["none", "unit", "symmetric", "imagenet", "mobilenet_v2", "densenet169", "inception_v3",
+                        "xception", "resnet50", "efficientnet_b0"] = "unit"
+    # Layer path(s) to read maps from (`outer/inner` inside a nested backbone); None: found from the graph.
+    cam_layer: str | list[str] | None = None
+    # Lambda layers run Python code stored in the model file; refused unless this is true.
+    trust_model_code: bool = False
 
     @property
     def methods(self) -> list[str]:

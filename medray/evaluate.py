@@ -49,7 +49,7 @@ def prediction_table(row_ids: np.ndarray, labels: np.ndarray, probabilities: np.
     frame = pd.DataFrame({
         "row_id": row_ids,
         "label": labels,
-        "label_name": [class_names[label] for label in labels],
+        "label_name": [class_names[label] if label >= 0 else None for label in labels],  # -1: unlabelled
         "prediction": predictions,
         "prediction_name": [class_names[index] for index in predictions],
         "confidence": probabilities.max(axis=1),

@@ -18,6 +18,11 @@ trained briefly on phantoms (the speed of a map does not depend on how well the 
             driver writes the maps parquet; once with overlay PNGs off and once on. "steady"
             excludes actor start-up and the sample's checks by timing from the first written
             shard to the last.
+The row nested_mobilenet_v2 is a user's model (`medray explain --model`): MobileNetV2 nested as one
+layer of a Functional model, saved as .h5; its CAM layer is found in the graph. The seeds' loop and
+the limit read `model.get_layer(layer).output`, which a nested backbone does not have (keras-io's
+disconnected graph), so they are not run for it; the last line compares its bulk rate with medray's
+own MobileNetV2 at the same size (goal: within 10 %).
 """
 
 from __future__ import annotations
@@ -40,11 +45,13 @@ from medray.config import ExplainConfig, ModelConfig, validate_config
 from medray.data.phantoms import make_phantoms
 from medray.data.synth import write_demo_dataset
 from medray.keras_setup import keras, tf
+from medray.models.actor import UserModelSpec
 from medray.models.classifier import build_classifier
 from medray.models.preprocessing import to_model_input
 from medray.models.registry import get_backbone
 
-SIZES = {"baseline_cnn": 64, "mobilenet_v2": 128}
+SIZES = {"baseline_cnn": 64, "mobilenet_v2": 128, "nested_mobilenet_v2": 128}
+NESTED = "nested_mobilenet_v2"
 BATCH = 64  # the default; --batch changes it for the throughput runs (the memory runs keep it)
 
 
@@ -80,6 +87,12 @@ def main() -> None:
                                    work / name)
     if results:
         print_table(results)
+    if NESTED in results and "mobilenet_v2" in results:
+        nested, own = results[NESTED], results["mobilenet_v2"]
+        for overlays in ("off", "on"):
+            bulk, steady = f"bulk overlays {overlays}", f"steady overlays {overlays}"
+            print(f"{NESTED} (.h5) / mobilenet_v2, overlays {overlays}: bulk {nested[bulk] / own[bulk]:.2f}, "
+                  f"steady {nested[steady] / own[steady]:.2f}  (goal: within 10 %)")
     if not args.skip_memory:
         memory(args.memory_sizes, work / "memory", args.memory_overlays)
 
@@ -98,9 +111,9 @@ def print_table(results: dict) -> None:
 
 def throughput(name: str, size: int, images: int, loop_images: int, batch: int, work: Path) -> dict:
     print(f"\n== {name} at {size}x{size}, {images} images, batch {batch} ==")
-    backbone = get_backbone(name)
-    model = trained_model(backbone, size)
-    model_path = work / "model.keras"
+    backbone = get_backbone("mobilenet_v2" if name == NESTED else name)
+    model = trained_model(backbone, size, nested=name == NESTED)
+    model_path = work / ("model.h5" if name == NESTED else "model.keras")
     model_path.parent.mkdir(parents=True, exist_ok=True)
     model.save(str(model_path))  # a str: tf-keras writes legacy HDF5 for a Path
     data = work / "data"
@@ -115,30 +128,41 @@ def throughput(name: str, size: int, images: int, loop_images: int, batch: int, 
     pixels = np.stack([decode_gray(item["bytes"], size, 10**8, where="bench")
                        for item in test_pixels.column("image").to_pylist()])
     inputs = to_model_input(pixels, backbone.model_input)
-    layer = backbone.cam_layers[0]
+    layer = None if name == NESTED else backbone.cam_layers[0]
     result = {
-        "loop": rate(loop_images, lambda: per_image_loop(model, layer, inputs[:loop_images])),
-        "limit": batched_limit(model, layer, inputs, batch),
+        "loop": (float("nan") if name == NESTED
+                 else rate(loop_images, lambda: per_image_loop(model, layer, inputs[:loop_images]))),
+        "limit": float("nan") if name == NESTED else batched_limit(model, layer, inputs, batch),
         "explainer": explainer_rate(model, layer, inputs, batch),
     }
+    run_as = UserModelSpec(".h5", backbone.model_input, None) if name == NESTED else name
     for overlays in ("off", "on"):
         result[f"bulk overlays {overlays}"], result[f"steady overlays {overlays}"] = bulk_job_rate(
-            data / "parquet", model_path, name, size, batch, overlays == "on", work / f"run-overlays-{overlays}")
+            data / "parquet", model_path, run_as, size, batch, overlays == "on", work / f"run-overlays-{overlays}")
     for key, value in result.items():
         print(f"  {key:<10} {value:8.1f} maps/s")
     return result
 
 
-def trained_model(backbone, size: int) -> keras.Model:
+def trained_model(backbone, size: int, nested: bool = False) -> keras.Model:
     keras.utils.set_random_seed(0)
     images, _, labels = make_phantoms(256, size, seed=0)
-    model = build_classifier(backbone, size, 3, ModelConfig(backbone=backbone.name, weights="none")
-                             if "weights" in ModelConfig.model_fields else ModelConfig(backbone=backbone.name))
+    model = (nested_classifier(size) if nested else
+             build_classifier(backbone, size, 3, ModelConfig(backbone=backbone.name, weights="none")))
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
     started = time.perf_counter()
     model.fit(to_model_input(images, backbone.model_input), labels, epochs=2, batch_size=32, verbose=0)
     print(f"  trained 2 epochs on 256 phantoms in {time.perf_counter() - started:.0f} s")
     return model
+
+
+def nested_classifier(size: int) -> keras.Model:
+    """The transfer-learning recipe of the seed notebooks: the backbone as one layer, then a head."""
+    base = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(size, size, 3))
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.GlobalAveragePooling2D()(base(inputs, training=False))
+    x = keras.layers.Dropout(0.3)(keras.layers.Dense(128, activation="relu")(x))
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
 
 
 def rate(count: int, work) -> float:
@@ -194,13 +218,14 @@ def explain_settings(overlays: bool, batch: int = BATCH) -> ExplainConfig:
     return ExplainConfig(method="gradcam", batch_size=batch, concurrency=1, overlays=overlays, gallery_size=0)
 
 
-def bulk_job_rate(parquet: Path, model_path: Path, backbone: str, size: int, batch: int, overlays: bool,
+def bulk_job_rate(parquet: Path, model_path: Path, backbone: str | UserModelSpec, size: int, batch: int,
+                  overlays: bool,
                   out: Path) -> tuple[float, float]:
     from medray.data.pipeline import read_split
     from medray.data.sources import discover
     from medray.explain.bulk import explain_split
 
-    config = validate_config({"data": {"path": str(parquet)}, "model": {"backbone": backbone, "input_size": size}})
+    config = validate_config({"data": {"path": str(parquet)}, "model": {"input_size": size}})
     source = discover(config.data)
     shutil.rmtree(out, ignore_errors=True)
     written = []

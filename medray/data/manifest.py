@@ -178,6 +178,16 @@ def enforce_policy(frame: pd.DataFrame, on_bad_image: str) -> None:
 
 def usable_source(source: Source, frame: pd.DataFrame) -> Source:
     """The source reduced to the manifest's usable rows: its read tasks, counts and reported rows."""
+    pieces = usable_pieces(frame)
+    counts = {split: count_labels(pieces[split], len(source.class_names)) for split in SPLITS}
+    reported = frame[frame["status"] != OK][["row_id", "split", "source", "status", "message"]]
+    usable = replace(source, pieces=pieces, class_counts=counts, rejected=reported.to_dict("records"))
+    check_usable(usable)
+    return usable
+
+
+def usable_pieces(frame: pd.DataFrame) -> dict[str, list[dict]]:
+    """The read tasks of the manifest's usable rows, split by split."""
     used = frame[frame["status"] == OK]
     pieces: dict[str, list[dict]] = {split: [] for split in SPLITS}
     for (split, _order), rows in used.groupby(["split", "order"], sort=False):
@@ -185,11 +195,7 @@ def usable_source(source: Source, frame: pd.DataFrame) -> Source:
         pieces[split].append({"file": first["file"], "part": int(first["part"]), "offset": int(first["offset"]),
                               "rows": rows["row"].astype(int).tolist(), "row_ids": rows["row_id"].tolist(),
                               "labels": rows["label"].astype(int).tolist(), "split": split})
-    counts = {split: count_labels(pieces[split], len(source.class_names)) for split in SPLITS}
-    reported = frame[frame["status"] != OK][["row_id", "split", "source", "status", "message"]]
-    usable = replace(source, pieces=pieces, class_counts=counts, rejected=reported.to_dict("records"))
-    check_usable(usable)
-    return usable
+    return pieces
 
 
 def prepare_source(source: Source, data_config, run_dir: Path) -> tuple[Source, dict]:

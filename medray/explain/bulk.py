@@ -39,6 +39,7 @@ from medray.explain.sample_checks import SAMPLE_CHECKS, sample_checks
 from medray.explain.scorecard import score_methods, write_scorecard
 from medray.filenames import safe_filename
 from medray.models.actor import ModelActor
+from medray.models.user_model import keras_of
 
 CHECK_COLUMNS = ("pointing_game", "energy_in_lesion", "lesion_share")
 MAPS_SCHEMA = pa.schema([
@@ -79,7 +80,7 @@ class CamActor(ModelActor):
         super().__init__(model_bytes, backbone_name)
         self.class_names, self.target = class_names, target
         self.overlays, self.checks = overlays, checks
-        self.explainer = CamExplainer(self.model, self.backbone.cam_layers, methods)
+        self.explainer = CamExplainer(self.model, self.cam_layers, methods)
 
     def __call__(self, batch: dict) -> pa.Table:
         images = self.model_input(batch["pixels"])
@@ -100,11 +101,13 @@ class CamActor(ModelActor):
                     **self._localisation(batch, slot_maps, images.shape[1:3]),
                 }
                 if self.overlays:
-                    columns["overlay_file"] = [self._overlay_file(method, layer, label, row_id, target)
-                                               for label, row_id, target in
-                                               zip(batch["label"], columns["row_id"], slot_targets)]
+                    # unlabelled images (label -1) are filed under the class the model predicts
+                    folders = np.where(batch["label"] >= 0, batch["label"], predictions)
+                    columns["overlay_file"] = [self._overlay_file(method, layer, folder, row_id, target)
+                                               for folder, row_id, target in
+                                               zip(folders, columns["row_id"], slot_targets)]
                     columns["overlay_pixels"] = [pixels.tobytes() for pixels in batch["pixels"]]
-                    columns["overlay_shape"] = batch["pixels"].shape[1:3]
+                    columns["overlay_shape"] = batch["pixels"].shape[1:]
                 parts.append(maps_table(columns))
         return pa.concat_tables(parts)
 
@@ -121,7 +124,7 @@ class CamActor(ModelActor):
         name = safe_filename(row_id)
         if self.target == "all":
             name += f"-{safe_filename(self.class_names[int(target)])}"
-        if len(self.backbone.cam_layers) > 1:
+        if len(self.explainer.layers) > 1:
             name += f"-{safe_filename(layer)}"
         return f"{safe_filename(method)}/{safe_filename(self.class_names[int(label)])}/{name}.png"
 
@@ -143,7 +146,7 @@ def maps_table(columns: dict) -> pa.Table:
     }
     table = pa.table({field.name: pa.array(arrays[field.name], field.type) for field in MAPS_SCHEMA},
                      schema=MAPS_SCHEMA)
-    if "overlay_pixels" in columns:  # the grayscale original (H, W) uint8, for `encode_overlays`
+    if "overlay_pixels" in columns:  # the original (H, W) gray or (H, W, 3) RGB uint8, for `encode_overlays`
         table = table.append_column("overlay_pixels", pa.array(columns["overlay_pixels"], pa.binary()))
         for axis, name in enumerate(("overlay_height", "overlay_width")):
             table = table.append_column(name, pa.array([columns["overlay_shape"][axis]] * count, pa.int32()))

@@ -15,7 +15,8 @@ import numpy as np
 
 from medray.errors import MedrayError
 from medray.explain.methods import CAM_METHODS, CamMethod
-from medray.keras_setup import keras, tf
+from medray.explain.graph import CamGraph
+from medray.keras_setup import tf
 
 # Channel-masked copies of the input that Score-CAM sends through the model in one forward pass.
 SCORE_BATCH = 256
@@ -36,29 +37,21 @@ class CamExplainer:
     seed notebooks saw; the pre-softmax score (logit) does not saturate.
     """
 
-    def __init__(self, model: keras.Model, cam_layers: str | Sequence[str], methods: str | Sequence[str] = "gradcam",
+    def __init__(self, model, cam_layers: str | Sequence[str] | None = None, methods: str | Sequence[str] = "gradcam",
                  score_batch: int = SCORE_BATCH):
-        head = model.layers[-1]
-        if not isinstance(head, keras.layers.Dense):
-            raise MedrayError(f"model {model.name}: the last layer must be the Dense softmax head, not {head.name}")
-        self.layers = (cam_layers,) if isinstance(cam_layers, str) else tuple(cam_layers)
+        """`model`: a tf-keras or Keras 3 Sequential or Functional classifier; `cam_layers`: layer
+        paths (`outer/inner` inside nested models), None for the one `find_cam_layer` picks."""
         self.methods: tuple[CamMethod, ...] = tuple(
             _method(name) for name in ((methods,) if isinstance(methods, str) else methods))
-        missing = [name for name in self.layers if name not in {layer.name for layer in model.layers}]
-        if missing:
-            raise MedrayError(f"model {model.name} has no layer {missing[0]!r}; the backbone registry's cam_layers "
-                              "must name layers of the model")
-        self._head = head
-        self._features = keras.Model(model.inputs, [*(model.get_layer(name).output for name in self.layers),
-                                                    head.input])
-        self._pooled = keras.Model(model.inputs, head.input)
+        self._graph = CamGraph(model, cam_layers)
+        self.layers = self._graph.layers
         self._score_batch = score_batch
         self._input_shape = tuple(model.inputs[0].shape[1:])
         # One compiled function per number of classes explained per image (1, or K for "all"); the
         # batch axis stays unknown so a short last batch does not retrace.
         self._compiled: dict[int, Callable] = {}
-        self._compiled_probabilities = tf.function(
-            lambda images: tf.nn.softmax(self._logits(self._pooled(images, training=False))), reduce_retracing=True)
+        self._compiled_probabilities = tf.function(lambda images: self._graph.forward(images)[1],
+                                                   reduce_retracing=True)
 
     @property
     def keys(self) -> list[tuple[str, str]]:
@@ -84,14 +77,10 @@ class CamExplainer:
         """The model's class probabilities, compiled: the forward pass the faithfulness checks use."""
         return self._compiled_probabilities(tf.convert_to_tensor(images, tf.float32)).numpy()
 
-    def _logits(self, pooled: tf.Tensor) -> tf.Tensor:
-        return tf.matmul(pooled, self._head.kernel) + self._head.bias
-
     def _maps(self, images: tf.Tensor, targets: tf.Tensor):
         slots = targets.shape[1]
         with tf.GradientTape(persistent=True) as tape:
-            *activations, pooled = self._features(images, training=False)
-            logits = self._logits(pooled)
+            activations, logits, probabilities = self._graph(images)
             predicted = tf.argmax(logits, axis=1, output_type=tf.int32)
             chosen = tf.where(targets >= 0, targets, predicted[:, tf.newaxis])
             # Images of a batch are independent (inference mode), so the gradient of the batch's
@@ -115,7 +104,7 @@ class CamExplainer:
                         weights = method.weights(layer_activations, evidence["masked_scores"][index][:, slot])
                     per_slot.append(_normalise(tf.nn.relu(tf.reduce_sum(layer_activations * weights, axis=-1))))
                 maps.append(tf.stack(per_slot, axis=1))
-        return maps, chosen, tf.nn.softmax(logits)
+        return maps, chosen, probabilities
 
     def _masked_scores(self, images: tf.Tensor, activations: tf.Tensor, chosen: tf.Tensor) -> tf.Tensor:
         """(N, T, C): the target logits of the input multiplied by each channel's upsampled,
@@ -131,11 +120,19 @@ class CamExplainer:
             block = masks[start:start + chunk]  # (k, N, H, W)
             masked = images[tf.newaxis] * block[..., tf.newaxis]
             flat = tf.reshape(masked, tf.concat([[-1], tf.shape(images)[1:]], axis=0))
-            logits = tf.reshape(self._logits(self._pooled(flat, training=False)), (tf.shape(block)[0], count, -1))
+            logits = tf.reshape(self._masked_score(flat), (tf.shape(block)[0], count, -1))
             # (k, N, K) -> the chosen classes (k, N, T)
             pieces = pieces.write(pieces.size(), tf.gather(logits, tf.tile(chosen[tf.newaxis], (tf.shape(block)[0], 1, 1)),
                                                           batch_dims=2))
         return tf.transpose(pieces.concat(), (1, 2, 0))  # (N, T, C)
+
+
+    def _masked_score(self, images: tf.Tensor) -> tf.Tensor:
+        # Softmax heads give Score-CAM their logits; a single sigmoid unit gives the probabilities
+        # p and 1 - p of Score-CAM's paper (Wang et al. 2020), as a softmax over its one output
+        # would be 1 for every masked input.
+        scores, probabilities = self._graph.forward(images)
+        return probabilities if self._graph.binary else scores
 
 
 def _normalise(maps: tf.Tensor) -> tf.Tensor:

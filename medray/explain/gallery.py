@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 from PIL import Image
@@ -21,7 +22,8 @@ COLUMNS_READ = ["row_id", "label", "prediction", "target", "confidence", "method
 
 def write_galleries(maps_dir: Path, overlay_dir: Path, class_names: list[str], out_dir: Path,
                     size: int) -> list[Path]:
-    """Two grid PNGs per class from the first method's overlays of the predicted class's map.
+    """Two grid PNGs per class from the first method's overlays of the predicted class's map (one,
+    of the images predicted as that class, for unlabelled images).
 
     Shards are read one at a time, keeping only the `size` most confident rows of each gallery.
     """
@@ -35,26 +37,36 @@ def write_galleries(maps_dir: Path, overlay_dir: Path, class_names: list[str], o
         rows = rows[(rows["method"] == first["method"]) & (rows["layer"] == first["layer"])]
         if rows["row_id"].duplicated().any():  # several target classes per image: show the predicted one
             rows = rows[rows["target"] == rows["prediction"]]
-        rows = rows.assign(correct=rows["label"] == rows["prediction"])
+        rows = with_gallery_groups(rows)
         merged = rows if candidates is None else pd.concat([candidates, rows])
         candidates = (merged.sort_values(["confidence", "row_id"], ascending=[False, True])
-                      .groupby(["label", "correct"], sort=False).head(size))
-        totals = rows.groupby(["label", "correct"]).size()
+                      .groupby(["group_class", "group"], sort=False).head(size))
+        totals = rows.groupby(["group_class", "group"]).size()
         counts = totals if counts is None else counts.add(totals, fill_value=0)
     frame, method = candidates, first["method"]
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for label, name in enumerate(class_names):
-        rows = frame[frame["label"] == label].sort_values(["confidence", "row_id"], ascending=[False, True])
-        in_class = int(counts.get((label, True), 0) + counts.get((label, False), 0))
-        for kind, correct in (("correct", True), ("misclassified", False)):
-            chosen = rows[rows["correct"] == correct]
-            path = out_dir / f"{safe_filename(name)}-{kind}.png"
-            plot_gallery(chosen.head(size), overlay_dir, class_names,
-                         f"{name}: {kind} ({int(counts.get((label, correct), 0))} of {in_class}), {method}, "
-                         "most confident first", path)
+    labelled = any(group != "predicted" for _, group in counts.index)
+    for index, name in enumerate(class_names):
+        rows = frame[frame["group_class"] == index].sort_values(["confidence", "row_id"], ascending=[False, True])
+        in_class = int(sum(counts.get((index, group), 0) for group in ("correct", "misclassified")))
+        groups = ["correct", "misclassified"] if labelled else []
+        for group in groups + (["predicted"] if counts.get((index, "predicted")) else []):
+            path = out_dir / f"{safe_filename(name)}-{group}.png"
+            title = (f"predicted {name} ({int(counts[(index, group)])} unlabelled images)" if group == "predicted" else
+                     f"{name}: {group} ({int(counts.get((index, group), 0))} of {in_class})")
+            plot_gallery(rows[rows["group"] == group].head(size), overlay_dir, class_names,
+                         f"{title}, {method}, most confident first", path)
             written.append(path)
     return written
+
+
+def with_gallery_groups(rows: pd.DataFrame) -> pd.DataFrame:
+    """Labelled images are shown under their true class, correct or misclassified; unlabelled ones
+    (label -1) under the class the model predicts."""
+    unlabelled = rows["label"] < 0
+    group = np.where(unlabelled, "predicted", np.where(rows["label"] == rows["prediction"], "correct", "misclassified"))
+    return rows.assign(group=group, group_class=np.where(unlabelled, rows["prediction"], rows["label"]))
 
 
 def plot_gallery(rows: pd.DataFrame, overlay_dir: Path, class_names: list[str], title: str, path: Path) -> None:
@@ -69,9 +81,9 @@ def plot_gallery(rows: pd.DataFrame, overlay_dir: Path, class_names: list[str], 
     for axis, row in zip(axes.ravel(), rows.itertuples()):
         with Image.open(overlay_dir / row.overlay_file) as image:
             axis.imshow(image.convert("RGB"))
-        colour = "darkgreen" if row.label == row.prediction else "darkred"
-        axis.set_title(f"true {class_names[row.label]}\npred {class_names[row.prediction]} ({row.confidence:.2f})",
-                       fontsize=8, color=colour)
+        colour = "black" if row.label < 0 else "darkgreen" if row.label == row.prediction else "darkred"
+        truth = "unlabelled" if row.label < 0 else f"true {class_names[row.label]}"
+        axis.set_title(f"{truth}\npred {class_names[row.prediction]} ({row.confidence:.2f})", fontsize=8, color=colour)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=90)

@@ -50,13 +50,18 @@ def encode_overlays(table: pa.Table, colorbar: bool) -> pa.Table:
     """The overlay PNG of every map of a block of the bulk job's output, in CPU tasks after the CAM
     actors: encoding costs more than a map, and the actors' GPUs should not wait on it. Kept apart
     from the CAM code so that these tasks never import TensorFlow."""
-    pngs = [overlay_png(np.frombuffer(row["overlay_pixels"], np.uint8).reshape(row["overlay_height"],
-                                                                                row["overlay_width"]),
-                        np.asarray(row["cam"], np.float32).reshape(row["cam_height"], row["cam_width"]), colorbar)
+    pngs = [overlay_png(original_pixels(row), np.asarray(row["cam"], np.float32).reshape(row["cam_height"],
+                                                                                          row["cam_width"]), colorbar)
             for row in table.select(["overlay_pixels", "overlay_height", "overlay_width", "cam", "cam_height",
                                      "cam_width"]).to_pylist()]
     return (table.drop_columns(["overlay_pixels", "overlay_height", "overlay_width"])
             .append_column("overlay", pa.array(pngs, pa.binary())))
+
+
+def original_pixels(row: dict) -> np.ndarray:
+    """A row's decoded image: (H, W) gray or (H, W, 3) RGB uint8."""
+    pixels = np.frombuffer(row["overlay_pixels"], np.uint8).reshape(row["overlay_height"], row["overlay_width"], -1)
+    return pixels[..., 0] if pixels.shape[2] == 1 else pixels
 
 
 def _flag_empty(image: Image.Image) -> Image.Image:

@@ -21,6 +21,7 @@ import numpy as np
 from medray.explain.cam import CamExplainer
 from medray.explain.checks import is_empty, rank_correlation, upsample_maps
 from medray.keras_setup import keras, tf
+from medray.models.user_model import keras_of
 
 RANDOMISATION_SEED = 2018
 SSIM_WINDOW = 11  # tf.image.ssim's default, the paper's (Wang et al. 2004)
@@ -30,8 +31,9 @@ BLOCK_NUMBER = re.compile(r"\d+")
 def randomised_copy(model: keras.Model) -> keras.Model:
     """The same architecture with every weight re-initialised. Its own seed: a model built after
     the common set_random_seed(0) would otherwise be re-drawn identically."""
-    keras.utils.set_random_seed(RANDOMISATION_SEED)
-    return keras.models.clone_model(model)
+    library = keras_of(model)  # a user's model may be a Keras 3 one
+    library.utils.set_random_seed(RANDOMISATION_SEED)
+    return library.models.clone_model(model)
 
 
 def weighted_layers(model: keras.Model) -> list[keras.layers.Layer]:

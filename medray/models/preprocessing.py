@@ -57,6 +57,11 @@ def keep_pixels(pixels: np.ndarray) -> np.ndarray:
     return pixels
 
 
+def scale_to_unit(pixels: np.ndarray) -> np.ndarray:
+    """[0, 255] -> [0, 1]: the `rescale=1/255` of most notebooks' ImageDataGenerator."""
+    return pixels / np.float32(255.0)
+
+
 def scale_to_symmetric_unit(pixels: np.ndarray) -> np.ndarray:
     """[0, 255] -> [-1, 1]: MobileNetV2, InceptionV3, Xception ("tf" mode in keras.applications)."""
     return pixels / np.float32(127.5) - np.float32(1.0)
@@ -71,3 +76,8 @@ def normalise_imagenet(pixels: np.ndarray) -> np.ndarray:
 def subtract_caffe_mean(pixels: np.ndarray) -> np.ndarray:
     """RGB -> BGR, then the Caffe means subtracted: ResNet50 ("caffe" mode)."""
     return pixels[..., ::-1] - np.asarray(CAFFE_BGR_MEAN, np.float32)
+
+
+# explain.preprocess for a model trained elsewhere; a registry backbone's name means its own function.
+DECLARED_PREPROCESSING = {"none": keep_pixels, "unit": scale_to_unit, "symmetric": scale_to_symmetric_unit,
+                          "imagenet": normalise_imagenet}
