@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medray import console
 from medray.errors import MedrayError, find_user_error
 
 
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     resume = commands.add_parser("resume", help="continue a run whose driver was killed, from its checkpoints")
     resume.add_argument("run_dir", help="the run's folder, e.g. results/demo-20261123-053822")
+    add_verbose_argument(resume)
     resume.set_defaults(command=command_resume)
 
     data = commands.add_parser("data", help="dataset tools").add_subparsers(required=True, metavar="TOOL")
@@ -88,14 +90,20 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="run config YAML, e.g. configs/demo.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override one config key, e.g. --set train.lr=3e-4 (repeatable)")
+    add_verbose_argument(parser)
+
+
+def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show what Ray and TensorFlow say (always in <run>/logs/ray.log)")
 
 
 def command_run(args: argparse.Namespace) -> None:
-    from medray.config import load_config
-    from medray.run import run_job
+    with console.quiet(args.verbose):  # before the imports: TensorFlow speaks as it loads
+        from medray.config import load_config
+        from medray.run import run_job
 
-    config = load_config(args.config, args.overrides)
-    outcome = run_job(config)
+        outcome = run_job(load_config(args.config, args.overrides))
     print((outcome.run_dir / "summary.txt").read_text(), end="")
 
 
@@ -115,21 +123,23 @@ def command_tune(args: argparse.Namespace) -> None:
 def command_resume(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from medray.config import load_config
-    from medray.run import run_job
-
     config_path = Path(args.run_dir) / "config.yaml"
     if not config_path.is_file():
         raise MedrayError(f"{args.run_dir} holds no config.yaml; pass the folder of a run medray started")
-    outcome = run_job(load_config(config_path))
+    with console.quiet(args.verbose):
+        from medray.config import load_config
+        from medray.run import run_job
+
+        outcome = run_job(load_config(config_path))
     print((outcome.run_dir / "summary.txt").read_text(), end="")
 
 
 def command_explain(args: argparse.Namespace) -> None:
-    from medray.config import load_config
-    from medray.explain.job import explain_run
+    with console.quiet(args.verbose):
+        from medray.config import load_config
+        from medray.explain.job import explain_run
 
-    outcome = explain_run(load_config(args.config, args.overrides), args.run_dir)
+        outcome = explain_run(load_config(args.config, args.overrides), args.run_dir)
     print((outcome.maps_dir.parent / "summary.txt").read_text(), end="")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import ray
+from ray.data import DataContext
 
 from medray.errors import MedrayError
 
@@ -21,10 +22,15 @@ WORKER_ENV = {
 
 
 def connect(scaling) -> None:
+    # medray draws one bar per long stage itself (medray.console); Ray Data's bars, redrawn for
+    # every epoch and split, would only fill the run's log.
+    DataContext.get_current().enable_progress_bars = False
     if not ray.is_initialized():
         ray.init(
             address=os.environ.get("RAY_ADDRESS"),
             runtime_env={"env_vars": WORKER_ENV},
+            # Workers' output reaches the driver, whose stdout medray.console sends to <run>/logs/.
+            log_to_driver=True,
         )
     check_cpus_for_data(scaling, ray.cluster_resources().get("CPU", 0.0))
 
@@ -42,3 +48,4 @@ def check_cpus_for_data(scaling, cluster_cpus: float) -> None:
             f"scaling.cpus_for_data={scaling.cpus_for_data:g}; lower scaling.cpus_per_worker or "
             "scaling.num_workers (training would otherwise wait for data forever)"
         )
+

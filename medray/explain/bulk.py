@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
+from medray.console import ProgressBar
 from medray.data.pipeline import one_batch_per_block
 from medray.errors import MedrayError
 from medray.explain import checks
@@ -168,9 +169,10 @@ def maps_table(columns: dict) -> pa.Table:
 
 def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: str, class_names: list[str],
                   explain_config, out_dir: Path,
-                  on_shard: Callable[[Path], None] | None = None) -> ExplainOutcome:
+                  on_shard: Callable[[Path], None] | None = None, rows: int | None = None) -> ExplainOutcome:
     """Maps for every row of `decoded` into `out_dir`; rows of complete shards from an earlier,
-    interrupted run into the same `out_dir` are skipped. `on_shard` is called after each shard."""
+    interrupted run into the same `out_dir` are skipped. `on_shard` is called after each shard;
+    `rows` (the rows of `decoded`, if known) sizes the console's progress bar."""
     methods = explain_config.methods
     if not methods:
         raise MedrayError("explain.method is an empty list; name at least one of gradcam, gradcam++, "
@@ -194,7 +196,9 @@ def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: 
         compute=ray.data.ActorPoolStrategy(size=explain_config.concurrency),
         num_gpus=explain_config.gpus_per_actor or None,
     )
+    progress = ProgressBar("explain", rows, done=len(done))
     for block in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
+        progress.advance(len(set(block["row_id"].to_pylist())))
         for table in split_by_images(block, explain_config.batch_size):
             if "overlay" in table.column_names:
                 write_overlays(table, overlay_dir)
@@ -206,6 +210,7 @@ def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: 
             next_index += 1
             if on_shard is not None:
                 on_shard(shard)
+    progress.close()
     scores = score_methods(maps_dir)
     write_scorecard(scores, out_dir)
     galleries = (write_galleries(maps_dir, overlay_dir, class_names, out_dir / "galleries",
