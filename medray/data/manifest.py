@@ -20,10 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medray.console import ProgressBar
-from medray.data.decode import BadImage, content_hash
+from medray.data.decode import content_hash
 from medray.data.readers import decode_row, pieces_of, read_tasks, reader_settings, rows_of
 from medray.data.sources import SPLITS, Source, check_usable, count_labels
-from medray.errors import MedrayError
+from medray.errors import BadImage, MedrayError
 
 OK = "ok"
 # Statuses `inspect --dedupe` gives; the rows are fine as images, so on_bad_image does not apply.

@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 import ray
 from ray.data import DataContext
 
-from medray.data.decode import BadImage, decode_native
+from medray.data.decode import decode_native
+from medray.errors import BadImage
 
 
 @dataclass(frozen=True)

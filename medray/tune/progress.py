@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ray import tune
 
+from medray.cluster import remove_leftover_worker_groups
 from medray.tune.leaderboard import stop_reason
 
 
@@ -17,8 +18,6 @@ class TrialLog(tune.Callback):
         self._print(trial)
         running = [other for other in trials if other is not trial and other.status == "RUNNING"]
         if not running:  # a trial ASHA stopped may have left its worker group behind
-            from medray.tune.sweep import remove_leftover_worker_groups
-
             remove_leftover_worker_groups()
 
     def on_trial_error(self, iteration, trials, trial, **info):

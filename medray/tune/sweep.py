@@ -24,7 +24,7 @@ import pandas as pd
 import yaml
 from ray import tune
 
-from medray.cluster import check_cpus_for_data, connect
+from medray.cluster import check_cpus_for_data, connect, remove_leftover_worker_groups
 from medray.config import RunConfig, ScalingConfig, load_config, to_yaml
 from medray.data.pipeline import read_split
 from medray.data.sources import Source, discover
@@ -98,26 +98,6 @@ def planned_trials(sweep: SweepConfig) -> int:
     if sweep.search != "grid":
         return sweep.samples
     return len(grid_order(sweep))
-
-
-def remove_leftover_worker_groups() -> None:
-    """Free the CPUs of worker groups whose trial ASHA stopped.
-
-    Ray Train's detached cleaner removes such a group's placement group, but it finds the cluster
-    by address and fails when several Ray instances share the machine; the group would then hold
-    its CPUs for good and the next trial's data (or the test-split evaluation) would wait for them.
-    Call it only when no trial of this job runs: every worker group left then is such a leftover.
-    """
-    import ray
-    from ray._raylet import PlacementGroupID
-    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
-
-    job_id = ray.get_runtime_context().get_job_id()
-    for group_id, group in placement_group_table().items():
-        # Tune's own trial groups hold only memory (see `trainable`); worker groups hold CPUs or GPUs.
-        holds_workers = any("CPU" in bundle or "GPU" in bundle for bundle in group["bundles"].values())
-        if group["state"] == "CREATED" and group_id.endswith(job_id) and holds_workers:
-            remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(group_id))))
 
 
 def resume_sweep(name_or_dir: str, output_dir: Path = Path("results")) -> SweepOutcome:
