@@ -68,9 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(command=command_synth)
     inspect = data.add_parser("inspect", help="quality report: class balance, sizes, bad files, duplicates, "
                                               "train/test leakage, outliers")
+    inspect.add_argument("data_path", nargs="?", metavar="PATH",
+                         help="a dataset to inspect without a config: a parquet file or folder, an .npz, "
+                              "or a folder of class folders of images (PNG, JPEG, DICOM)")
     inspect.add_argument("--config", help="run config YAML whose data section to inspect")
-    inspect.add_argument("--path", help="a dataset to inspect without a config (with --source)")
-    inspect.add_argument("--source", choices=["parquet", "folders", "npz"], default="parquet")
+    inspect.add_argument("--path", help="the same as PATH")
+    inspect.add_argument("--source", choices=["parquet", "folders", "npz"],
+                         help="what PATH holds (default: guessed from what is there)")
     inspect.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                          help="override one config key, e.g. --set data.class_names=[normal,pneumonia]")
     inspect.add_argument("--out", help="folder for inspect.json / inspect.png (default <output.dir>/inspect-<name>)")
@@ -164,12 +168,17 @@ def command_inspect(args: argparse.Namespace) -> None:
     from medray.config import apply_override, load_config, validate_config
     from medray.data.inspect import default_out_dir, format_inspection, inspect_data
 
-    if bool(args.config) == bool(args.path):
-        raise MedrayError("medray data inspect: pass either --config FILE or --path DATA (with --source)")
+    from medray.data.sources import guess_kind
+
+    if args.data_path and args.path and args.data_path != args.path:
+        raise MedrayError(f"medray data inspect: two paths ({args.data_path}, --path {args.path}); pass one")
+    path = args.data_path or args.path
+    if bool(args.config) == bool(path):
+        raise MedrayError("medray data inspect: pass either a dataset PATH or --config FILE")
     if args.config:
         config = load_config(args.config, args.overrides)
     else:
-        raw = {"data": {"path": args.path, "source": args.source}}
+        raw = {"data": {"path": path, "source": args.source or guess_kind(Path(path))}}
         for override in args.overrides:
             apply_override(raw, override)
         config = validate_config(raw, source="--path")
