@@ -30,6 +30,8 @@ class RawRow:
     # the stored image, or why it could not be read (raised when the row is decoded)
     content: bytes | np.ndarray | BadImage
     mask: bytes | None = None
+    # the image's own file name, for people: the HF struct's `path`, the linked or folder file; None for arrays
+    name: str | None = None
 
 
 def pieces_of(batch: dict) -> Iterator[dict]:
@@ -50,7 +52,8 @@ def parquet_rows(piece: dict, image_column: str, path_column: str | None, label_
     for position, image, mask, row_id, label in zip(piece["rows"], images, masks, piece["row_ids"], piece["labels"]):
         where = f"{file} row {int(piece['offset']) + int(position)}"
         content = _read_linked(file, image, where) if path_column else _blob(image)
-        yield RawRow(str(row_id), int(label), where, content, _blob(mask) if mask_column else None)
+        yield RawRow(str(row_id), int(label), where, content, _blob(mask) if mask_column else None,
+                     name=_file_name(image, linked=bool(path_column)))
 
 
 def _blob(value) -> bytes:
@@ -58,6 +61,11 @@ def _blob(value) -> bytes:
     if isinstance(value, dict):
         value = value.get("bytes")
     return value or b""
+
+
+def _file_name(value, linked: bool) -> str | None:
+    path = value.get("path") if isinstance(value, dict) else value if linked else None
+    return Path(str(path)).name if path else None
 
 
 def _read_linked(parquet_file: str, value, where: str) -> bytes | BadImage:
@@ -78,7 +86,7 @@ def file_rows(piece: dict) -> Iterator[RawRow]:
             content = handle.read()
     except OSError as error:
         content = BadImage(f"{path}: cannot read the file ({error.strerror})", "missing file")
-    yield RawRow(str(piece["row_ids"][0]), int(piece["labels"][0]), path, content)
+    yield RawRow(str(piece["row_ids"][0]), int(piece["labels"][0]), path, content, name=Path(path).name)
 
 
 def npz_rows(piece: dict) -> Iterator[RawRow]:
