@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="override one sweep key, e.g. --set num_samples=4 or --set set.train.epochs=2")
     tune.add_argument("--resume", metavar="SWEEP", help="continue an interrupted sweep: its folder or its name "
                                                        "under results/; finished trials are not run again")
+    add_verbose_argument(tune)
     tune.set_defaults(command=command_tune)
 
     resume = commands.add_parser("resume", help="continue a run whose driver was killed, from its checkpoints")
@@ -112,15 +113,16 @@ def command_run(args: argparse.Namespace) -> None:
 
 
 def command_tune(args: argparse.Namespace) -> None:
-    from medray.tune.sweep import resume_sweep, run_sweep, summarise
-    from medray.tune.space import load_sweep
-
     if (args.config is None) == (args.resume is None):
         raise MedrayError("medray tune needs either --config <sweep YAML> or --resume <sweep folder or name>")
-    if args.resume is not None:
-        outcome = resume_sweep(args.resume)
-    else:
-        outcome = run_sweep(*load_sweep(args.config, args.overrides))
+    with console.quiet(args.verbose):
+        from medray.tune.space import load_sweep
+        from medray.tune.sweep import resume_sweep, run_sweep, summarise
+
+        if args.resume is not None:
+            outcome = resume_sweep(args.resume)
+        else:
+            outcome = run_sweep(*load_sweep(args.config, args.overrides))
     print(summarise(outcome), end="")
 
 

@@ -1,4 +1,5 @@
-"""One console line per finished trial, printed by the driver while the sweep runs."""
+"""One console line per finished trial, printed by the driver while the sweep runs (Ray's own
+output goes to the sweep's logs/ray.log, see medray.console)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from ray import tune
 
 from medray.cluster import remove_leftover_worker_groups
+from medray.console import say
 from medray.tune.leaderboard import stop_reason
 
 
@@ -32,8 +34,7 @@ class TrialLog(tune.Callback):
         params = "  ".join(f"{key}={_short(value)}" for key, value in trial.config.items())
         # result.json may not be flushed yet: what Tune received says how far the trial got.
         reason = stop_reason(Path(self.sweep_dir) / trial.trial_id, last_epoch=int(epochs))
-        print(f"trial {trial.trial_id}  {reason:<14}  {self.metric} {score}  epochs {epochs:g}  {params}",
-              flush=True)
+        say(f"trial {trial.trial_id}  {reason:<14}  {self.metric} {score}  epochs {epochs:g}  {params}")
 
 
 def _short(value) -> str:

@@ -24,6 +24,7 @@ import pandas as pd
 import yaml
 from ray import tune
 
+from medray import console
 from medray.cluster import check_cpus_for_data, connect, remove_leftover_worker_groups
 from medray.config import RunConfig, ScalingConfig, load_config, to_yaml
 from medray.data.pipeline import read_split
@@ -64,6 +65,7 @@ def run_sweep(sweep: SweepConfig, base: RunConfig) -> SweepOutcome:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / SWEEP_FILE).write_text(yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False))
     (sweep_dir / BASE_FILE).write_text(to_yaml(base))
+    console.keep_log_in(sweep_dir / "logs")
     connect_for_trials(sweep, base)
     tuner = tune.Tuner(
         trainable(base, source, sweep_dir),
@@ -111,6 +113,7 @@ def resume_sweep(name_or_dir: str, output_dir: Path = Path("results")) -> SweepO
                           f"state in {sweep_dir}); pass a sweep folder such as results/<sweep name>")
     sweep = parse_sweep(yaml.safe_load((sweep_dir / SWEEP_FILE).read_text()), source=str(sweep_dir / SWEEP_FILE))
     base = load_config(sweep_dir / BASE_FILE)
+    console.keep_log_in(sweep_dir / "logs")
     source = discover(base.data)
     connect_for_trials(sweep, base)
     tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable(base, source, sweep_dir),
