@@ -72,6 +72,11 @@ def run_job(config: RunConfig) -> RunOutcome:
         explained = explain_split(test, model_bytes, backbone.name, source.class_names, config.explain,
                                   run_dir / "explain", rows=source.num_rows("test"))
         predictions = predictions_from_maps(explained.maps_dir, source.class_names)
+        for method, score in explained.scores.items():
+            if score["randomisation_check"] == "FAILED":
+                console.warn(f"{method}'s maps barely change when the model's weights are re-initialised "
+                             f"(rank correlation {score['random_model_rank_corr_median']:.2f}): they may not "
+                             f"show what the model learned; see {run_dir / 'explain' / 'checks.json'}")
     else:
         predictions = predict(test, model_bytes, backbone.name, source.class_names,
                               config.explain.batch_size, config.explain.concurrency)
