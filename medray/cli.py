@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medray import console
 from medray.errors import MedrayError, user_error
 
 
@@ -56,10 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="override one sweep key, e.g. --set num_samples=4 or --set set.train.epochs=2")
     tune.add_argument("--resume", metavar="SWEEP", help="continue an interrupted sweep: its folder or its name "
                                                        "under results/; finished trials are not run again")
+    add_verbose_argument(tune)
     tune.set_defaults(command=command_tune)
 
     resume = commands.add_parser("resume", help="continue a run whose driver was killed, from its checkpoints")
     resume.add_argument("run_dir", help="the run's folder, e.g. results/demo-20261123-053822")
+    add_verbose_argument(resume)
     resume.set_defaults(command=command_resume)
 
     data = commands.add_parser("data", help="dataset tools").add_subparsers(required=True, metavar="TOOL")
@@ -76,9 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(command=command_synth)
     inspect = data.add_parser("inspect", help="quality report: class balance, sizes, bad files, duplicates, "
                                               "train/test leakage, outliers")
+    inspect.add_argument("data_path", nargs="?", metavar="PATH",
+                         help="a dataset to inspect without a config: a parquet file or folder, an .npz, "
+                              "or a folder of class folders of images (PNG, JPEG, DICOM)")
     inspect.add_argument("--config", help="run config YAML whose data section to inspect")
-    inspect.add_argument("--path", help="a dataset to inspect without a config (with --source)")
-    inspect.add_argument("--source", choices=["parquet", "folders", "npz"], default="parquet")
+    inspect.add_argument("--path", help="the same as PATH")
+    inspect.add_argument("--source", choices=["parquet", "folders", "npz"],
+                         help="what PATH holds (default: guessed from what is there)")
     inspect.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                          help="override one config key, e.g. --set data.class_names=[normal,pneumonia]")
     inspect.add_argument("--out", help="folder for inspect.json / inspect.png (default <output.dir>/inspect-<name>)")
@@ -98,58 +105,67 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="run config YAML, e.g. configs/demo.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override one config key, e.g. --set train.lr=3e-4 (repeatable)")
+    add_verbose_argument(parser)
+
+
+def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show what Ray and TensorFlow say (always in <run>/logs/ray.log)")
 
 
 def command_run(args: argparse.Namespace) -> None:
-    from medray.config import load_config
-    from medray.run import run_job
+    with console.quiet(args.verbose):  # before the imports: TensorFlow speaks as it loads
+        from medray.config import load_config
+        from medray.run import run_job
 
-    config = load_config(args.config, args.overrides)
-    outcome = run_job(config)
+        outcome = run_job(load_config(args.config, args.overrides))
     print((outcome.run_dir / "summary.txt").read_text(), end="")
 
 
 def command_tune(args: argparse.Namespace) -> None:
-    from medray.tune.sweep import resume_sweep, run_sweep, summarise
-    from medray.tune.space import load_sweep
-
     if (args.config is None) == (args.resume is None):
         raise MedrayError("medray tune needs either --config <sweep YAML> or --resume <sweep folder or name>")
-    if args.resume is not None:
-        outcome = resume_sweep(args.resume)
-    else:
-        outcome = run_sweep(*load_sweep(args.config, args.overrides))
+    with console.quiet(args.verbose):
+        from medray.tune.space import load_sweep
+        from medray.tune.sweep import resume_sweep, run_sweep, summarise
+
+        if args.resume is not None:
+            outcome = resume_sweep(args.resume)
+        else:
+            outcome = run_sweep(*load_sweep(args.config, args.overrides))
     print(summarise(outcome), end="")
 
 
 def command_resume(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from medray.config import load_config
-    from medray.run import run_job
-
     config_path = Path(args.run_dir) / "config.yaml"
     if not config_path.is_file():
         raise MedrayError(f"{args.run_dir} holds no config.yaml; pass the folder of a run medray started")
-    outcome = run_job(load_config(config_path))
+    with console.quiet(args.verbose):
+        from medray.config import load_config
+        from medray.run import run_job
+
+        outcome = run_job(load_config(config_path))
     print((outcome.run_dir / "summary.txt").read_text(), end="")
 
 
 def command_explain(args: argparse.Namespace) -> None:
-    from medray.config import load_config
-    from medray.explain.job import explain_run
+    with console.quiet(args.verbose):
+        from medray.config import load_config
+        from medray.explain.job import explain_run
 
-    overrides = [*args.overrides, *(["explain.trust_model_code=true"] if args.trust_model_code else [])]
-    config = load_config(args.config, overrides)
-    if args.model or config.explain.model:
-        from medray.explain.model_job import explain_model
+        overrides = [*args.overrides, *(["explain.trust_model_code=true"] if args.trust_model_code else [])]
+        config = load_config(args.config, overrides)
+        if args.model or config.explain.model:
+            from medray.explain.model_job import explain_model
 
-        print((explain_model(config, args.model, args.run_dir).out_dir / "summary.txt").read_text(), end="")
-        return
-    if args.run_dir is None:
-        raise MedrayError("medray explain needs --run <run folder> or --model <.keras or .h5 file>")
-    outcome = explain_run(config, args.run_dir)
-    print((outcome.maps_dir.parent / "summary.txt").read_text(), end="")
+            out_dir = explain_model(config, args.model, args.run_dir).out_dir
+        elif args.run_dir is None:
+            raise MedrayError("medray explain needs --run <run folder> or --model <.keras or .h5 file>")
+        else:
+            out_dir = explain_run(config, args.run_dir).maps_dir.parent
+    print((out_dir / "summary.txt").read_text(), end="")
 
 
 def command_synth(args: argparse.Namespace) -> None:
@@ -173,12 +189,17 @@ def command_inspect(args: argparse.Namespace) -> None:
     from medray.config import apply_override, load_config, validate_config
     from medray.data.inspect import default_out_dir, format_inspection, inspect_data
 
-    if bool(args.config) == bool(args.path):
-        raise MedrayError("medray data inspect: pass either --config FILE or --path DATA (with --source)")
+    from medray.data.sources import guess_kind
+
+    if args.data_path and args.path and args.data_path != args.path:
+        raise MedrayError(f"medray data inspect: two paths ({args.data_path}, --path {args.path}); pass one")
+    path = args.data_path or args.path
+    if bool(args.config) == bool(path):
+        raise MedrayError("medray data inspect: pass either a dataset PATH or --config FILE")
     if args.config:
         config = load_config(args.config, args.overrides)
     else:
-        raw = {"data": {"path": args.path, "source": args.source}}
+        raw = {"data": {"path": path, "source": args.source or guess_kind(Path(path))}}
         for override in args.overrides:
             apply_override(raw, override)
         config = validate_config(raw, source="--path")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import ray
+from ray.data import DataContext
 
 from medray.errors import MedrayError
 
@@ -21,10 +22,15 @@ WORKER_ENV = {
 
 
 def connect(scaling) -> None:
+    # medray draws one bar per long stage itself (medray.console); Ray Data's bars, redrawn for
+    # every epoch and split, would only fill the run's log.
+    DataContext.get_current().enable_progress_bars = False
     if not ray.is_initialized():
         ray.init(
             address=os.environ.get("RAY_ADDRESS"),
             runtime_env={"env_vars": WORKER_ENV},
+            # Workers' output reaches the driver, whose stdout medray.console sends to <run>/logs/.
+            log_to_driver=True,
         )
     check_cpus_for_data(scaling, ray.cluster_resources().get("CPU", 0.0))
 
@@ -42,3 +48,22 @@ def check_cpus_for_data(scaling, cluster_cpus: float) -> None:
             f"scaling.cpus_for_data={scaling.cpus_for_data:g}; lower scaling.cpus_per_worker or "
             "scaling.num_workers (training would otherwise wait for data forever)"
         )
+
+
+def remove_leftover_worker_groups() -> None:
+    """Free the CPUs of worker groups whose trial ASHA stopped.
+
+    Ray Train's detached cleaner removes such a group's placement group, but it finds the cluster
+    by address and fails when several Ray instances share the machine; the group would then hold
+    its CPUs for good and the next trial's data (or the test-split evaluation) would wait for them.
+    Call it only when no trial of this job runs: every worker group left then is such a leftover.
+    """
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+    job_id = ray.get_runtime_context().get_job_id()
+    for group_id, group in placement_group_table().items():
+        # Tune's own trial groups hold only memory (see `trainable`); worker groups hold CPUs or GPUs.
+        holds_workers = any("CPU" in bundle or "GPU" in bundle for bundle in group["bundles"].values())
+        if group["state"] == "CREATED" and group_id.endswith(job_id) and holds_workers:
+            remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(group_id))))

@@ -22,6 +22,15 @@ class MedrayError(Exception):
     """A problem with the user's input or setup, reported as one line instead of a traceback."""
 
 
+class BadImage(MedrayError):
+    """One row that cannot be used; skipped and counted under `reason` with data.on_bad_image: skip."""
+
+    # A default keeps the exception picklable across Ray workers (pickle passes only the message).
+    def __init__(self, message: str, reason: str = "corrupt or truncated"):
+        super().__init__(message)
+        self.reason = reason
+
+
 def find_user_error(error: BaseException) -> MedrayError | None:
     """The MedrayError behind an exception, however Ray wrapped it on its way from a worker.
 

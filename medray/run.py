@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from medray import console
 from medray.cluster import connect
 from medray.config import RunConfig, to_yaml
 from medray.data.manifest import describe_data_report, prepare_source
@@ -23,6 +24,7 @@ from medray.models.registry import get_backbone
 from medray.report import build_report
 from medray.report.plots import plot_confusion_matrix
 from medray.tracking import log_run
+from medray.train.epoch_lines import epoch_lines
 from medray.train.trainer import TrainingOutcome, train_model
 
 
@@ -45,14 +47,21 @@ def run_job(config: RunConfig) -> RunOutcome:
     # The saved config names its run, so `medray resume <run-dir>` continues this very run.
     config = config.model_copy(update={"output": config.output.model_copy(update={"run_id": run_dir.name})})
     (run_dir / "config.yaml").write_text(to_yaml(config))
+    log = console.keep_log_in(run_dir / "logs")
+    console.say(f"medray run {run_dir.name}: {config.model.backbone} on {source.kind} {source.path}, "
+                f"{config.scaling.num_workers} Ray Train workers; Ray and TensorFlow log to {log}")
 
     connect(config.scaling)
     # The manifest (built once, reused on resume) decides the rows every stage sees.
     source, data_report = prepare_source(source, config.data, run_dir)
     (run_dir / "data.json").write_text(json.dumps(data_report, indent=2))
-    print(describe_data_report(data_report))
-    training = train_model(config, source, training_data(source, backbone, image_size, config),
-                           image_size, run_dir, initial_model)
+    console.say(describe_data_report(data_report))
+    if data_report["rows_reported"]:
+        console.warn(f"{data_report['rows_reported']} rows left out; each is listed in {run_dir / 'data.json'}")
+    console.say(f"training for up to {config.train.epochs + config.train.fine_tune.epochs} epochs")
+    with epoch_lines(config.train.epochs + config.train.fine_tune.epochs) as show_epochs:
+        training = train_model(config, source, training_data(source, backbone, image_size, config),
+                               image_size, run_dir, initial_model, callbacks=[show_epochs])
     pd.DataFrame(training.history).to_csv(run_dir / "history.csv", index=False)
 
     model_bytes = training.model_path.read_bytes()
@@ -61,8 +70,13 @@ def run_job(config: RunConfig) -> RunOutcome:
     if config.explain.enabled:
         # The explain job computes every test image's probabilities as well: one pass over the test split.
         explained = explain_split(test, model_bytes, backbone.name, source.class_names, config.explain,
-                                  run_dir / "explain")
+                                  run_dir / "explain", rows=source.num_rows("test"))
         predictions = predictions_from_maps(explained.maps_dir, source.class_names)
+        for method, score in explained.scores.items():
+            if (score.get("verdict") or "").startswith("FAILED"):
+                console.warn(f"{method}: sanity checks {score['verdict']}: its maps barely change when the model "
+                             f"is randomised, so they may not show what the model learned; see "
+                             f"{run_dir / 'explain' / 'checks.png'}")
     else:
         predictions = predict(test, model_bytes, backbone.name, source.class_names,
                               config.explain.batch_size, config.explain.concurrency)

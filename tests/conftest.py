@@ -6,6 +6,9 @@ exactly as `medray run --config configs/demo.yaml` starts it.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,11 +36,20 @@ def cli_args(overrides: list[str]) -> list[str]:
 
 @pytest.fixture(scope="session")
 def finished_run(tiny_dataset, tmp_path_factory, ray_cluster) -> Path:
-    """One full run of the demo config on the tiny dataset, shared by every test that reads outputs."""
-    from medray.cli import main
+    """One full run of the demo config on the tiny dataset, shared by every test that reads outputs
+    (MLflow tracking on, so that test_tracking needs no run of its own).
 
+    Run as a person runs it, `python -m medray run ...` in its own process (joining the session's
+    cluster), so that its console is exactly what a terminal shows; kept in `<run>/console.txt`.
+    """
     out = tmp_path_factory.mktemp("results")
-    assert main(cli_args([*tiny_overrides(tiny_dataset / "parquet", out), "output.run_id=tiny"])) == 0
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    finished = subprocess.run(
+        [sys.executable, "-m", "medray", *cli_args([*tiny_overrides(tiny_dataset / "parquet", out),
+                                                    "output.run_id=tiny", "tracking.enabled=true"])],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1200)
+    assert finished.returncode == 0, finished.stdout[-3000:]
+    (out / "tiny" / "console.txt").write_text(finished.stdout)
     return out / "tiny"
 
 

@@ -64,10 +64,10 @@ def folder_config(root: Path, **overrides) -> DataConfig:
 
 
 def hf_parquet(path: Path, images: list[bytes], labels: list, class_names: list[str] | None = None,
-               binary: bool = False) -> Path:
+               binary: bool = False, names: list[str] | None = None) -> Path:
     """A Hugging Face style file: image struct {bytes, path} (or plain binary), label column."""
     column = pa.array(images, pa.binary()) if binary else pa.array(
-        [{"bytes": data, "path": None} for data in images],
+        [{"bytes": data, "path": name} for data, name in zip(images, names or [None] * len(images))],
         pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
     table = pa.table({"image": column, "label": labels})
     if class_names:

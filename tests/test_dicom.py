@@ -6,7 +6,8 @@ import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from medray.data.decode import BadImage, decode_native
+from medray.data.decode import decode_native
+from medray.errors import BadImage
 
 
 def write_dicom(path, pixels: np.ndarray, photometric="MONOCHROME2", slope=None, intercept=None,

@@ -159,7 +159,12 @@ def test_a_killed_job_restarted_writes_exactly_one_map_per_image_method_layer_an
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     job = subprocess.Popen([sys.executable, str(script), str(DEMO_CONFIG), str(run_dir), *overrides],
                            stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    written = [job.stdout.readline().strip() for _ in range(2)]
+    written = []  # the shards it wrote, between the console's progress lines
+    for line in job.stdout:
+        if line.startswith("part-"):
+            written.append(line.strip())
+        if len(written) == 2:
+            break
     job.send_signal(signal.SIGKILL)
     job.wait(timeout=30)
     assert written == ["part-000000.parquet", "part-000001.parquet"]

@@ -2,22 +2,23 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from medray.cli import main
 from medray.config import DataConfig
 from medray.data.manifest import prepare_source
-from medray.data.sources import discover
+from medray.data.sources import discover, guess_kind
 from medray.errors import MedrayError
 
 from conftest import PNEUMONIAMNIST
-from data_factory import hf_parquet, image_bytes, scan
+from data_factory import hf_parquet, image_bytes, scan, write
 
 
 @pytest.mark.skipif(not PNEUMONIAMNIST.is_file(), reason=f"PneumoniaMNIST not found at {PNEUMONIAMNIST}")
 def test_inspect_prints_pneumoniamnist_class_counts_of_its_readme(tmp_path, capsys, ray_cluster):
-    assert main(["data", "inspect", "--path", str(PNEUMONIAMNIST), "--source", "npz",
+    assert main(["data", "inspect", str(PNEUMONIAMNIST),  # the source kind is guessed: npz
                  "--set", "data.class_names=[normal,pneumonia]", "--out", str(tmp_path)]) == 0
     table = {line.split()[0]: line.split()[1:4] for line in capsys.readouterr().out.splitlines()
              if line.split()[:1] in (["train"], ["val"], ["test"])}
@@ -43,7 +44,7 @@ def leaky_parquet(tmp_path):
 def test_inspect_finds_the_cross_split_duplicate_and_dedupe_removes_it_from_train(leaky_parquet, tmp_path,
                                                                                  capsys, ray_cluster):
     out = tmp_path / "inspect"
-    assert main(["data", "inspect", "--path", str(leaky_parquet), "--out", str(out), "--dedupe"]) == 0
+    assert main(["data", "inspect", str(leaky_parquet), "--out", str(out), "--dedupe"]) == 0
     printed = capsys.readouterr().out
     assert "train-test 1" in printed and "dropped 1 duplicates, 1 leaked rows from train" in printed
     report = json.loads((out / "inspect.json").read_text())
@@ -73,3 +74,23 @@ def test_a_run_reuses_its_manifest_and_refuses_one_for_other_data(leaky_parquet,
     other = DataConfig(path=leaky_parquet, class_names=["a", "b"], manifest=tmp_path / "run" / "manifest.parquet")
     with pytest.raises(MedrayError, match="was written for other data settings"):
         prepare_source(discover(other), other, tmp_path / "run2")
+
+
+def test_inspect_guesses_the_source_kind_from_what_the_path_holds(tmp_path):
+    hf_parquet(tmp_path / "hf" / "data" / "train-00000-of-00001.parquet", [image_bytes(scan(0))], [0])
+    np.savez(tmp_path / "mnist.npz", train_images=np.zeros((1, 8, 8), np.uint8))
+    write(tmp_path / "scans" / "train" / "normal" / "a.png", image_bytes(scan(1)))
+    write(tmp_path / "ct" / "normal" / "IM0001.dcm", b"")  # DICOM files are images of a folder tree
+    assert guess_kind(tmp_path / "hf") == "parquet"
+    assert guess_kind(tmp_path / "hf" / "data" / "train-00000-of-00001.parquet") == "parquet"
+    assert guess_kind(tmp_path / "mnist.npz") == "npz"
+    assert guess_kind(tmp_path / "scans") == "folders" and guess_kind(tmp_path / "ct") == "folders"
+
+
+def test_inspect_of_a_path_without_a_dataset_says_what_it_looked_for(tmp_path, capsys):
+    (tmp_path / "notes").mkdir()
+    np.savez(tmp_path / "notes" / "mnist.npz", train_images=np.zeros((1, 8, 8), np.uint8))
+    assert main(["data", "inspect", str(tmp_path / "notes")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"medray: error: {tmp_path / 'notes'} holds no .parquet files and no images")
+    assert error.endswith(f"pass the file itself, e.g. {tmp_path / 'notes' / 'mnist.npz'}")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, tiny_overrides
+from test_console import EPOCH_LINE, INTERNALS
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -89,6 +90,9 @@ def test_demo_job_submitted_to_the_head_succeeds_and_writes_results(head, tiny_d
     log = submitted.stdout + submitted.stderr
     assert submitted.returncode == 0, log[-3000:]
     assert "succeeded" in log.lower()
+    # `ray job logs` shows the console a terminal shows: one line per epoch, no Ray or TensorFlow internals
+    assert [int(epoch) for epoch in EPOCH_LINE.findall(submitted.stdout)] == [1, 2]
+    assert not [word for word in INTERNALS if word.lower() in submitted.stdout.lower()], submitted.stdout[-3000:]
     run_dir = out / "submitted"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["rows"] == 24

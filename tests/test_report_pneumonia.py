@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -13,6 +14,7 @@ from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from medray.cli import main
 
 from conftest import PNEUMONIAMNIST, cli_args
+from test_report_build import RUN_PLOTS, image_sources
 
 pytestmark = pytest.mark.skipif(not PNEUMONIAMNIST.is_file(), reason=f"{PNEUMONIAMNIST} is not on this machine")
 
@@ -46,3 +48,11 @@ def test_metrics_json_is_scikit_learn_on_the_predictions(pneumonia_run):
     assert metrics["macro_f1"] == pytest.approx(f1_score(labels, predicted, average="macro"))
     assert metrics["roc_auc_ovr"] == pytest.approx(roc_auc_score(labels, positive), abs=1e-6)
     assert [row["support"] for row in metrics["per_class"]] == [234, 390]
+
+
+def test_binary_run_draws_every_plot_and_links_it(pneumonia_run):
+    assert {path.name for path in (pneumonia_run / "plots").glob("*.png")} == RUN_PLOTS
+    sources = image_sources((pneumonia_run / "report.html").read_text())
+    assert {Path(src).name for src in sources if src.startswith("plots/")} == RUN_PLOTS
+    metrics = json.loads((pneumonia_run / "metrics.json").read_text())
+    assert metrics["class_names"] == ["normal", "pneumonia"] and len(metrics["confusion_matrix"]) == 2

@@ -19,8 +19,11 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+
+from medray.config import load_config
 
 from test_report_build import RUN_PLOTS, image_sources
 
@@ -67,7 +70,11 @@ def test_misclassified_test_images_link_their_overlays(finished_run):
     # up to report.examples_per_class (16) mistakes per true class, each with its overlay on disk
     assert len(overlays) == sum(min(count, 16) for count in wrong.groupby("label").size())
     assert all((finished_run / src).is_file() for src in overlays)
-    assert all(row_id in html for row_id in wrong["row_id"])
+    # each named by its own file name (the Hugging Face image struct's path), not by its row id
+    data = load_config(finished_run / "config.yaml").data.path
+    names = {f"{file.name}#{row}": image["path"] for file in sorted(Path(data).glob("test-*.parquet"))
+             for row, image in enumerate(pq.read_table(file, columns=["image"]).column("image").to_pylist())}
+    assert all(f"{names[row_id]} → " in html for row_id in wrong["row_id"])
 
 
 async def _inspect_page(url: str, user_data: Path) -> tuple[dict, bytes]:

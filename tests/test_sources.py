@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from medray.config import DataConfig, SplitConfig
-from medray.data.decode import BadImage, decode_native
+from medray.data.decode import decode_native
+from medray.errors import BadImage
 from medray.data.manifest import prepare_source
 from medray.data.pipeline import read_split
 from medray.data.sources import discover

@@ -17,21 +17,12 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from medray.data.dicom import dicom_to_gray, is_dicom
-from medray.errors import MedrayError
+from medray.errors import BadImage, MedrayError
 
 # Modes whose values are not 0-255 and are stretched to 8 bits instead of clipped.
 HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I", "F"}
 # Modes that hold no colour: decoded gray even when RGB is asked for (then repeated over 3 channels).
 GRAY_MODES = {"1", "L", "LA", "La", *HIGH_DEPTH_MODES}
-
-
-class BadImage(MedrayError):
-    """One row that cannot be used; skipped and counted under `reason` with data.on_bad_image: skip."""
-
-    # A default keeps the exception picklable across Ray workers (pickle passes only the message).
-    def __init__(self, message: str, reason: str = "corrupt or truncated"):
-        super().__init__(message)
-        self.reason = reason
 
 
 def decode_native(content: bytes | np.ndarray, max_pixels: int, where: str, what: str = "image",

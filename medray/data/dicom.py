@@ -16,6 +16,8 @@ from PIL import Image
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
+from medray.errors import BadImage
+
 
 # Every DICOM Part 10 file has "DICM" after a 128-byte preamble.
 MAGIC_OFFSET = 128
@@ -26,8 +28,6 @@ def is_dicom(data: bytes) -> bool:
 
 
 def dicom_to_gray(data: bytes, max_pixels: int, where: str) -> tuple[np.ndarray, str]:
-    from medray.data.decode import BadImage  # decode imports this module
-
     try:
         dataset = pydicom.dcmread(io.BytesIO(data))
         rows, columns = int(dataset.Rows), int(dataset.Columns)

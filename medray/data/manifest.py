@@ -21,12 +21,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from medray.data.decode import BadImage, content_hash
+from medray.console import ProgressBar
+from medray.data.decode import content_hash
 from medray.data.dicom import is_dicom
 from medray.data.readers import RawRow, decode_row, pieces_of, read_tasks, reader_settings, rows_of
 from medray.data.sources import SPLIT_ALIASES, SPLITS, Source, check_usable, count_labels
 from medray.data.validation import small_validation_warnings
-from medray.errors import MedrayError
+from medray.errors import BadImage, MedrayError
 
 OK = "ok"
 # Statuses `inspect --dedupe` gives; the rows are fine as images, so on_bad_image does not apply.
@@ -42,8 +43,13 @@ def scan_rows(source: Source, data_config) -> pd.DataFrame:
     """One record per row of every split (decoded in Ray Data workers), in discovery order."""
     pieces = [piece | {"order": order} for order, piece in
               enumerate(piece for split in SPLITS for piece in source.pieces[split])]
-    records = read_tasks(pieces, source.kind, describe_rows,
-                         {"settings": reader_settings(source, data_config)}).to_pandas()  # small records, no pixels
+    described = read_tasks(pieces, source.kind, describe_rows, {"settings": reader_settings(source, data_config)})
+    batches = []  # small records, no pixels
+    with ProgressBar("decode", sum(len(piece["rows"]) for piece in pieces)) as progress:
+        for batch in described.iter_batches(batch_size=None, batch_format="pandas"):
+            batches.append(batch)
+            progress.advance(len(batch))
+    records = pd.concat(batches, ignore_index=True) if batches else described.to_pandas()
     rejected = pd.DataFrame(source.rejected, columns=["row_id", "split", "source", "status", "message"])
     rejected = rejected.assign(label=-1, order=len(pieces), position=np.arange(len(rejected)))
     frame = pd.concat([records, rejected], ignore_index=True) if len(rejected) else records

@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 import ray
 from ray.data import DataContext
 
-from medray.data.decode import BadImage, decode_native
+from medray.data.decode import decode_native
+from medray.errors import BadImage
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class RawRow:
     # the stored image, or why it could not be read (raised when the row is decoded)
     content: bytes | np.ndarray | BadImage
     mask: bytes | None = None
+    # the image's own file name, for people: the HF struct's `path`, the linked or folder file; None for arrays
+    name: str | None = None
 
 
 def pieces_of(batch: dict) -> Iterator[dict]:
@@ -49,7 +52,8 @@ def parquet_rows(piece: dict, image_column: str, path_column: str | None, label_
     for position, image, mask, row_id, label in zip(piece["rows"], images, masks, piece["row_ids"], piece["labels"]):
         where = f"{file} row {int(piece['offset']) + int(position)}"
         content = _read_linked(file, image, where) if path_column else stored_image(file, image, where)
-        yield RawRow(str(row_id), int(label), where, content, _blob(mask) if mask_column else None)
+        yield RawRow(str(row_id), int(label), where, content, _blob(mask) if mask_column else None,
+                     name=_file_name(image, linked=bool(path_column)))
 
 
 def stored_image(parquet_file: str, value, where: str) -> bytes | BadImage:
@@ -86,6 +90,11 @@ def linked_path(parquet_file: str, value: str) -> Path:
     return Path(parquet_file).parent / str(value)
 
 
+def _file_name(value, linked: bool) -> str | None:
+    path = value.get("path") if isinstance(value, dict) else value if linked else None
+    return Path(str(path)).name if path else None
+
+
 def _read_linked(parquet_file: str, value, where: str) -> bytes | BadImage:
     if not value:
         return BadImage(f"{where}: the image path is empty; fill data.path_column", NO_IMAGE)
@@ -104,7 +113,7 @@ def file_rows(piece: dict) -> Iterator[RawRow]:
             content = handle.read()
     except OSError as error:
         content = BadImage(f"{path}: cannot read the file ({error.strerror})", MISSING_FILE)
-    yield RawRow(str(piece["row_ids"][0]), int(piece["labels"][0]), path, content)
+    yield RawRow(str(piece["row_ids"][0]), int(piece["labels"][0]), path, content, name=Path(path).name)
 
 
 def npz_rows(piece: dict) -> Iterator[RawRow]:

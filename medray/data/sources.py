@@ -65,6 +65,30 @@ def discover(data_config) -> Source:
     return with_color(source, data_config)
 
 
+def guess_kind(path: Path) -> str:
+    """The data.source that `path` holds, as `medray data inspect PATH` is typed: an .npz file is
+    npz; a .parquet file, or a folder with parquet files anywhere below it, is parquet; a folder of
+    (split and) class folders of PNG, JPEG or DICOM files is folders.
+
+    Raises MedrayError naming the path when it is missing or holds none of these.
+    """
+    if not path.exists():
+        raise _missing(path)
+    if path.is_file():
+        kind = {".npz": "npz", ".parquet": "parquet"}.get(path.suffix.lower())
+        if kind is None:
+            raise MedrayError(f"{path} is neither .parquet nor .npz; for image files (PNG, JPEG, DICOM), "
+                              "pass the folder that holds the class folders")
+        return kind
+    if next(path.rglob("*.parquet"), None) is not None:
+        return "parquet"
+    if any(_is_image_name(file) for file in path.rglob("*")):
+        return "folders"
+    archives = sorted(path.glob("*.npz"))
+    hint = f"; for MedMNIST arrays pass the file itself, e.g. {archives[0]}" if archives else ""
+    raise MedrayError(f"{path} holds no .parquet files and no images (PNG, JPEG, DICOM) in class folders{hint}")
+
+
 def split_of(name: str) -> str | None:
     """`train-00000-of-00001.parquet` -> train; `validation` -> val; unknown -> None."""
     stem = name.split(".")[0]

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
+from medray.console import ProgressBar
 from medray.data.pipeline import one_batch_per_block
 from medray.errors import MedrayError
 from medray.explain import checks
@@ -155,9 +156,10 @@ def maps_table(columns: dict) -> pa.Table:
 
 def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: str, class_names: list[str],
                   explain_config, out_dir: Path,
-                  on_shard: Callable[[Path], None] | None = None) -> ExplainOutcome:
+                  on_shard: Callable[[Path], None] | None = None, rows: int | None = None) -> ExplainOutcome:
     """Maps for every row of `decoded` into `out_dir`; rows of complete shards from an earlier,
-    interrupted run into the same `out_dir` are skipped. `on_shard` is called after each shard."""
+    interrupted run into the same `out_dir` are skipped. `on_shard` is called after each shard;
+    `rows` (the rows of `decoded`, if known) sizes the console's progress bar."""
     methods = explain_config.methods
     if not methods:
         raise MedrayError("explain.method is an empty list; name at least one of gradcam, gradcam++, "
@@ -170,7 +172,9 @@ def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: 
     check_same_settings(maps_dir, settings, resuming=bool(done))
     todo = decoded if not done else decoded.map_batches(drop_rows, fn_kwargs={"done": done})
     mapped = cam_dataset(todo, model_bytes, backbone_name, class_names, explain_config)
+    progress = ProgressBar("explain", rows, done=len(done))
     for block in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
+        progress.advance(len(set(block["row_id"].to_pylist())))
         for table in split_by_images(block, explain_config.batch_size):
             if "overlay" in table.column_names:
                 write_overlays(table, overlay_dir)
@@ -182,6 +186,7 @@ def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: 
             next_index += 1
             if on_shard is not None:
                 on_shard(shard)
+    progress.close()
     sample_path = out_dir / SAMPLE_CHECKS
     if explain_config.checks and explain_config.check_sample and not sample_path.is_file():
         check_sample(decoded, maps_dir, model_bytes, backbone_name, class_names, explain_config, sample_path)

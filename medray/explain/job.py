@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medray import console
 from medray.cluster import connect
 from medray.data.manifest import prepare_source
 from medray.data.pipeline import read_split
@@ -24,12 +25,13 @@ def explain_run(config, run_dir: str | Path) -> ExplainOutcome:
     backbone = get_backbone(config.model.backbone)
     image_size = config.model.input_size or backbone.input_size
     source = discover(config.data)
+    console.keep_log_in(run_dir / "logs")
     connect(config.scaling)
     # The run's own manifest: the same rows as at training time, bad ones skipped or refused alike.
     source, _ = prepare_source(source, config.data, run_dir)
     test = read_split(source, "test", image_size, config.data)
     outcome = explain_split(test, model_path.read_bytes(), backbone.name, source.class_names, config.explain,
-                            run_dir / "explain", on_shard=None)
+                            run_dir / "explain", on_shard=None, rows=source.num_rows("test"))
     (run_dir / "explain" / "summary.txt").write_text(describe(outcome))
     return outcome
 

@@ -1,5 +1,5 @@
-"""Error analysis a person can look at: the misclassified test images with their CAM overlays,
-and whatever picture galleries the explain stage left in the run folder.
+"""Error analysis a person can look at: the misclassified test images with their CAM overlays
+(or the images themselves where a run has none), and whatever picture galleries the explain stage left in the run folder.
 
 The explain stage records where it wrote each overlay (the `overlay_file` column of its maps
 table); the report follows that record, and falls back to the plain layout
@@ -15,6 +15,7 @@ import pyarrow.dataset as ds
 from PIL import Image
 
 from medray.filenames import safe_filename
+from medray.report.test_images import test_images
 
 # Galleries larger than this are cut, most confident mistakes first: those are the instructive ones.
 DEFAULT_EXAMPLES_PER_CLASS = 16
@@ -65,20 +66,24 @@ def find_overlays(run_dir: Path, rows: pd.DataFrame, class_names: list[str]) -> 
 
 
 def misclassified_by_class(predictions: pd.DataFrame, class_names: list[str], run_dir: Path,
-                           limit: int = DEFAULT_EXAMPLES_PER_CLASS) -> list[dict]:
-    """Per true class with mistakes: how many, and the most confident of them with their overlay
-    (None where the run wrote no overlay for that row)."""
+                           limit: int = DEFAULT_EXAMPLES_PER_CLASS, config: dict | None = None) -> list[dict]:
+    """Per true class with mistakes: how many, and the most confident of them, each named by its
+    own file name, with its CAM overlay or, where the run wrote none (explain disabled), a
+    thumbnail of the test image itself (`config`: the run's, to read the image back)."""
     wrong = predictions[predictions["label"] != predictions["prediction"]]
     shown = pd.concat([wrong[wrong["label"] == index].sort_values("confidence", ascending=False).head(limit)
                        for index in range(len(class_names))])
     overlays = find_overlays(run_dir, shown, class_names)
+    row_ids = shown["row_id"].astype(str).tolist()
+    images = test_images(run_dir, config or {}, row_ids, thumbnails=set(row_ids) - set(overlays))
     groups = []
     for index, name in enumerate(class_names):
         mistakes = wrong[wrong["label"] == index]
         if mistakes.empty:
             continue
         examples = [{"row_id": str(row.row_id), "predicted": class_names[int(row.prediction)],
-                     "confidence": float(row.confidence), "overlay": overlays.get(str(row.row_id))}
+                     "confidence": float(row.confidence), "overlay": overlays.get(str(row.row_id)),
+                     **images.get(str(row.row_id), {"name": str(row.row_id), "thumbnail": None})}
                     for row in shown[shown["label"] == index].itertuples()]
         groups.append({"class": name, "total": len(mistakes), "support": int((predictions["label"] == index).sum()),
                        "examples": examples})

@@ -101,7 +101,7 @@ def describe_run(run_dir: Path, examples_per_class: int = DEFAULT_EXAMPLES_PER_C
         "data": data,
         "split_totals": {split: sum(counts.values()) for split, counts in data.get("class_counts", {}).items()},
         "figures": {key: path.relative_to(run_dir).as_posix() for key, path in figures.items()},
-        "misclassified": misclassified_by_class(predictions, class_names, run_dir, examples_per_class),
+        "misclassified": misclassified_by_class(predictions, class_names, run_dir, examples_per_class, config),
         "galleries": picture_galleries(run_dir),
     }
 

@@ -19,6 +19,7 @@ from medray.models.applications import set_trainable_top
 from medray.models.classifier import KERAS_V3, build_classifier, copy_weights, load_model_bytes, load_model_file
 from medray.models.registry import get_backbone
 from medray.train.progress import Progress
+from medray.train.threads import share_intra_op_threads
 from medray.train.worker_data import per_replica_batches
 
 CHECKPOINT_MODEL = "model.keras"
@@ -36,7 +37,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     workers, rank = context.get_world_size(), context.get_world_rank()
     per_worker_batch = config.train.batch_size // workers
 
-    # Before any TensorFlow op runs: collective ops can only be configured at startup.
+    # Before any TensorFlow op runs: thread pools and collective ops can only be configured at startup.
+    share_intra_op_threads(context.get_local_world_size())
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
         # Built without pretrained weights: the driver resolved them once and sends them along,

@@ -1,4 +1,5 @@
-"""One console line per finished trial, printed by the driver while the sweep runs."""
+"""One console line per finished trial, printed by the driver while the sweep runs (Ray's own
+output goes to the sweep's logs/ray.log, see medray.console)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from pathlib import Path
 
 from ray import tune
 
+from medray.cluster import remove_leftover_worker_groups
+from medray.console import say
 from medray.errors import exception_in_traceback, find_user_error
 from medray.tune.leaderboard import stop_reason
 
@@ -18,8 +21,6 @@ class TrialLog(tune.Callback):
         self._print(trial)
         running = [other for other in trials if other is not trial and other.status == "RUNNING"]
         if not running:  # a trial ASHA stopped may have left its worker group behind
-            from medray.tune.sweep import remove_leftover_worker_groups
-
             remove_leftover_worker_groups()
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -30,7 +31,7 @@ class TrialLog(tune.Callback):
         text = Path(path).read_text() if path and Path(path).is_file() else ""
         found = find_user_error(Exception(text)) or exception_in_traceback(text)
         if found:
-            print(f"trial {trial.trial_id}  error: {found}", flush=True)
+            say(f"trial {trial.trial_id}  error: {found}")
 
     def _print(self, trial) -> None:
         # Both: the leaderboard ranks a trial by its best or its last epoch (train.export_epoch).
@@ -41,8 +42,7 @@ class TrialLog(tune.Callback):
         params = "  ".join(f"{key}={_short(value)}" for key, value in trial.config.items())
         # result.json may not be flushed yet: what Tune received says how far the trial got.
         reason = stop_reason(Path(self.sweep_dir) / trial.trial_id, last_epoch=int(epochs))
-        print(f"trial {trial.trial_id}  {reason:<14}  {self.metric} {score}  epochs {epochs:g}  {params}",
-              flush=True)
+        say(f"trial {trial.trial_id}  {reason:<14}  {self.metric} {score}  epochs {epochs:g}  {params}")
 
 
 def _short(value) -> str:

@@ -24,7 +24,8 @@ import pandas as pd
 import yaml
 from ray import tune
 
-from medray.cluster import check_cpus_for_data, connect
+from medray import console
+from medray.cluster import check_cpus_for_data, connect, remove_leftover_worker_groups
 from medray.config import RunConfig, ScalingConfig, load_config, to_yaml
 from medray.data.pipeline import read_split
 from medray.data.sources import Source, discover
@@ -64,6 +65,7 @@ def run_sweep(sweep: SweepConfig, base: RunConfig) -> SweepOutcome:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / SWEEP_FILE).write_text(yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False))
     (sweep_dir / BASE_FILE).write_text(to_yaml(base))
+    console.keep_log_in(sweep_dir / "logs")
     connect_for_trials(sweep, base)
     tuner = tune.Tuner(
         trainable(base, source, sweep_dir),
@@ -100,26 +102,6 @@ def planned_trials(sweep: SweepConfig) -> int:
     return len(grid_order(sweep))
 
 
-def remove_leftover_worker_groups() -> None:
-    """Free the CPUs of worker groups whose trial ASHA stopped.
-
-    Ray Train's detached cleaner removes such a group's placement group, but it finds the cluster
-    by address and fails when several Ray instances share the machine; the group would then hold
-    its CPUs for good and the next trial's data (or the test-split evaluation) would wait for them.
-    Call it only when no trial of this job runs: every worker group left then is such a leftover.
-    """
-    import ray
-    from ray._raylet import PlacementGroupID
-    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
-
-    job_id = ray.get_runtime_context().get_job_id()
-    for group_id, group in placement_group_table().items():
-        # Tune's own trial groups hold only memory (see `trainable`); worker groups hold CPUs or GPUs.
-        holds_workers = any("CPU" in bundle or "GPU" in bundle for bundle in group["bundles"].values())
-        if group["state"] == "CREATED" and group_id.endswith(job_id) and holds_workers:
-            remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(group_id))))
-
-
 def resume_sweep(name_or_dir: str, output_dir: Path = Path("results")) -> SweepOutcome:
     """Continue an interrupted sweep: finished trials stay as they are, unfinished and failed ones run again."""
     sweep_dir = Path(name_or_dir)
@@ -131,6 +113,7 @@ def resume_sweep(name_or_dir: str, output_dir: Path = Path("results")) -> SweepO
                           f"state in {sweep_dir}); pass a sweep folder such as results/<sweep name>")
     sweep = parse_sweep(yaml.safe_load((sweep_dir / SWEEP_FILE).read_text()), source=str(sweep_dir / SWEEP_FILE))
     base = load_config(sweep_dir / BASE_FILE)
+    console.keep_log_in(sweep_dir / "logs")
     source = discover(base.data)
     connect_for_trials(sweep, base)
     tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable(base, source, sweep_dir),
