@@ -11,6 +11,7 @@ import os
 import ray
 
 from medray.errors import MedrayError
+from medray.storage import STORAGE_ENV
 
 # Workers on a cluster started with `ray start` do not inherit the driver's environment.
 WORKER_ENV = {
@@ -20,11 +21,17 @@ WORKER_ENV = {
 }
 
 
+def worker_env() -> dict[str, str]:
+    """WORKER_ENV plus the object-storage settings the driver has (credentials, endpoint): every
+    worker reads data and writes checkpoints itself, so it needs the same ones."""
+    return {**WORKER_ENV, **{name: os.environ[name] for name in STORAGE_ENV if name in os.environ}}
+
+
 def connect(scaling) -> None:
     if not ray.is_initialized():
         ray.init(
             address=os.environ.get("RAY_ADDRESS"),
-            runtime_env={"env_vars": WORKER_ENV},
+            runtime_env={"env_vars": worker_env()},
         )
     check_cpus_for_data(scaling, ray.cluster_resources().get("CPU", 0.0))
 

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import difflib
 import re
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from medray.errors import MedrayError
+
+
+# A local path or a URI (s3://bucket/prefix, gs://...), kept as text: pathlib would turn
+# s3://bucket into s3:/bucket. Path objects from Python callers are accepted.
+Location = Annotated[str, BeforeValidator(lambda value: str(value) if isinstance(value, PurePath) else value)]
 
 
 class _Section(BaseModel):
@@ -60,8 +65,9 @@ class SplitConfig(_Section):
 
 class DataConfig(_Section):
     source: Literal["parquet", "folders", "npz"] = "parquet"
-    # A folder, a file, a glob (`data/*.parquet`) or a list of them.
-    path: Path | list[Path]
+    # A folder, a file, a glob (`data/*.parquet`) or a list of them: local paths or URIs
+    # (s3://bucket/prefix, gs://...), read by every worker through pyarrow.fs (see medray/storage.py).
+    path: Location | list[Location]
     image_column: str = "image"
     # A parquet column of image file paths (relative to the parquet file's folder), instead of image_column.
     path_column: str | None = None
@@ -76,7 +82,7 @@ class DataConfig(_Section):
     on_bad_image: Literal["error", "skip"] = "error"
     split: SplitConfig = SplitConfig()
     # A manifest written by `medray data inspect --dedupe`, used instead of building one.
-    manifest: Path | None = None
+    manifest: Location | None = None
     augment: AugmentConfig = AugmentConfig()
     # Keep the decoded train and validation rows in Ray's object store after the first epoch, so
     # later epochs only augment. "auto": when they take at most a tenth of the object store.
@@ -195,7 +201,8 @@ class TrackingConfig(_Section):
 
 
 class OutputConfig(_Section):
-    dir: Path = Path("results")
+    # A local folder or a URI (s3://bucket/results): run folders, checkpoints and sweeps go there.
+    dir: Location = "results"
     # None means "<name>-<UTC timestamp>".
     run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

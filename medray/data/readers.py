@@ -9,14 +9,13 @@ the manifest pass hashes and measures. Bad content is not judged here, only in d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import pyarrow.parquet as pq
 import ray
 from ray.data import DataContext
 
+from medray import storage
 from medray.data.decode import BadImage, decode_native
 
 
@@ -42,7 +41,7 @@ def parquet_rows(piece: dict, image_column: str, path_column: str | None, label_
     file = str(piece["file"])
     column = path_column or image_column
     columns = [column, *([mask_column] if mask_column else [])]
-    table = pq.ParquetFile(file).read_row_group(int(piece["part"]), columns=columns).take(
+    table = storage.parquet_file(file).read_row_group(int(piece["part"]), columns=columns).take(
         np.asarray(piece["rows"], dtype=np.int64))
     images = table.column(column).to_pylist()
     masks = table.column(mask_column).to_pylist() if mask_column else [None] * len(images)
@@ -62,28 +61,30 @@ def _blob(value) -> bytes:
 def _read_linked(parquet_file: str, value, where: str) -> bytes | BadImage:
     if not value:
         return BadImage(f"{where}: the image path is empty; fill data.path_column", "missing file")
-    path = Path(parquet_file).parent / str(value)  # relative to the parquet file; absolute paths stay
+    # relative to the parquet file; absolute paths and URIs stay
+    path = str(value) if storage.is_uri(str(value)) else storage.join(storage.parent(parquet_file), str(value))
     try:
-        return path.read_bytes()
+        return storage.read_bytes(path)
     except OSError as error:
-        return BadImage(f"{where}: cannot read image file {path} ({error.strerror}); fix the path or the file",
+        reason = error.strerror or storage.first_line(error)
+        return BadImage(f"{where}: cannot read image file {path} ({reason}); fix the path or the file",
                         "missing file")
 
 
 def file_rows(piece: dict) -> Iterator[RawRow]:
     path = str(piece["file"])
     try:
-        with open(path, "rb") as handle:
-            content = handle.read()
+        content = storage.read_bytes(path)
     except OSError as error:
-        content = BadImage(f"{path}: cannot read the file ({error.strerror})", "missing file")
+        reason = error.strerror or storage.first_line(error)
+        content = BadImage(f"{path}: cannot read the file ({reason})", "missing file")
     yield RawRow(str(piece["row_ids"][0]), int(piece["labels"][0]), path, content)
 
 
 def npz_rows(piece: dict) -> Iterator[RawRow]:
     file, split = str(piece["file"]), str(piece["split"])
     positions = np.asarray(piece["rows"], dtype=np.int64)
-    with np.load(file, allow_pickle=False) as arrays:
+    with storage.open_input(file) as handle, np.load(handle, allow_pickle=False) as arrays:
         images = arrays[f"{split}_images"][positions]
     for position, image, row_id, label in zip(positions, images, piece["row_ids"], piece["labels"]):
         yield RawRow(str(row_id), int(label), f"{file} {split} row {position}", image)

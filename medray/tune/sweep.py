@@ -24,6 +24,7 @@ import pandas as pd
 import yaml
 from ray import tune
 
+from medray import storage
 from medray.cluster import check_cpus_for_data, connect
 from medray.config import RunConfig, ScalingConfig, load_config, to_yaml
 from medray.data.pipeline import read_split
@@ -57,7 +58,10 @@ class SweepOutcome:
 
 def run_sweep(sweep: SweepConfig, base: RunConfig) -> SweepOutcome:
     source = discover(base.data)
-    sweep_dir = (base.output.dir / sweep.name).resolve()
+    if storage.is_uri(base.output.dir):
+        raise MedrayError(f"output.dir={base.output.dir}: medray tune writes sweeps to a local or shared folder "
+                          "only (not yet to object storage); set output.dir to a path every node mounts")
+    sweep_dir = (Path(base.output.dir) / sweep.name).resolve()
     if tune.Tuner.can_restore(str(sweep_dir)):
         raise MedrayError(f"{sweep_dir} already holds a sweep; continue it with `medray tune --resume "
                           f"{sweep_dir}` or start another with --set name=<new name>")

@@ -1,0 +1,104 @@
+"""A run's folder at `output.dir`: local, or in object storage with a local scratch copy.
+
+With a URI output.dir (s3://bucket/results) the driver writes the small files (config, manifest,
+metrics, plots, maps, report) into a scratch folder and uploads it with `pyarrow.fs.copy_files`
+when the run ends; Ray Train writes checkpoints straight to `<run>/checkpoints` in the bucket, so
+a worker on any node, and a resumed run, finds them. `_SUCCESS` is written last, in both cases:
+a run folder without it did not finish (it may still be running, or it failed).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from medray import storage
+
+SUCCESS = "_SUCCESS"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    # where the driver writes; the run folder itself when output.dir is local
+    local: Path
+    # the run folder's location: a local path or a URI
+    location: str
+
+    @property
+    def remote(self) -> bool:
+        return storage.is_uri(self.location)
+
+    @property
+    def checkpoints(self) -> str:
+        """Ray Train's storage_path: always in the run folder itself, never in the scratch copy."""
+        return storage.join(self.location, "checkpoints")
+
+
+def create_run_folder(config) -> RunFolder:
+    """`<output.dir>/<run_id>`: a new name (suffixed -2, -3, ...) unless output.run_id was given."""
+    run_id = config.output.run_id or f"{config.name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    output_dir = storage.normalise(config.output.dir)
+    storage.check_bucket(output_dir, "output.dir")
+    location = storage.join(output_dir, run_id)
+    suffix = 1
+    while exists(location) and config.output.run_id is None:
+        suffix += 1
+        location = storage.join(output_dir, f"{run_id}-{suffix}")
+    if storage.is_uri(location):
+        local = Path(tempfile.mkdtemp(prefix="medray-")) / storage.name(location)
+    else:
+        local = Path(location)
+    local.mkdir(parents=True, exist_ok=True)
+    # A resumed run is unfinished again until it ends.
+    filesystem, path = storage.resolve(storage.join(location, SUCCESS))
+    filesystem.delete_file(path) if exists(storage.join(location, SUCCESS)) else None
+    return RunFolder(local.resolve(), location)
+
+
+def open_run_folder(location: str) -> RunFolder:
+    """An existing run folder (for `medray explain --run`): remote ones are downloaded to scratch."""
+    location = storage.normalise(location)
+    if not storage.is_uri(location):
+        return RunFolder(Path(location), location)
+    if storage.info(location, "--run").type != pafs.FileType.Directory:
+        raise storage.missing(location, "--run", "pass the folder of a finished `medray run`")
+    local = Path(tempfile.mkdtemp(prefix="medray-")) / storage.name(location)
+    filesystem, path = storage.resolve(location)
+    # The checkpoints stay in the bucket: explain needs only model.keras and the small files.
+    for name in ("model.keras", "config.yaml", "manifest.parquet", "data.json"):
+        source = storage.join(location, name)
+        if storage.info(source, "--run").type == pafs.FileType.File:
+            local.mkdir(parents=True, exist_ok=True)
+            (local / name).write_bytes(storage.read_bytes(source))
+    local.mkdir(parents=True, exist_ok=True)
+    return RunFolder(local, location)
+
+
+def exists(location: str) -> bool:
+    return storage.info(location, "output.dir").type != pafs.FileType.NotFound
+
+
+def publish(folder: RunFolder, subfolder: str = "") -> None:
+    """Upload the scratch copy (or only `subfolder` of it) to the run folder; a no-op when local."""
+    if not folder.remote:
+        return
+    filesystem, path = storage.resolve(folder.location)
+    source = folder.local / subfolder if subfolder else folder.local
+    target = f"{path}/{subfolder}" if subfolder else path
+    pafs.copy_files(str(source), target, source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=filesystem)
+
+
+def mark_finished(folder: RunFolder) -> None:
+    """Upload what is left to upload, then `_SUCCESS`: the last file of a finished run."""
+    publish(folder)
+    storage.write_bytes(storage.join(folder.location, SUCCESS),
+                        f"finished {datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}\n".encode())
+
+
+def finished(location: str) -> bool:
+    return storage.info(storage.join(location, SUCCESS), "run folder").type == pafs.FileType.File
