@@ -6,12 +6,16 @@ RAY_ADDRESS set) the driver joins that cluster instead.
 
 from __future__ import annotations
 
+import json
 import os
 
 import ray
 
 from medray.errors import MedrayError
 from medray.storage import STORAGE_ENV
+
+# Where Ray hands a submitted job's config (and its runtime env) to the driver.
+RAY_JOB_CONFIG_JSON_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 # Workers on a cluster started with `ray start` do not inherit the driver's environment.
 WORKER_ENV = {
@@ -23,8 +27,15 @@ WORKER_ENV = {
 
 def worker_env() -> dict[str, str]:
     """WORKER_ENV plus the object-storage settings the driver has (credentials, endpoint): every
-    worker reads data and writes checkpoints itself, so it needs the same ones."""
-    return {**WORKER_ENV, **{name: os.environ[name] for name in STORAGE_ENV if name in os.environ}}
+    worker reads data and writes checkpoints itself, so it needs the same ones.
+
+    Variables the submitted job's runtime env already sets (`ray job submit --runtime-env-json
+    '{"env_vars": {...}}'`) reach every worker from there; Ray refuses to merge a key set twice.
+    """
+    job_config = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR, "{}"))
+    from_job = (job_config.get("runtime_env") or {}).get("env_vars") or {}
+    env = {**WORKER_ENV, **{name: os.environ[name] for name in STORAGE_ENV if name in os.environ}}
+    return {name: value for name, value in env.items() if name not in from_job}
 
 
 def connect(scaling) -> None:

@@ -157,6 +157,9 @@ class ScalingConfig(_Section):
     # CPUs kept free of training workers so that Ray Data can decode and augment: without them
     # the training workers wait for data that no task can run to produce, forever.
     cpus_for_data: float = Field(1.0, ge=0)
+    # How Ray places the training workers: PACK fills one node first (fast collectives); SPREAD puts
+    # them on different nodes where it can (a lost node then costs fewer workers).
+    placement_strategy: Literal["PACK", "SPREAD"] = "PACK"
 
 
 CamMethodName = Literal["gradcam", "gradcam++", "hirescam", "scorecam"]

@@ -48,34 +48,47 @@ def create_run_folder(config) -> RunFolder:
     while exists(location) and config.output.run_id is None:
         suffix += 1
         location = storage.join(output_dir, f"{run_id}-{suffix}")
-    if storage.is_uri(location):
-        local = Path(tempfile.mkdtemp(prefix="medray-")) / storage.name(location)
-    else:
-        local = Path(location)
-    local.mkdir(parents=True, exist_ok=True)
+    folder = scratch_folder(location)
     # A resumed run is unfinished again until it ends.
-    filesystem, path = storage.resolve(storage.join(location, SUCCESS))
-    filesystem.delete_file(path) if exists(storage.join(location, SUCCESS)) else None
-    return RunFolder(local.resolve(), location)
+    success = storage.join(location, SUCCESS)
+    if exists(success):
+        filesystem, path = storage.resolve(success)
+        filesystem.delete_file(path)
+    return RunFolder(folder.local.resolve(), location)
 
 
 def open_run_folder(location: str) -> RunFolder:
-    """An existing run folder (for `medray explain --run`): remote ones are downloaded to scratch."""
+    """An existing run folder (for `medray explain --run`): a remote one is downloaded to scratch,
+    without its checkpoints (explain needs model.keras and the small files)."""
     location = storage.normalise(location)
-    if not storage.is_uri(location):
-        return RunFolder(Path(location), location)
     if storage.info(location, "--run").type != pafs.FileType.Directory:
         raise storage.missing(location, "--run", "pass the folder of a finished `medray run`")
-    local = Path(tempfile.mkdtemp(prefix="medray-")) / storage.name(location)
-    filesystem, path = storage.resolve(location)
-    # The checkpoints stay in the bucket: explain needs only model.keras and the small files.
-    for name in ("model.keras", "config.yaml", "manifest.parquet", "data.json"):
-        source = storage.join(location, name)
-        if storage.info(source, "--run").type == pafs.FileType.File:
-            local.mkdir(parents=True, exist_ok=True)
-            (local / name).write_bytes(storage.read_bytes(source))
+    folder = scratch_folder(location)
+    download(folder, skip=("checkpoints", "explain"))
+    return folder
+
+
+def scratch_folder(location: str) -> RunFolder:
+    """A folder at `location` (a run, sweep or trial): itself when local, else an empty scratch copy."""
+    location = storage.normalise(location)
+    local = Path(tempfile.mkdtemp(prefix="medray-")) / storage.name(location) if storage.is_uri(location) \
+        else Path(location)
     local.mkdir(parents=True, exist_ok=True)
     return RunFolder(local, location)
+
+
+def download(folder: RunFolder, skip: tuple[str, ...] = ("checkpoints",)) -> None:
+    """Bring the remote folder's files into the scratch copy, except the subfolders in `skip`
+    (checkpoints stay in the bucket; the driver reads the one it needs)."""
+    if not folder.remote:
+        return
+    for location, _ in storage.list_files(folder.location, "output.dir"):
+        relative = storage.relative(location, folder.location)
+        if relative.split("/")[0] in skip:
+            continue
+        target = folder.local / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(storage.read_bytes(location))
 
 
 def exists(location: str) -> bool:

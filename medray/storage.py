@@ -106,8 +106,9 @@ def common_parent(locations: list[str]) -> str:
     return prefix + posixpath.commonpath([posixpath.dirname(_split(item)[1]) for item in locations])
 
 
-def to_location(filesystem: pafs.FileSystem, path: str, like: str) -> str:
-    """A path inside `filesystem` back into a location of the same kind as `like`."""
+def to_location(path: str, like: str) -> str:
+    """A path inside a location's filesystem (as pyarrow and Ray report it) back into a location of
+    the same kind as `like`: s3://bucket/key for S3, the path itself for a local folder."""
     if not is_uri(like):
         return path
     return f"{like.split('://', 1)[0]}://{path}"
@@ -133,7 +134,7 @@ def check_bucket(location: str, key: str) -> None:
     if is_uri(location):
         filesystem, path = resolve(location, key)
         bucket = path.split("/", 1)[0]
-        if info(to_location(filesystem, bucket, location), key).type == pafs.FileType.NotFound:
+        if info(to_location(bucket, location), key).type == pafs.FileType.NotFound:
             raise MedrayError(f"{key} {location}: the bucket {bucket} does not exist (or these credentials "
                               "cannot see it); create it or fix the bucket name")
 
@@ -145,7 +146,7 @@ def list_files(location: str, key: str, recursive: bool = True) -> list[tuple[st
         entries = filesystem.get_file_info(pafs.FileSelector(path, recursive=recursive))
     except OSError as error:
         raise access_error(location, key, error) from None
-    found = [(to_location(filesystem, entry.path, normalise(location)), entry.type == pafs.FileType.Directory)
+    found = [(to_location(entry.path, normalise(location)), entry.type == pafs.FileType.Directory)
              for entry in entries if entry.type != pafs.FileType.NotFound]
     return sorted(item for item in found if not (recursive and item[1]))
 

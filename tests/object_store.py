@@ -37,10 +37,12 @@ class ObjectStore:
         return self.uri(*parts)
 
     def listing(self, *parts: str) -> list[str]:
-        """Keys under s3://bucket/<parts>, relative to it."""
+        """Keys under s3://bucket/<parts>, relative to it (none if nothing is there yet)."""
         from medray import storage
 
         prefix = self.uri(*parts)
+        if storage.info(prefix, "listing").type == pafs.FileType.NotFound:
+            return []
         return [location[len(prefix) + 1:] for location, _ in storage.list_files(prefix, "listing")]
 
 

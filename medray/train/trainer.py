@@ -54,6 +54,7 @@ def train_model(config: RunConfig, source: Source, data: TrainingData, image_siz
             num_workers=config.scaling.num_workers,
             use_gpu=config.scaling.use_gpu,
             resources_per_worker={"CPU": config.scaling.cpus_per_worker},
+            placement_strategy=config.scaling.placement_strategy,
         ),
         datasets={"train": data.train, "val": data.val},
         run_config=ray.train.RunConfig(
