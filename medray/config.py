@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from medray.errors import MedrayError
+from medray.storage import is_uri
 
 
 # A local path or a URI (s3://bucket/prefix, gs://...), kept as text: pathlib would turn
@@ -239,6 +240,10 @@ class RunConfig(_Section):
         if self.model.pooling == "flatten" and self.model.backbone != "baseline_cnn":
             raise ValueError(f"model.pooling=flatten: only baseline_cnn flattens its features; "
                              f"{self.model.backbone} needs max or avg")
+        if self.tracking.enabled and self.tracking.uri is None and is_uri(self.output.dir):
+            raise ValueError(f"tracking.uri: MLflow's default file store (<output.dir>/mlruns) cannot live in "
+                             f"object storage (output.dir={self.output.dir}); set tracking.uri to an MLflow "
+                             "server (http://...), whose artifact store may be that bucket")
         if self.model.weights != "none" and self.model.backbone == "baseline_cnn":
             raise ValueError("model.weights: baseline_cnn has no pretrained weights; use weights: none")
         return self

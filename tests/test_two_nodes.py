@@ -4,7 +4,8 @@ an S3 bucket, credentials only in the job's runtime env, and the non-head node l
 One test does it all, because starting the nodes is the slow part: the demo job is submitted with
 `medray submit`, trains one Ray Train worker on each node, loses the second node after the first
 epoch's checkpoint is in the bucket, resumes from that checkpoint on the head and writes every
-output to the bucket; then `medray explain` runs as a second job on the same run folder.
+output to the bucket; then the node comes back and a 2-trial `medray tune` and `medray explain` (on the
+same run folder) run as further jobs.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ class TwoNodes:
     address: str
     env: dict
     worker: subprocess.Popen
+    join: list[str]  # `ray start` arguments of the second node
+
+    def restart_worker(self) -> None:
+        """The lost node comes back (new ports: the old ones may linger in TIME_WAIT)."""
+        self.worker = start_node(worker_args(self.join), self.env)
+        wait_for_nodes(self.join[0].split("=", 1)[1], self.env, 2)
 
 
 def start_node(args: list[str], env: dict) -> subprocess.Popen:
@@ -56,6 +63,17 @@ def alive_nodes(gcs: str, env: dict) -> int:
     return len(re.findall(r"\bnode_[0-9a-f]+", active))
 
 
+def worker_args(join: list[str]) -> list[str]:
+    return [*join, f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
+
+
+def wait_for_nodes(gcs: str, env: dict, count: int, seconds: int = 600) -> None:
+    deadline = time.time() + seconds
+    while alive_nodes(gcs, env) < count:
+        assert time.time() < deadline, f"fewer than {count} nodes joined"
+        time.sleep(2)
+
+
 @pytest.fixture
 def two_nodes(tmp_path_factory):
     """A head and one more node, 2 CPUs each. The nodes know no storage credentials: jobs bring them."""
@@ -65,20 +83,16 @@ def two_nodes(tmp_path_factory):
     port, dashboard = free_port(), free_port()
     head = start_node(["--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
                        f"--temp-dir={tmp_path_factory.mktemp('ray-head')}"], env)
-    worker = None
+    cluster = None
     try:
         wait_for_job_server(f"http://127.0.0.1:{dashboard}", env)
-        worker = start_node([f"--address=127.0.0.1:{port}", f"--node-manager-port={free_port()}",
-                             f"--object-manager-port={free_port()}",
-                             f"--temp-dir={tmp_path_factory.mktemp('ray-worker')}"], env)
-        deadline = time.time() + 120
-        while alive_nodes(f"127.0.0.1:{port}", env) < 2:
-            assert time.time() < deadline, "the second node did not join"
-            time.sleep(2)
-        yield TwoNodes(f"http://127.0.0.1:{dashboard}", env, worker)
+        join = [f"--address=127.0.0.1:{port}", f"--temp-dir={tmp_path_factory.mktemp('ray-worker')}"]
+        cluster = TwoNodes(f"http://127.0.0.1:{dashboard}", env, start_node(worker_args(join), env), join)
+        wait_for_nodes(f"127.0.0.1:{port}", env, 2)
+        yield cluster
     finally:
-        for process in (worker, head):  # --block: stopping it stops that node's processes, no others
-            if process is not None and process.poll() is None:
+        for process in (cluster.worker if cluster else None, head):
+            if process is not None and process.poll() is None:  # --block: stopping it stops that node's processes
                 process.terminate()
                 process.wait(timeout=60)
 
@@ -152,6 +166,22 @@ def test_demo_job_on_two_nodes_survives_losing_one_and_writes_everything_to_the_
     history = pd.read_csv(BytesIO(storage.read_bytes(object_store.uri(*run, "history.csv"))))
     # Every epoch trained exactly once: the resumed run continued after its checkpoint's epoch.
     assert history["epoch"].tolist() == list(range(1, EPOCHS + 1))
+
+    # The node comes back; a 2-trial sweep and the explain job run on both nodes, all in the bucket.
+    two_nodes.restart_worker()
+    sweep = Job(two_nodes, object_store, [
+        "jobs/tune.py", "--config", "configs/demo_sweep.yaml",
+        *sum((["--set", item] for item in (
+            "name=two-node-sweep", "num_samples=2", "top_k=1", "asha.enabled=false", "set.train.epochs=1",
+            "set.model.input_size=32", f"set.data.path={data}", f"set.output.dir={object_store.uri(*run[:2])}")),
+            [])])
+    code, log = sweep.wait()
+    assert code == 0, log[-4000:]
+    sweep_keys = object_store.listing(*run[:2], "two-node-sweep")
+    print("sweep in the bucket:", *[key for key in sweep_keys if "/checkpoint_" not in key], sep="\n  ")
+    assert len({key.split("/")[0] for key in sweep_keys if key.endswith("/params.json")}) == 2
+    for key in ("leaderboard.csv", "best/model.keras", SUCCESS):
+        assert key in sweep_keys, key
 
     explain = Job(two_nodes, object_store, [
         "jobs/explain.py", "--config", "configs/demo.yaml", "--run", object_store.uri(*run),
