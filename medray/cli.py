@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_verbose_argument(tune)
     tune.set_defaults(command=command_tune)
 
+    submit = commands.add_parser("submit", help="`ray job submit --working-dir .` after checking the package size")
+    submit.add_argument("--address", help="the job server, e.g. http://head:8265 (default: RAY_ADDRESS)")
+    submit.add_argument("--runtime-env-json", help="passed to ray job submit, e.g. the storage env_vars")
+    submit.add_argument("job", nargs=argparse.REMAINDER, help="-- python jobs/run.py --config ...")
+    submit.set_defaults(command=command_submit)
+
     resume = commands.add_parser("resume", help="continue a run whose driver was killed, from its checkpoints")
     resume.add_argument("run_dir", help="the run's folder, e.g. results/demo-20261123-053822")
     add_verbose_argument(resume)
@@ -148,6 +154,15 @@ def command_resume(args: argparse.Namespace) -> None:
 
         outcome = run_job(load_config(config_path))
     print((outcome.run_dir / "summary.txt").read_text(), end="")
+
+
+def command_submit(args: argparse.Namespace) -> None:
+    from medray.submit import submit_job
+
+    job = args.job[1:] if args.job[:1] == ["--"] else args.job
+    code = submit_job(args.address, job, runtime_env_json=args.runtime_env_json)
+    if code:
+        raise SystemExit(code)
 
 
 def command_explain(args: argparse.Namespace) -> None:

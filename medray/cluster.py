@@ -6,12 +6,17 @@ RAY_ADDRESS set) the driver joins that cluster instead.
 
 from __future__ import annotations
 
+import json
 import os
 
 import ray
 from ray.data import DataContext
 
 from medray.errors import MedrayError
+from medray.storage import STORAGE_ENV
+
+# Where Ray hands a submitted job's config (and its runtime env) to the driver.
+RAY_JOB_CONFIG_JSON_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 # Workers on a cluster started with `ray start` do not inherit the driver's environment.
 WORKER_ENV = {
@@ -21,6 +26,19 @@ WORKER_ENV = {
 }
 
 
+def worker_env() -> dict[str, str]:
+    """WORKER_ENV plus the object-storage settings the driver has (credentials, endpoint): every
+    worker reads data and writes checkpoints itself, so it needs the same ones.
+
+    Variables the submitted job's runtime env already sets (`ray job submit --runtime-env-json
+    '{"env_vars": {...}}'`) reach every worker from there; Ray refuses to merge a key set twice.
+    """
+    job_config = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR, "{}"))
+    from_job = (job_config.get("runtime_env") or {}).get("env_vars") or {}
+    env = {**WORKER_ENV, **{name: os.environ[name] for name in STORAGE_ENV if name in os.environ}}
+    return {name: value for name, value in env.items() if name not in from_job}
+
+
 def connect(scaling) -> None:
     # medray draws one bar per long stage itself (medray.console); Ray Data's bars, redrawn for
     # every epoch and split, would only fill the run's log.
@@ -28,7 +46,7 @@ def connect(scaling) -> None:
     if not ray.is_initialized():
         ray.init(
             address=os.environ.get("RAY_ADDRESS"),
-            runtime_env={"env_vars": WORKER_ENV},
+            runtime_env={"env_vars": worker_env()},
             # Workers' output reaches the driver, whose stdout medray.console sends to <run>/logs/.
             log_to_driver=True,
         )

@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import difflib
 import re
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from medray.errors import MedrayError
+from medray.storage import is_uri
+
+
+# A local path or a URI (s3://bucket/prefix, gs://...), kept as text: pathlib would turn
+# s3://bucket into s3:/bucket. Path objects from Python callers are accepted.
+Location = Annotated[str, BeforeValidator(lambda value: str(value) if isinstance(value, PurePath) else value)]
 
 
 class _Section(BaseModel):
@@ -63,8 +69,9 @@ class SplitConfig(_Section):
 
 class DataConfig(_Section):
     source: Literal["parquet", "folders", "npz"] = "parquet"
-    # A folder, a file, a glob (`data/*.parquet`) or a list of them.
-    path: Path | list[Path]
+    # A folder, a file, a glob (`data/*.parquet`) or a list of them: local paths or URIs
+    # (s3://bucket/prefix, gs://...), read by every worker through pyarrow.fs (see medray/storage.py).
+    path: Location | list[Location]
     image_column: str = "image"
     # A parquet column of image file paths (relative to the parquet file's folder), instead of image_column.
     path_column: str | None = None
@@ -84,7 +91,7 @@ class DataConfig(_Section):
     on_bad_image: Literal["error", "skip"] = "error"
     split: SplitConfig = SplitConfig()
     # A manifest written by `medray data inspect --dedupe`, used instead of building one.
-    manifest: Path | None = None
+    manifest: Location | None = None
     augment: AugmentConfig = AugmentConfig()
     # Keep the decoded train and validation rows in Ray's object store after the first epoch, so
     # later epochs only augment. "auto": when they take at most a tenth of the object store.
@@ -170,6 +177,9 @@ class ScalingConfig(_Section):
     # CPUs kept free of training workers so that Ray Data can decode and augment: without them
     # the training workers wait for data that no task can run to produce, forever.
     cpus_for_data: float = Field(1.0, ge=0)
+    # How Ray places the training workers: PACK fills one node first (fast collectives); SPREAD puts
+    # them on different nodes where it can (a lost node then costs fewer workers).
+    placement_strategy: Literal["PACK", "SPREAD"] = "PACK"
 
 
 CamMethodName = Literal["gradcam", "gradcam++", "hirescam", "scorecam"]
@@ -234,7 +244,8 @@ class TrackingConfig(_Section):
 
 
 class OutputConfig(_Section):
-    dir: Path = Path("results")
+    # A local folder or a URI (s3://bucket/results): run folders, checkpoints and sweeps go there.
+    dir: Location = "results"
     # None means "<name>-<UTC timestamp>".
     run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -268,6 +279,10 @@ class RunConfig(_Section):
         if self.model.pooling == "flatten" and self.model.backbone != "baseline_cnn":
             raise ValueError(f"model.pooling=flatten: only baseline_cnn flattens its features; "
                              f"{self.model.backbone} needs max or avg")
+        if self.tracking.enabled and self.tracking.uri is None and is_uri(self.output.dir):
+            raise ValueError(f"tracking.uri: MLflow's default file store (<output.dir>/mlruns) cannot live in "
+                             f"object storage (output.dir={self.output.dir}); set tracking.uri to an MLflow "
+                             "server (http://...), whose artifact store may be that bucket")
         if self.model.weights != "none" and self.model.backbone == "baseline_cnn":
             raise ValueError("model.weights: baseline_cnn has no pretrained weights; use weights: none")
         return self

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
-from medray import console
+from medray import console, storage
 from medray.cluster import connect
 from medray.config import RunConfig, to_yaml
 from medray.data.manifest import describe_data_report, prepare_source
@@ -23,6 +22,7 @@ from medray.models.classifier import initial_model_bytes
 from medray.models.registry import get_backbone
 from medray.report import build_report
 from medray.report.plots import plot_confusion_matrix
+from medray.run_folder import RunFolder, create_run_folder, mark_finished, publish
 from medray.tracking import log_run
 from medray.train.epoch_lines import epoch_lines
 from medray.train.trainer import TrainingOutcome, train_model
@@ -30,7 +30,8 @@ from medray.train.trainer import TrainingOutcome, train_model
 
 @dataclass(frozen=True)
 class RunOutcome:
-    run_dir: Path
+    run_dir: Path  # the driver's copy; the run folder itself when output.dir is local
+    location: str  # the run folder: a local path or a URI
     source: Source
     training: TrainingOutcome
     metrics: dict
@@ -43,13 +44,15 @@ def run_job(config: RunConfig) -> RunOutcome:
     image_size = config.model.input_size or backbone.input_size
     source = discover(config.data)
     initial_model = pretrained_model(backbone, image_size, len(source.class_names), config.model)
-    run_dir = create_run_dir(config)
+    folder = create_run_folder(config)
+    run_dir = folder.local
     # The saved config names its run, so `medray resume <run-dir>` continues this very run.
     config = config.model_copy(update={"output": config.output.model_copy(update={"run_id": run_dir.name})})
     (run_dir / "config.yaml").write_text(to_yaml(config))
     log = console.keep_log_in(run_dir / "logs")
     console.say(f"medray run {run_dir.name}: {config.model.backbone} on {source.kind} {source.path}, "
                 f"{config.scaling.num_workers} Ray Train workers; Ray and TensorFlow log to {log}")
+    publish(folder)  # the run folder exists in the bucket from the start, without _SUCCESS
 
     connect(config.scaling)
     # The manifest (built once, reused on resume) decides the rows every stage sees.
@@ -61,7 +64,8 @@ def run_job(config: RunConfig) -> RunOutcome:
     console.say(f"training for up to {config.train.epochs + config.train.fine_tune.epochs} epochs")
     with epoch_lines(config.train.epochs + config.train.fine_tune.epochs) as show_epochs:
         training = train_model(config, source, training_data(source, backbone, image_size, config),
-                               image_size, run_dir, initial_model, callbacks=[show_epochs])
+                               image_size, run_dir, initial_model, callbacks=[show_epochs],
+                               checkpoints=folder.checkpoints)
     pd.DataFrame(training.history).to_csv(run_dir / "history.csv", index=False)
 
     model_bytes = training.model_path.read_bytes()
@@ -84,14 +88,16 @@ def run_job(config: RunConfig) -> RunOutcome:
     metrics = compute_metrics(predictions, source.class_names)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_confusion_matrix(metrics["confusion_matrix"], source.class_names, run_dir / "confusion_matrix.png")
-    outcome = RunOutcome(run_dir, source, training, metrics, explained)
+    outcome = RunOutcome(run_dir, folder.location, source, training, metrics, explained)
     (run_dir / "summary.txt").write_text(summarise(outcome))
     if config.report.enabled:
         report = build_report(run_dir, config.report.examples_per_class)
         with (run_dir / "summary.txt").open("a") as summary:
-            summary.write(f"  report     {report}\n")
+            report_location = storage.join(folder.location, Path(report).relative_to(run_dir).as_posix())
+            summary.write(f"  report     {report_location}\n")
     if config.tracking.enabled:  # last, so that the report and plots are logged with the run
         log_run(run_dir, config.tracking, config.output.dir)
+    mark_finished(folder)
     return outcome
 
 
@@ -103,17 +109,6 @@ def pretrained_model(backbone, image_size: int, num_classes: int, model_config) 
             f"model.weights={model_config.weights!r} for {backbone.name}: {error}; on machines without "
             "internet, pre-fetch ImageNet weights into ~/.keras/models (see README) or pass a weights file"
         ) from None
-
-
-def create_run_dir(config: RunConfig) -> Path:
-    run_id = config.output.run_id or f"{config.name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
-    run_dir = config.output.dir / run_id
-    suffix = 1
-    while run_dir.exists() and config.output.run_id is None:
-        suffix += 1
-        run_dir = config.output.dir / f"{run_id}-{suffix}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir.resolve()
 
 
 def summarise(outcome: RunOutcome) -> str:
@@ -139,5 +134,5 @@ def summarise(outcome: RunOutcome) -> str:
         lines.append(f"  explain    {outcome.explained.rows} maps ({', '.join(outcome.explained.scores)}), "
                      f"{outcome.explained.empty_maps} empty")
         lines += ["  " + line for line in format_scorecard(outcome.explained.scores).splitlines()]
-    lines.append(f"  results    {outcome.run_dir}")
+    lines.append(f"  results    {outcome.location}")
     return "\n".join(lines) + "\n"

@@ -63,7 +63,25 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def object_store():
+    """A loopback S3 server and bucket (tests/object_store.py), its credentials in AWS_* for the session."""
+    import os
+
+    from object_store import start_object_store
+
+    server, store = start_object_store()
+    saved = {name: os.environ.get(name) for name in store.env}
+    os.environ.update(store.env)
+    yield store
+    for name, value in saved.items():
+        os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(object_store):
+    """Started after the object store, so that its Ray workers get the AWS_* settings, as a
+    cluster's workers get them from the job's runtime environment."""
     import ray
 
     from medray.cluster import connect

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def test_a_valid_sweep_resolves_its_base_with_the_trial_resources(tmp_path):
     sweep, base = load_sweep(write_sweep(tmp_path, resources={"workers_per_trial": 1, "cpus_per_worker": 0.5}))
     assert sweep.samples == 2 and sweep.mode == "max"
     assert base.scaling.num_workers == 1 and base.train.monitor == "val_auc"
-    assert base.data.path.is_absolute()
+    assert os.path.isabs(base.data.path)
 
 
 @pytest.mark.parametrize("space, named", [

@@ -231,4 +231,4 @@ def _top(counts: dict, limit: int = 5) -> str:
 
 
 def default_out_dir(config) -> Path:
-    return config.output.dir / f"inspect-{safe_filename(config.name)}"
+    return Path(config.output.dir) / f"inspect-{safe_filename(config.name)}"

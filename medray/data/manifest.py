@@ -19,8 +19,10 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from medray import storage
 from medray.console import ProgressBar
 from medray.data.decode import content_hash
 from medray.data.dicom import is_dicom
@@ -133,10 +135,13 @@ def write_manifest(frame: pd.DataFrame, path: Path, data_config) -> Path:
     return path
 
 
-def read_manifest(path: Path, data_config) -> pd.DataFrame:
-    if not Path(path).is_file():
-        raise MedrayError(f"data.manifest {path} does not exist; write one with `medray data inspect --dedupe`")
-    table = pq.read_table(path)
+def read_manifest(path: str | Path, data_config) -> pd.DataFrame:
+    """data.manifest, a local path or a URI."""
+    path = storage.normalise(path)
+    if storage.info(path, "data.manifest").type != pafs.FileType.File:
+        raise storage.missing(path, "data.manifest", "write one with `medray data inspect --dedupe`")
+    filesystem, inside = storage.resolve(path)
+    table = pq.read_table(inside, filesystem=filesystem)
     written_for = (table.schema.metadata or {}).get(FINGERPRINT_KEY, b"").decode()
     if written_for != fingerprint(data_config):
         raise MedrayError(f"{path} was written for other data settings (data.{', data.'.join(ROW_SETTINGS)}); "

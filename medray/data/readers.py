@@ -9,14 +9,13 @@ the manifest pass hashes and measures. Bad content is not judged here, only in d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import pyarrow.parquet as pq
 import ray
 from ray.data import DataContext
 
+from medray import storage
 from medray.data.decode import decode_native
 from medray.errors import BadImage
 
@@ -45,7 +44,7 @@ def parquet_rows(piece: dict, image_column: str, path_column: str | None, label_
     file = str(piece["file"])
     column = path_column or image_column
     columns = [column, *([mask_column] if mask_column else [])]
-    table = pq.ParquetFile(file).read_row_group(int(piece["part"]), columns=columns).take(
+    table = storage.parquet_file(file).read_row_group(int(piece["part"]), columns=columns).take(
         np.asarray(piece["rows"], dtype=np.int64))
     images = table.column(column).to_pylist()
     masks = table.column(mask_column).to_pylist() if mask_column else [None] * len(images)
@@ -84,10 +83,13 @@ def _blob(value) -> bytes:
     return value or b""
 
 
-def linked_path(parquet_file: str, value: str) -> Path:
-    """Where an image path stored in a parquet file points: relative to that file's folder, or absolute.
-    The one place such paths are resolved."""
-    return Path(parquet_file).parent / str(value)
+def linked_path(parquet_file: str, value: str) -> str:
+    """Where an image path stored in a parquet file points: relative to that file's folder (local or
+    in object storage), or absolute, or a URI. The one place such paths are resolved."""
+    value = str(value)
+    if storage.is_uri(value) or Path(value).is_absolute():
+        return value
+    return storage.join(storage.parent(parquet_file), value)
 
 
 def _file_name(value, linked: bool) -> str | None:
@@ -100,26 +102,27 @@ def _read_linked(parquet_file: str, value, where: str) -> bytes | BadImage:
         return BadImage(f"{where}: the image path is empty; fill data.path_column", NO_IMAGE)
     path = linked_path(parquet_file, value)
     try:
-        return path.read_bytes()
+        return storage.read_bytes(path)
     except OSError as error:
-        return BadImage(f"{where}: cannot read image file {path} ({error.strerror}); fix the path or the file",
+        reason = error.strerror or storage.first_line(error)
+        return BadImage(f"{where}: cannot read image file {path} ({reason}); fix the path or the file",
                         MISSING_FILE)
 
 
 def file_rows(piece: dict) -> Iterator[RawRow]:
     path = str(piece["file"])
     try:
-        with open(path, "rb") as handle:
-            content = handle.read()
+        content = storage.read_bytes(path)
     except OSError as error:
-        content = BadImage(f"{path}: cannot read the file ({error.strerror})", MISSING_FILE)
+        reason = error.strerror or storage.first_line(error)
+        content = BadImage(f"{path}: cannot read the file ({reason})", MISSING_FILE)
     yield RawRow(str(piece["row_ids"][0]), int(piece["labels"][0]), path, content, name=Path(path).name)
 
 
 def npz_rows(piece: dict) -> Iterator[RawRow]:
     file, split = str(piece["file"]), str(piece["split"])
     positions = np.asarray(piece["rows"], dtype=np.int64)
-    with np.load(file, allow_pickle=False) as arrays:
+    with storage.open_input(file) as handle, np.load(handle, allow_pickle=False) as arrays:
         images = arrays[f"{split}_images"][positions]
     for position, image, row_id, label in zip(positions, images, piece["row_ids"], piece["labels"]):
         yield RawRow(str(row_id), int(label), f"{file} {split} row {position}", image)

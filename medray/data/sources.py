@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from medray import storage
 from medray.errors import MedrayError
 
 SPLITS = ("train", "val", "test")
@@ -33,7 +33,8 @@ UNKNOWN_LABEL = "unknown label"
 @dataclass(frozen=True)
 class Source:
     kind: str
-    path: Path
+    # a local path or a URI (s3://bucket/prefix): the pieces' files are locations of the same kind
+    path: str
     class_names: list[str]
     # split -> read tasks; a task is a small dict that Ray Data ships to a reader
     pieces: dict[str, list[dict]]
@@ -102,14 +103,21 @@ def count_labels(pieces: list[dict], num_classes: int) -> list[int]:
     return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).tolist()
 
 
-def _missing(path: Path) -> MedrayError:
-    return MedrayError(
-        f"data.path {path} does not exist; create the demo data with `medray data synth "
-        f"--out {path.parent if path.name in ('parquet', 'folders') else path}` or point data.path at your dataset")
+def _missing(path: str) -> MedrayError:
+    if storage.is_uri(path):
+        return storage.missing(path, "data.path", "upload the dataset there or point data.path at it")
+    demo = storage.parent(path) if storage.name(path) in ("parquet", "folders") else path
+    return storage.missing(path, "data.path", f"create the demo data with `medray data synth --out {demo}` "
+                                              "or point data.path at your dataset")
 
 
-def _paths(data_config) -> list[Path]:
-    return list(data_config.path) if isinstance(data_config.path, list) else [data_config.path]
+def _paths(data_config) -> list[str]:
+    paths = data_config.path if isinstance(data_config.path, list) else [data_config.path]
+    return [storage.normalise(path) for path in paths]
+
+
+def _kind(path: str) -> pafs.FileType:
+    return storage.info(path, "data.path").type
 
 
 class _Labeller:
@@ -151,7 +159,7 @@ def _pieces_from_rows(file: str, part: int, positions: list[int], row_ids: list[
             "row_ids": [row_ids[i] for i in kept], "labels": [labels[i] for i in kept], "split": split}
 
 
-def _source(kind: str, path: Path, class_names: list[str], pieces: dict[str, list[dict]], labeller: _Labeller,
+def _source(kind: str, path: str, class_names: list[str], pieces: dict[str, list[dict]], labeller: _Labeller,
             **extra) -> Source:
     counts = {split: count_labels(pieces[split], len(class_names)) for split in SPLITS}
     return Source(kind, path, list(class_names), pieces, counts, rejected=labeller.rejected, **extra)
@@ -159,37 +167,37 @@ def _source(kind: str, path: Path, class_names: list[str], pieces: dict[str, lis
 
 # --- parquet ------------------------------------------------------------------------------------
 
-def parquet_files(data_config) -> list[Path]:
+def parquet_files(data_config) -> list[str]:
     files = []
     for path in _paths(data_config):
-        if glob.has_magic(str(path)):
-            matches = sorted(Path(match) for match in glob.glob(str(path), recursive=True))
+        if glob.has_magic(path):
+            matches = storage.glob(path, "data.path")
             if not matches:
                 raise MedrayError(f"data.path {path}: the pattern matches no file")
-            files += [match for match in matches if match.suffix == ".parquet"]
-        elif path.is_dir():
-            files += sorted(path.rglob("*.parquet"))
-        elif path.exists():
+            files += [match for match in matches if match.endswith(".parquet")]
+        elif (kind := _kind(path)) == pafs.FileType.Directory:
+            files += [file for file, _ in storage.list_files(path, "data.path") if file.endswith(".parquet")]
+        elif kind == pafs.FileType.File:
             files.append(path)
         else:
             raise _missing(path)
     if not files:
         raise MedrayError(f"data.path {data_config.path}: no .parquet files found")
-    return list(dict.fromkeys(file.resolve() for file in files))
+    return list(dict.fromkeys(files))
 
 
 def _discover_parquet(data_config) -> Source:
     files = parquet_files(data_config)
-    root = Path(os.path.commonpath([file.parent for file in files]))
+    root = storage.common_parent(files)
     image_column = data_config.path_column or data_config.image_column
     tables = {}
     for file in files:
-        split = split_of(file.name)
+        split = split_of(storage.name(file))
         if split is None:
             raise MedrayError(
                 f"{file}: cannot tell its split from the file name; name parquet files "
                 "train-*.parquet, val-*.parquet (or validation-*) and test-*.parquet")
-        metadata = pq.ParquetFile(file)
+        metadata = storage.parquet_file(file)
         names = metadata.schema_arrow.names
         for column, key in ((image_column, "data.path_column" if data_config.path_column else "data.image_column"),
                             (data_config.label_column, "data.label_column")):
@@ -201,14 +209,14 @@ def _discover_parquet(data_config) -> Source:
     labeller = _Labeller(class_names, data_config.on_bad_image == "skip")
     pieces: dict[str, list[dict]] = {split: [] for split in SPLITS}
     for file, (split, metadata, values) in tables.items():
-        name = file.relative_to(root).as_posix()
+        name = storage.relative(file, root)
         offset = 0
         for group in range(metadata.num_row_groups):
             rows = metadata.metadata.row_group(group).num_rows
             numbers = range(offset, offset + rows)
             row_ids = [f"{name}#{number}" for number in numbers]
             labels = labeller.rows(values[offset:offset + rows], row_ids, [f"{file} row {n}" for n in numbers], split)
-            piece = _pieces_from_rows(str(file), group, list(range(rows)), row_ids, labels, split, offset)
+            piece = _pieces_from_rows(file, group, list(range(rows)), row_ids, labels, split, offset)
             pieces[split] += [piece] if piece else []
             offset += rows
     has_masks = data_config.mask_column is not None and all(
@@ -246,20 +254,22 @@ def _huggingface_class_names(metadata: pq.ParquetFile, label_column: str) -> lis
 
 def _discover_folders(data_config) -> Source:
     paths = _paths(data_config)
-    if len(paths) != 1 or not paths[0].is_dir():
-        if len(paths) == 1 and not paths[0].exists():
+    kind = _kind(paths[0]) if len(paths) == 1 else None
+    if kind != pafs.FileType.Directory:
+        if kind == pafs.FileType.NotFound:
             raise _missing(paths[0])
         raise MedrayError(f"data.path {data_config.path}: data.source folders needs one folder")
     root = paths[0]
+    children = storage.list_files(root, "data.path", recursive=False)
     split_dirs = {}
-    for child in sorted(root.iterdir()):
-        if child.is_dir() and child.name.lower() in SPLIT_ALIASES:
-            split_dirs.setdefault(SPLIT_ALIASES[child.name.lower()], child)
+    for child, is_dir in children:
+        if is_dir and storage.name(child).lower() in SPLIT_ALIASES:
+            split_dirs.setdefault(SPLIT_ALIASES[storage.name(child).lower()], child)
     ignored: list[str] = []
     if split_dirs:  # root/<split>/<class>/*: the splits are used as given
         files = {split: _class_files(split_dirs[split], ignored) if split in split_dirs else {}
                  for split in SPLITS}
-        ignored += [str(file) for file in root.iterdir() if file.is_file()]
+        ignored += [child for child, is_dir in children if not is_dir]
     else:  # root/<class>/*: medray makes a stratified split
         files = stratified_split(_class_files(root, ignored), data_config.split)
     found = sorted({name for by_class in files.values() for name in by_class})
@@ -269,40 +279,46 @@ def _discover_folders(data_config) -> Source:
     for split in SPLITS:
         for class_name, class_files in files[split].items():
             for file in class_files:
-                row_id = file.relative_to(root).as_posix()
-                label = labeller.rows([class_name], [row_id], [str(file)], split)
-                piece = _pieces_from_rows(str(file), 0, [0], [row_id], label, split)
+                row_id = storage.relative(file, root)
+                label = labeller.rows([class_name], [row_id], [file], split)
+                piece = _pieces_from_rows(file, 0, [0], [row_id], label, split)
                 pieces[split] += [piece] if piece else []
     return _source("folders", root, class_names, pieces, labeller, ignored_files=sorted(ignored))
 
 
-def _class_files(folder: Path, ignored: list[str]) -> dict[str, list[Path]]:
+def _class_files(folder: str, ignored: list[str]) -> dict[str, list[str]]:
     """class -> image files under folder/<class>/ (nested folders too); anything else goes to `ignored`."""
     by_class = {}
-    for child in sorted(folder.iterdir()):
-        if not child.is_dir():
-            ignored.append(str(child))
+    for child, is_dir in storage.list_files(folder, "data.path", recursive=False):
+        if not is_dir:
+            ignored.append(child)
             continue
-        files = sorted(file for file in child.rglob("*") if file.is_file())
-        by_class[child.name] = [file for file in files if _is_image_name(file)]
-        ignored += [str(file) for file in files if not _is_image_name(file)]
+        files = sorted((file for file, _ in storage.list_files(child, "data.path")), key=_parts)
+        by_class[storage.name(child)] = [file for file in files if _is_image_name(file)]
+        ignored += [file for file in files if not _is_image_name(file)]
     return by_class
 
 
-def _is_image_name(file: Path) -> bool:
-    return file.suffix.lower() in IMAGE_SUFFIXES and not file.name.startswith(".")
+def _parts(location: str) -> list[str]:
+    # Sorted folder by folder, as pathlib sorts: the split's seed must pick the same files as before.
+    return location.split("/")
 
 
-def stratified_split(by_class: dict[str, list[Path]], split_config) -> dict[str, dict[str, list[Path]]]:
+def _is_image_name(file: str) -> bool:
+    name = storage.name(file)
+    return "." in name and "." + name.rsplit(".", 1)[1].lower() in IMAGE_SUFFIXES and not name.startswith(".")
+
+
+def stratified_split(by_class: dict[str, list[str]], split_config) -> dict[str, dict[str, list[str]]]:
     """Each class shuffled by data.split.seed and cut by the fractions: every split keeps the class mix."""
-    splits: dict[str, dict[str, list[Path]]] = {split: {} for split in SPLITS}
+    splits: dict[str, dict[str, list[str]]] = {split: {} for split in SPLITS}
     for index, (class_name, files) in enumerate(sorted(by_class.items())):
         order = np.random.default_rng([split_config.seed, index]).permutation(len(files))
         shuffled = [files[i] for i in order]
         n_val, n_test = round(len(files) * split_config.val), round(len(files) * split_config.test)
-        splits["val"][class_name] = sorted(shuffled[:n_val])
-        splits["test"][class_name] = sorted(shuffled[n_val:n_val + n_test])
-        splits["train"][class_name] = sorted(shuffled[n_val + n_test:])
+        splits["val"][class_name] = sorted(shuffled[:n_val], key=_parts)
+        splits["test"][class_name] = sorted(shuffled[n_val:n_val + n_test], key=_parts)
+        splits["train"][class_name] = sorted(shuffled[n_val + n_test:], key=_parts)
     return splits
 
 
@@ -312,11 +328,13 @@ def _discover_npz(data_config) -> Source:
     """MedMNIST layout: train_images / train_labels, val_*, test_* in one .npz file."""
     paths = _paths(data_config)
     path = paths[0]
-    if len(paths) != 1 or not path.is_file():
-        raise _missing(path) if not path.exists() else MedrayError(f"data.path {path}: expected one .npz file")
+    kind = _kind(path) if len(paths) == 1 else None
+    if kind != pafs.FileType.File:
+        raise _missing(path) if kind == pafs.FileType.NotFound else MedrayError(
+            f"data.path {data_config.path}: expected one .npz file")
     raw: dict[str, list[int]] = {}
     # allow_pickle=False: an .npz may carry pickled objects, which would run code on load.
-    with np.load(path, allow_pickle=False) as arrays:
+    with storage.open_input(path) as handle, np.load(handle, allow_pickle=False) as arrays:
         for split in SPLITS:
             for key in (f"{split}_images", f"{split}_labels"):
                 if key not in arrays.files:
@@ -336,15 +354,15 @@ def _discover_npz(data_config) -> Source:
     for split in SPLITS:
         for start in range(0, len(raw[split]), NPZ_ROWS_PER_PIECE):
             positions = list(range(start, min(start + NPZ_ROWS_PER_PIECE, len(raw[split]))))
-            row_ids = [f"{path.name}#{split}#{n}" for n in positions]
+            row_ids = [f"{storage.name(path)}#{split}#{n}" for n in positions]
             labels = labeller.rows([raw[split][n] for n in positions], row_ids,
                                    [f"{path} {split} row {n}" for n in positions], split)
-            piece = _pieces_from_rows(str(path), 0, positions, row_ids, labels, split)
+            piece = _pieces_from_rows(path, 0, positions, row_ids, labels, split)
             pieces[split] += [piece] if piece else []
     return _source("npz", path, class_names, pieces, labeller)
 
 
-def npz_header(arrays, key: str, path: Path) -> tuple[tuple[int, ...], np.dtype]:
+def npz_header(arrays, key: str, path: str) -> tuple[tuple[int, ...], np.dtype]:
     """An array's shape and dtype from its .npy header, without reading (or unpickling) its data."""
     with arrays.zip.open(f"{key}.npy") as member:
         version = np.lib.format.read_magic(member)
@@ -356,7 +374,7 @@ def npz_header(arrays, key: str, path: Path) -> tuple[tuple[int, ...], np.dtype]
     return tuple(shape), dtype
 
 
-def check_npz_images(path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:
+def check_npz_images(path: str, key: str, shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:
     """N x H x W (gray), N x H x W x 1 (gray) or N x H x W x 3 (RGB) uint8: what MedMNIST's 2-D sets hold."""
     problem = None
     if len(shape) == 4 and shape[3] not in (1, 3):
@@ -373,7 +391,7 @@ def check_npz_images(path: Path, key: str, shape: tuple[int, ...], dtype: np.dty
     return shape
 
 
-def check_npz_labels(path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+def check_npz_labels(path: str, key: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
     """N or N x 1 integer class indices; MedMNIST's multi-label ChestMNIST (N x 14) is refused."""
     if len(shape) == 2 and shape[1] > 1:
         raise MedrayError(f"{path}: {key} has shape {shape}: {shape[1]} labels per image; medray trains "
@@ -383,7 +401,7 @@ def check_npz_labels(path: Path, key: str, shape: tuple[int, ...], dtype: np.dty
                           "indices of shape N or N x 1")
 
 
-def _load_array(arrays, key: str, path: Path) -> np.ndarray:
+def _load_array(arrays, key: str, path: str) -> np.ndarray:
     try:
         return arrays[key]
     except ValueError as error:  # object arrays need pickle, which medray never loads

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medray import console
+from medray import console, storage
 from medray.cluster import connect
 from medray.data.manifest import prepare_source
 from medray.data.pipeline import read_split
@@ -14,14 +14,18 @@ from medray.errors import MedrayError
 from medray.explain.bulk import ExplainOutcome, explain_split
 from medray.explain.scorecard import format_scorecard
 from medray.models.registry import get_backbone
+from medray.run_folder import open_run_folder, publish
 
 
-def explain_run(config, run_dir: str | Path) -> ExplainOutcome:
-    run_dir = Path(run_dir)
+def explain_run(config, run_location: str | Path) -> ExplainOutcome:
+    """`run_location`: a local run folder or a URI; a remote one is read into a scratch copy and
+    its explain/ folder uploaded back when done."""
+    folder = open_run_folder(str(run_location))
+    run_dir = folder.local
     model_path = run_dir / "model.keras"
     if not model_path.is_file():
-        raise MedrayError(f"{model_path} does not exist; pass --run with the folder of a finished "
-                          "`medray run` (it holds model.keras)")
+        raise MedrayError(f"{storage.join(folder.location, 'model.keras')} does not exist; pass --run with the "
+                          "folder of a finished `medray run` (it holds model.keras)")
     backbone = get_backbone(config.model.backbone)
     image_size = config.model.input_size or backbone.input_size
     source = discover(config.data)
@@ -33,6 +37,7 @@ def explain_run(config, run_dir: str | Path) -> ExplainOutcome:
     outcome = explain_split(test, model_path.read_bytes(), backbone.name, source.class_names, config.explain,
                             run_dir / "explain", on_shard=None, rows=source.num_rows("test"))
     (run_dir / "explain" / "summary.txt").write_text(describe(outcome))
+    publish(folder, "explain")
     return outcome
 
 

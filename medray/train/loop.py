@@ -36,6 +36,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     context = ray.train.get_context()
     workers, rank = context.get_world_size(), context.get_world_rank()
     per_worker_batch = config.train.batch_size // workers
+    # Where each worker runs, in the job's log: on a cluster, which node trained what.
+    print(f"worker {rank}/{workers} on node {ray.get_runtime_context().get_node_id()}", flush=True)
 
     # Before any TensorFlow op runs: thread pools and collective ops can only be configured at startup.
     share_intra_op_threads(context.get_local_world_size())

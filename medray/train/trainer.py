@@ -13,6 +13,7 @@ import numpy as np
 import ray.train
 from ray.train.tensorflow import TensorflowTrainer
 
+from medray import storage
 from medray.config import RunConfig
 from medray.data.pipeline import TrainingData
 from medray.data.sources import Source
@@ -34,8 +35,12 @@ class TrainingOutcome:
 
 
 def train_model(config: RunConfig, source: Source, data: TrainingData, image_size: int,
-                run_dir: Path, initial_model: bytes | None, callbacks: list | None = None) -> TrainingOutcome:
-    """`callbacks`: Ray Train callbacks, e.g. Tune's TuneReportCallback when a sweep trial trains."""
+                run_dir: Path, initial_model: bytes | None, callbacks: list | None = None,
+                checkpoints: str | None = None) -> TrainingOutcome:
+    """`callbacks`: Ray Train callbacks, e.g. Tune's TuneReportCallback when a sweep trial trains.
+    `checkpoints`: Ray Train's storage (a local path or a URI every node reaches), default
+    `<run_dir>/checkpoints`; model.keras is exported into `run_dir`."""
+    filesystem, storage_path = storage.resolve(checkpoints or run_dir / "checkpoints")
     trainer = TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -53,12 +58,13 @@ def train_model(config: RunConfig, source: Source, data: TrainingData, image_siz
             num_workers=config.scaling.num_workers,
             use_gpu=config.scaling.use_gpu,
             resources_per_worker={"CPU": config.scaling.cpus_per_worker},
+            placement_strategy=config.scaling.placement_strategy,
         ),
         datasets={"train": data.train, "val": data.val},
         dataset_config=ordered_ingest(),
         run_config=ray.train.RunConfig(
             name="train",
-            storage_path=str((run_dir / "checkpoints").resolve()),
+            storage_path=storage_path, storage_filesystem=filesystem,
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=2, checkpoint_score_attribute=config.train.monitor,
                 checkpoint_score_order=config.train.monitor_mode),

@@ -7,15 +7,18 @@ from pathlib import Path
 
 from ray import tune
 
+from medray import storage
 from medray.cluster import remove_leftover_worker_groups
 from medray.console import say
 from medray.errors import exception_in_traceback, find_user_error
+from medray.run_folder import RunFolder, download
 from medray.tune.leaderboard import stop_reason
 
 
 class TrialLog(tune.Callback):
-    def __init__(self, sweep_dir: str, metric: str, mode: str):
-        self.sweep_dir, self.metric, self.mode = sweep_dir, metric, mode
+    def __init__(self, sweep_dir: str, metric: str, mode: str, location: str = ""):
+        """`location`: the sweep folder when it is in object storage and `sweep_dir` its scratch copy."""
+        self.sweep_dir, self.metric, self.mode, self.location = sweep_dir, metric, mode, location
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._print(trial)
@@ -41,7 +44,10 @@ class TrialLog(tune.Callback):
         epochs = trial.last_result.get("epoch", 0)
         params = "  ".join(f"{key}={_short(value)}" for key, value in trial.config.items())
         # result.json may not be flushed yet: what Tune received says how far the trial got.
-        reason = stop_reason(Path(self.sweep_dir) / trial.trial_id, last_epoch=int(epochs))
+        trial_dir = Path(self.sweep_dir) / trial.trial_id
+        if self.location:  # the trial wrote outcome.json (or not) to the bucket
+            download(RunFolder(trial_dir, storage.join(self.location, trial.trial_id)))
+        reason = stop_reason(trial_dir, last_epoch=int(epochs))
         say(f"trial {trial.trial_id}  {reason:<14}  {self.metric} {score}  epochs {epochs:g}  {params}")
 
 

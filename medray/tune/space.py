@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from medray import storage
 from medray.config import RunConfig, apply_override, read_yaml_mapping, validate_config
 from medray.errors import MedrayError
 
@@ -199,7 +200,7 @@ def resolve_base(base_raw: dict, sweep: SweepConfig, source: str) -> RunConfig:
     raw.setdefault("train", {})["monitor"] = sweep.metric
     base = validate_config(raw, source=f"{source} (with the sweep's set and resources)")
     path = base.data.path
-    resolved = [item.resolve() for item in path] if isinstance(path, list) else path.resolve()
+    resolved = [storage.normalise(item) for item in path] if isinstance(path, list) else storage.normalise(path)
     updates = {"data": base.data.model_copy(update={"path": resolved})}
     if base.model.weights not in ("none", "imagenet"):
         updates["model"] = base.model.model_copy(update={"weights": str(Path(base.model.weights).resolve())})

@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import itertools
 import json
+import posixpath
 import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.fs as pafs
 import yaml
 from ray import tune
 
-from medray import console
+from medray import console, storage
 from medray.cluster import check_cpus_for_data, connect, remove_leftover_worker_groups
 from medray.config import RunConfig, ScalingConfig, load_config, to_yaml
 from medray.data.pipeline import read_split
@@ -32,6 +34,7 @@ from medray.data.sources import Source, discover
 from medray.errors import MedrayError
 from medray.evaluate import compute_metrics, predict
 from medray.models.registry import get_backbone
+from medray.run_folder import RunFolder, download, mark_finished, publish, scratch_folder
 from medray.train.loop import CHECKPOINT_MODEL
 from medray.tune.leaderboard import (SWEEP_FILE, build_leaderboard, epoch_history, exported_row, trial_dirs,
                                      write_leaderboard)
@@ -50,25 +53,31 @@ TRIAL_DRIVER_MEMORY = 256 * 1024**2
 
 @dataclass(frozen=True)
 class SweepOutcome:
-    sweep_dir: Path
+    sweep_dir: Path  # the driver's copy; the sweep folder itself when output.dir is local
     metric: str
     leaderboard: pd.DataFrame
     report: Path | None
+    location: str = ""  # the sweep folder: a local path or a URI
 
 
 def run_sweep(sweep: SweepConfig, base: RunConfig) -> SweepOutcome:
     source = discover(base.data)
-    sweep_dir = (base.output.dir / sweep.name).resolve()
-    if tune.Tuner.can_restore(str(sweep_dir)):
-        raise MedrayError(f"{sweep_dir} already holds a sweep; continue it with `medray tune --resume "
-                          f"{sweep_dir}` or start another with --set name=<new name>")
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = storage.normalise(base.output.dir)
+    storage.check_bucket(output_dir, "output.dir")
+    # With output.dir in object storage, Tune and every trial write to the bucket, the driver to a scratch copy.
+    folder = scratch_folder(storage.join(output_dir, sweep.name))
+    sweep_dir = folder.local
+    filesystem, sweep_path = storage.resolve(folder.location)
+    if tune.Tuner.can_restore(sweep_path, storage_filesystem=filesystem):
+        raise MedrayError(f"{folder.location} already holds a sweep; continue it with `medray tune --resume "
+                          f"{folder.location}` or start another with --set name=<new name>")
     (sweep_dir / SWEEP_FILE).write_text(yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False))
     (sweep_dir / BASE_FILE).write_text(to_yaml(base))
     console.keep_log_in(sweep_dir / "logs")
+    publish(folder)
     connect_for_trials(sweep, base)
     tuner = tune.Tuner(
-        trainable(base, source, sweep_dir),
+        trainable(base, source, folder.location),
         param_space={key: tune_domain(domain, sweep.search) for key, domain in sweep.space.items()},
         tune_config=tune.TuneConfig(
             metric=sweep.metric, mode=sweep.mode, search_alg=searcher(sweep), scheduler=scheduler(sweep, base),
@@ -76,16 +85,16 @@ def run_sweep(sweep: SweepConfig, base: RunConfig) -> SweepOutcome:
             trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
-            name=sweep_dir.name, storage_path=str(sweep_dir.parent), verbose=0,
-            callbacks=[TrialLog(str(sweep_dir), sweep.metric, sweep.mode)],
+            name=sweep.name, storage_path=posixpath.dirname(sweep_path), storage_filesystem=filesystem, verbose=0,
+            callbacks=[TrialLog(str(sweep_dir), sweep.metric, sweep.mode, folder.location)],
             failure_config=tune.FailureConfig(max_failures=sweep.resources.max_failures),
         ),
     )
-    fit_to_the_end(tuner, sweep_dir, sweep)
-    return finish_sweep(sweep_dir, sweep, base, source)
+    fit_to_the_end(tuner, folder.location, sweep)
+    return finish_sweep(folder, sweep, base, source)
 
 
-def fit_to_the_end(tuner, sweep_dir: Path, sweep: SweepConfig) -> None:
+def fit_to_the_end(tuner, sweep_dir: Path | str, sweep: SweepConfig) -> None:
     """Run the trials; a sweep stopped by Ctrl-C ends here, its state saved for --resume."""
     results = tuner.fit()
     remove_leftover_worker_groups()
@@ -104,6 +113,9 @@ def planned_trials(sweep: SweepConfig) -> int:
 
 def resume_sweep(name_or_dir: str, output_dir: Path = Path("results")) -> SweepOutcome:
     """Continue an interrupted sweep: finished trials stay as they are, unfinished and failed ones run again."""
+    if storage.is_uri(name_or_dir):
+        raise MedrayError(f"--resume {name_or_dir}: resuming a sweep in object storage is not supported yet; "
+                          "start it again under another name (--set name=...)")
     sweep_dir = Path(name_or_dir)
     if not (sweep_dir / SWEEP_FILE).is_file():
         sweep_dir = output_dir / name_or_dir
@@ -119,7 +131,7 @@ def resume_sweep(name_or_dir: str, output_dir: Path = Path("results")) -> SweepO
     tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable(base, source, sweep_dir),
                                resume_unfinished=True, resume_errored=True)
     fit_to_the_end(tuner, sweep_dir, sweep)
-    return finish_sweep(sweep_dir, sweep, base, source)
+    return finish_sweep(RunFolder(sweep_dir, str(sweep_dir)), sweep, base, source)
 
 
 def connect_for_trials(sweep: SweepConfig, base: RunConfig) -> None:
@@ -138,7 +150,7 @@ def connect_for_trials(sweep: SweepConfig, base: RunConfig) -> None:
                           f"{error}; lower resources.max_concurrent_trials") from None
 
 
-def trainable(base: RunConfig, source: Source, sweep_dir: Path):
+def trainable(base: RunConfig, source: Source, sweep_dir: Path | str):
     # The trial function only waits for Ray Train, so it holds no CPU; Tune wants a non-empty
     # request, so it reserves a little memory instead. The workers' CPUs are Ray Train's own
     # placement group, and Ray Data's tasks run on the CPUs left free.
@@ -209,7 +221,9 @@ def scheduler(sweep: SweepConfig, base: RunConfig):
                          grace_period=sweep.asha.grace_period, reduction_factor=sweep.asha.reduction_factor)
 
 
-def finish_sweep(sweep_dir: Path, sweep: SweepConfig, base: RunConfig, source: Source) -> SweepOutcome:
+def finish_sweep(folder: RunFolder, sweep: SweepConfig, base: RunConfig, source: Source) -> SweepOutcome:
+    download(folder)  # what Tune and the trials wrote to the bucket (not the checkpoints)
+    sweep_dir = folder.local
     for trial_dir in trial_dirs(sweep_dir):
         history = epoch_history(trial_dir)
         if not history.empty:
@@ -217,7 +231,7 @@ def finish_sweep(sweep_dir: Path, sweep: SweepConfig, base: RunConfig, source: S
     ranked = build_leaderboard(sweep_dir)
     top = ranked.dropna(subset=[sweep.metric]).head(sweep.top_k)
     for trial_id in top["trial"]:
-        evaluate_on_test(sweep_dir / trial_id, sweep, source)
+        evaluate_on_test(sweep_dir / trial_id, sweep, source, folder.location)
     board = write_leaderboard(sweep_dir)
     if not top.empty:
         export_best(sweep_dir / top["trial"].iloc[0], sweep_dir / BEST_DIR)
@@ -230,26 +244,30 @@ def finish_sweep(sweep_dir: Path, sweep: SweepConfig, base: RunConfig, source: S
         from medray.tracking import log_sweep
 
         log_sweep(sweep_dir, base.tracking, base.output.dir)
-    return SweepOutcome(sweep_dir, sweep.metric, board, report)
+    mark_finished(folder)
+    return SweepOutcome(sweep_dir, sweep.metric, board, report, folder.location)
 
 
-def exported_checkpoint(trial_dir: Path, metric: str, mode: str) -> Path:
-    """The trial's exported epoch's checkpoint (its best by validation, or its last) among those still on disk."""
+def exported_checkpoint(trial_dir: Path, metric: str, mode: str, sweep_location: str = "") -> str:
+    """The trial's exported epoch's checkpoint (its best by validation, or its last) among those still
+    stored: a local path, or a URI like `sweep_location` (Tune reports paths inside the filesystem)."""
     history = epoch_history(trial_dir)
     if "checkpoint_path" in history.columns:
-        history = history[[isinstance(path, str) and (Path(path) / CHECKPOINT_MODEL).is_file()
-                           for path in history["checkpoint_path"]]]
+        models = [storage.join(storage.to_location(path, sweep_location), CHECKPOINT_MODEL)
+                  if isinstance(path, str) else None for path in history["checkpoint_path"]]
+        history = history[[model is not None and storage.info(model, "checkpoint").type == pafs.FileType.File
+                           for model in models]]
         exported = exported_row(trial_dir, history.reset_index(drop=True), metric, mode)
         if exported is not None:
-            return Path(exported["checkpoint_path"])
+            return storage.to_location(exported["checkpoint_path"], sweep_location)
     raise MedrayError(f"{trial_dir}: no checkpoint left on disk to evaluate; rerun the sweep")
 
 
-def evaluate_on_test(trial_dir: Path, sweep: SweepConfig, source: Source) -> dict:
+def evaluate_on_test(trial_dir: Path, sweep: SweepConfig, source: Source, sweep_location: str = "") -> dict:
     """The test split, once, with the trial's exported checkpoint: metrics.json + predictions.parquet."""
     config = load_config(trial_dir / TRIAL_CONFIG)
-    checkpoint = exported_checkpoint(trial_dir, sweep.metric, sweep.mode)
-    shutil.copyfile(checkpoint / CHECKPOINT_MODEL, trial_dir / "model.keras")
+    checkpoint = exported_checkpoint(trial_dir, sweep.metric, sweep.mode, sweep_location)
+    (trial_dir / "model.keras").write_bytes(storage.read_bytes(storage.join(checkpoint, CHECKPOINT_MODEL)))
     backbone = get_backbone(config.model.backbone)
     image_size = config.model.input_size or backbone.input_size
     test = read_split(source, "test", image_size, config.data)
@@ -277,7 +295,7 @@ def summarise(outcome: SweepOutcome) -> str:
         test = "" if pd.isna(best.get("test_auc")) else (f", test AUC {best['test_auc']:.4f} "
                                                            f"accuracy {best['test_accuracy']:.4f}")
         lines.append(f"  best       {best['trial']} ({metric} {best[metric]:.4f}{test})")
-    lines.append(f"  results    {outcome.sweep_dir}")
+    lines.append(f"  results    {outcome.location or outcome.sweep_dir}")
     if outcome.report is not None:
         lines.append(f"  report     {outcome.report}")
     return "\n".join(lines) + "\n"

@@ -10,15 +10,16 @@ Everything a trial writes lands in `<sweep>/<trial id>/`, Tune's own folder for 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from medray import storage
 from medray.config import RunConfig, to_yaml
 from medray.data.pipeline import training_data
 from medray.data.sources import Source
 from medray.models.registry import get_backbone
+from medray.run_folder import publish, scratch_folder
 from medray.tune.space import trial_config
 
 TRIAL_CONFIG = "config.yaml"
@@ -28,22 +29,26 @@ OUTCOME = "outcome.json"
 
 
 def run_trial(params: dict, base: dict, source: Source, sweep_dir: str) -> None:
+    """`sweep_dir`: the sweep's folder, a local path or a URI; a trial in object storage writes a
+    scratch copy on its own node, uploaded as it goes, and checkpoints straight to the bucket."""
     from medray.run import pretrained_model
     from medray.train.trainer import train_model
 
     trial_id = tune.get_context().get_trial_id()
-    trial_dir = Path(sweep_dir) / trial_id
-    trial_dir.mkdir(parents=True, exist_ok=True)
+    folder = scratch_folder(storage.join(sweep_dir, trial_id))
+    trial_dir = folder.local
     config = trial_config(RunConfig.model_validate(base), params, source=f"trial {trial_id}")
     config = config.model_copy(update={"output": config.output.model_copy(update={"run_id": trial_id})})
     (trial_dir / TRIAL_CONFIG).write_text(to_yaml(config))
+    publish(folder)  # a trial that ASHA stops never reaches the end of this function
 
     backbone = get_backbone(config.model.backbone)
     image_size = config.model.input_size or backbone.input_size
     initial_model = pretrained_model(backbone, image_size, len(source.class_names), config.model)
     # A resumed trial finds its Ray Train run under the same storage path and continues it.
     outcome = train_model(config, source, training_data(source, backbone, image_size, config), image_size,
-                          trial_dir, initial_model, callbacks=[TuneReportCallback()])
+                          trial_dir, initial_model, callbacks=[TuneReportCallback()], checkpoints=folder.checkpoints)
     (trial_dir / OUTCOME).write_text(json.dumps({
         "epochs": len(outcome.history), "exported_epoch": outcome.exported_epoch, "stop_reasons": outcome.stop_reasons,
     }, indent=2))
+    publish(folder)

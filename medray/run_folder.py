@@ -1,0 +1,117 @@
+"""A run's folder at `output.dir`: local, or in object storage with a local scratch copy.
+
+With a URI output.dir (s3://bucket/results) the driver writes the small files (config, manifest,
+metrics, plots, maps, report) into a scratch folder and uploads it with `pyarrow.fs.copy_files`
+when the run ends; Ray Train writes checkpoints straight to `<run>/checkpoints` in the bucket, so
+a worker on any node, and a resumed run, finds them. `_SUCCESS` is written last, in both cases:
+a run folder without it did not finish (it may still be running, or it failed).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from medray import storage
+
+SUCCESS = "_SUCCESS"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    # where the driver writes; the run folder itself when output.dir is local
+    local: Path
+    # the run folder's location: a local path or a URI
+    location: str
+
+    @property
+    def remote(self) -> bool:
+        return storage.is_uri(self.location)
+
+    @property
+    def checkpoints(self) -> str:
+        """Ray Train's storage_path: always in the run folder itself, never in the scratch copy."""
+        return storage.join(self.location, "checkpoints")
+
+
+def create_run_folder(config) -> RunFolder:
+    """`<output.dir>/<run_id>`: a new name (suffixed -2, -3, ...) unless output.run_id was given."""
+    run_id = config.output.run_id or f"{config.name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    output_dir = storage.normalise(config.output.dir)
+    storage.check_bucket(output_dir, "output.dir")
+    location = storage.join(output_dir, run_id)
+    suffix = 1
+    while exists(location) and config.output.run_id is None:
+        suffix += 1
+        location = storage.join(output_dir, f"{run_id}-{suffix}")
+    folder = scratch_folder(location)
+    # A resumed run is unfinished again until it ends.
+    success = storage.join(location, SUCCESS)
+    if exists(success):
+        filesystem, path = storage.resolve(success)
+        filesystem.delete_file(path)
+    return RunFolder(folder.local.resolve(), location)
+
+
+def open_run_folder(location: str) -> RunFolder:
+    """An existing run folder (for `medray explain --run`): a remote one is downloaded to scratch,
+    without its checkpoints (explain needs model.keras and the small files)."""
+    location = storage.normalise(location)
+    if storage.info(location, "--run").type != pafs.FileType.Directory:
+        raise storage.missing(location, "--run", "pass the folder of a finished `medray run`")
+    folder = scratch_folder(location)
+    download(folder, skip=("checkpoints", "explain"))
+    return folder
+
+
+def scratch_folder(location: str) -> RunFolder:
+    """A folder at `location` (a run, sweep or trial): itself when local, else an empty scratch copy."""
+    location = storage.normalise(location)
+    local = Path(tempfile.mkdtemp(prefix="medray-")) / storage.name(location) if storage.is_uri(location) \
+        else Path(location)
+    local.mkdir(parents=True, exist_ok=True)
+    return RunFolder(local, location)
+
+
+def download(folder: RunFolder, skip: tuple[str, ...] = ("checkpoints",)) -> None:
+    """Bring the remote folder's files into the scratch copy, except the subfolders in `skip`
+    (checkpoints stay in the bucket; the driver reads the one it needs)."""
+    if not folder.remote:
+        return
+    for location, _ in storage.list_files(folder.location, "output.dir"):
+        relative = storage.relative(location, folder.location)
+        if relative.split("/")[0] in skip:
+            continue
+        target = folder.local / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(storage.read_bytes(location))
+
+
+def exists(location: str) -> bool:
+    return storage.info(location, "output.dir").type != pafs.FileType.NotFound
+
+
+def publish(folder: RunFolder, subfolder: str = "") -> None:
+    """Upload the scratch copy (or only `subfolder` of it) to the run folder; a no-op when local."""
+    if not folder.remote:
+        return
+    filesystem, path = storage.resolve(folder.location)
+    source = folder.local / subfolder if subfolder else folder.local
+    target = f"{path}/{subfolder}" if subfolder else path
+    pafs.copy_files(str(source), target, source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=filesystem)
+
+
+def mark_finished(folder: RunFolder) -> None:
+    """Upload what is left to upload, then `_SUCCESS`: the last file of a finished run."""
+    publish(folder)
+    storage.write_bytes(storage.join(folder.location, SUCCESS),
+                        f"finished {datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}\n".encode())
+
+
+def finished(location: str) -> bool:
+    return storage.info(storage.join(location, SUCCESS), "run folder").type == pafs.FileType.File

@@ -1,0 +1,194 @@
+"""medray on a real two-node Ray cluster (both nodes on loopback, token auth on), data and results in
+an S3 bucket, credentials only in the job's runtime env, and the non-head node lost mid-training.
+
+One test does it all, because starting the nodes is the slow part: the demo job is submitted with
+`medray submit`, trains one Ray Train worker on each node, loses the second node after the first
+epoch's checkpoint is in the bucket, resumes from that checkpoint on the head and writes every
+output to the bucket; then the node comes back and a 2-trial `medray tune` and `medray explain` (on the
+same run folder) run as further jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from io import BytesIO
+
+import pandas as pd
+import pytest
+
+from medray import storage
+from medray.run_folder import SUCCESS
+
+from conftest import ROOT, tiny_overrides
+from test_job_submit import RAY, free_port, wait_for_job_server
+
+# Enough epochs that the node is lost mid-training, not after it (about 2-3 s each here).
+EPOCHS = 12
+
+
+@dataclass
+class TwoNodes:
+    address: str
+    env: dict
+    worker: subprocess.Popen
+    join: list[str]  # `ray start` arguments of the second node
+
+    def restart_worker(self) -> None:
+        """The lost node comes back (new ports: the old ones may linger in TIME_WAIT)."""
+        self.worker = start_node(worker_args(self.join), self.env)
+        wait_for_nodes(self.join[0].split("=", 1)[1], self.env, 2)
+
+
+def start_node(args: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen([RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+                             "--disable-usage-stats", *args,
+                             # each node its own ports: the session's Ray instance holds the defaults
+                             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                             f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def alive_nodes(gcs: str, env: dict) -> int:
+    status = subprocess.run([RAY, "status", f"--address={gcs}"], env=env, capture_output=True, text=True)
+    active = status.stdout.split("Active:")[-1].split("Pending:")[0]
+    return len(re.findall(r"\bnode_[0-9a-f]+", active))
+
+
+def worker_args(join: list[str]) -> list[str]:
+    return [*join, f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
+
+
+def wait_for_nodes(gcs: str, env: dict, count: int, seconds: int = 600) -> None:
+    deadline = time.time() + seconds
+    while alive_nodes(gcs, env) < count:
+        assert time.time() < deadline, f"fewer than {count} nodes joined"
+        time.sleep(2)
+
+
+@pytest.fixture
+def two_nodes(tmp_path_factory):
+    """A head and one more node, 2 CPUs each. The nodes know no storage credentials: jobs bring them."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+    env.pop("RAY_ADDRESS", None)
+    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    port, dashboard = free_port(), free_port()
+    head = start_node(["--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                       f"--temp-dir={tmp_path_factory.mktemp('ray-head')}"], env)
+    cluster = None
+    try:
+        wait_for_job_server(f"http://127.0.0.1:{dashboard}", env)
+        join = [f"--address=127.0.0.1:{port}", f"--temp-dir={tmp_path_factory.mktemp('ray-worker')}"]
+        cluster = TwoNodes(f"http://127.0.0.1:{dashboard}", env, start_node(worker_args(join), env), join)
+        wait_for_nodes(f"127.0.0.1:{port}", env, 2)
+        yield cluster
+    finally:
+        for process in (cluster.worker if cluster else None, head):
+            if process is not None and process.poll() is None:  # --block: stopping it stops that node's processes
+                process.terminate()
+                process.wait(timeout=60)
+
+
+class Job:
+    """`medray submit` of a job whose runtime env carries the storage credentials; its output is
+    collected while it runs (a full pipe would stall the client)."""
+
+    def __init__(self, cluster: TwoNodes, store, job: list[str]):
+        command = [sys.executable, "-m", "medray", "submit", "--address", cluster.address,
+                   "--runtime-env-json", json.dumps({"env_vars": store.env}), "--", "python", *job]
+        self.process = subprocess.Popen(command, cwd=ROOT, env=cluster.env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True)
+        self.reader.start()
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def wait(self, seconds: int = 900) -> tuple[int, str]:
+        self.process.wait(timeout=seconds)
+        self.reader.join(timeout=60)
+        return self.process.returncode, self.log()
+
+
+def lose_node(node: subprocess.Popen) -> None:
+    """Kill the node's processes at once, as a lost VM: SIGKILL to its whole process group (the
+    `ray start` session started for it and nothing else); workers die with their raylet."""
+    os.killpg(node.pid, signal.SIGKILL)
+    node.wait(timeout=60)
+
+
+def checkpoint_in_bucket(store, *run: str) -> bool:
+    return any(re.match(r"checkpoints/train/checkpoint_[^/]+/model\.keras$", key) for key in store.listing(*run))
+
+
+def test_demo_job_on_two_nodes_survives_losing_one_and_writes_everything_to_the_bucket(
+        two_nodes, object_store, tiny_dataset):
+    data = object_store.upload(tiny_dataset / "parquet", "cluster", "parquet")
+    run = ("cluster", "results", "two-nodes")
+    overrides = [*tiny_overrides(data, object_store.uri(*run[:2])), "output.run_id=two-nodes",
+                 f"train.epochs={EPOCHS}", "train.early_stopping_patience=0", "scaling.placement_strategy=SPREAD",
+                 "explain.checks=false", "explain.gallery_size=2"]
+    job = Job(two_nodes, object_store, ["jobs/run.py", "--config", "configs/demo.yaml",
+                                        *sum((["--set", item] for item in overrides), [])])
+    deadline = time.time() + 900
+    while not checkpoint_in_bucket(object_store, *run):
+        assert job.running(), job.log()[-3000:]
+        assert time.time() < deadline, "no checkpoint reached the bucket"
+        time.sleep(0.5)
+    lose_node(two_nodes.worker)
+    code, log = job.wait()
+    assert code == 0, log[-4000:]
+    assert re.search(r"job package \S+ is 0\.\d MiB", log)
+
+    placed = re.findall(r"worker (\d)/2 on node ([0-9a-f]+)", log)
+    resumed = re.search(r"resuming after epoch (\d+) from (\S+)", log)
+    print("workers placed:", placed, "\n", resumed.group(0) if resumed else "no resume line")
+    assert len({node for _, node in placed[:2]}) == 2, placed  # one worker on each node at first
+    assert resumed and int(resumed.group(1)) >= 1
+    assert resumed.group(2).startswith(f"{object_store.bucket}/{'/'.join(run)}/checkpoints")
+
+    keys = object_store.listing(*run)
+    print("bucket listing:", *[key for key in keys if "/overlays/" not in key], sep="\n  ")
+    for key in ("model.keras", "metrics.json", "report.html", "explain/maps/part-000000.parquet", SUCCESS):
+        assert key in keys, key
+    history = pd.read_csv(BytesIO(storage.read_bytes(object_store.uri(*run, "history.csv"))))
+    # Every epoch trained exactly once: the resumed run continued after its checkpoint's epoch.
+    assert history["epoch"].tolist() == list(range(1, EPOCHS + 1))
+
+    # The node comes back; a 2-trial sweep and the explain job run on both nodes, all in the bucket.
+    two_nodes.restart_worker()
+    sweep = Job(two_nodes, object_store, [
+        "jobs/tune.py", "--config", "configs/demo_sweep.yaml",
+        *sum((["--set", item] for item in (
+            "name=two-node-sweep", "num_samples=2", "top_k=1", "asha.enabled=false", "set.train.epochs=1",
+            "set.model.input_size=32", f"set.data.path={data}", f"set.output.dir={object_store.uri(*run[:2])}")),
+            [])])
+    code, log = sweep.wait()
+    assert code == 0, log[-4000:]
+    sweep_keys = object_store.listing(*run[:2], "two-node-sweep")
+    print("sweep in the bucket:", *[key for key in sweep_keys if "/checkpoint_" not in key], sep="\n  ")
+    assert len({key.split("/")[0] for key in sweep_keys if key.endswith("/params.json")}) == 2
+    for key in ("leaderboard.csv", "best/model.keras", SUCCESS):
+        assert key in sweep_keys, key
+
+    explain = Job(two_nodes, object_store, [
+        "jobs/explain.py", "--config", "configs/demo.yaml", "--run", object_store.uri(*run),
+        *sum((["--set", item] for item in (f"data.path={data}", "model.input_size=32", "explain.batch_size=16",
+                                            "explain.method=hirescam", "explain.checks=false")), [])])
+    code, log = explain.wait()
+    assert code == 0, log[-4000:]
+    assert "explained 24 test images" in log
+    summary = storage.read_bytes(object_store.uri(*run, "explain", "summary.txt")).decode()
+    assert "hirescam" in summary
