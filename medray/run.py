@@ -22,7 +22,7 @@ from medray.models.classifier import initial_model_bytes
 from medray.models.registry import get_backbone
 from medray.report import build_report
 from medray.report.plots import plot_confusion_matrix
-from medray.run_folder import RunFolder, create_run_folder, mark_finished, publish
+from medray.run_folder import create_run_folder, mark_finished, publish
 from medray.tracking import log_run
 from medray.train.epoch_lines import epoch_lines
 from medray.train.trainer import TrainingOutcome, train_model

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from medray.data.dicom import dicom_to_gray, is_dicom
-from medray.errors import BadImage, MedrayError
+from medray.errors import BadImage
 
 # Modes whose values are not 0-255 and are stretched to 8 bits instead of clipped.
 HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I", "F"}

@@ -9,6 +9,7 @@ the manifest pass hashes and measures. Bad content is not judged here, only in d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np

@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import json
 from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -73,6 +74,13 @@ def guess_kind(path: Path) -> str:
 
     Raises MedrayError naming the path when it is missing or holds none of these.
     """
+    if storage.is_uri(str(path)):
+        kind = {".npz": "npz", ".parquet": "parquet"}.get(PurePosixPath(str(path)).suffix.lower())
+        if kind is None:
+            raise MedrayError(f"{path}: medray guesses the kind of local folders only; pass --source "
+                              "parquet, folders or npz with a URI")
+        return kind
+    path = Path(path)
     if not path.exists():
         raise _missing(path)
     if path.is_file():

@@ -40,7 +40,7 @@ from medray.explain.sample_checks import SAMPLE_CHECKS, sample_checks
 from medray.explain.scorecard import score_methods, write_scorecard
 from medray.filenames import safe_filename
 from medray.models.actor import ModelActor
-from medray.models.user_model import keras_of
+
 
 CHECK_COLUMNS = ("pointing_game", "energy_in_lesion", "lesion_share")
 MAPS_SCHEMA = pa.schema([
