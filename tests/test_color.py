@@ -128,6 +128,11 @@ def test_a_colour_run_trains_on_three_channels_and_draws_colour_overlays(tmp_pat
     outcome = run_job(config)
     assert json.loads((outcome.run_dir / "data.json").read_text())["color"] == "rgb"
     assert "(rgb)" in (outcome.run_dir / "summary.txt").read_text()
+    import pyarrow.parquet as pq
+
+    from medray.data.manifest import COLOR_KEY
+
+    assert pq.read_schema(outcome.run_dir / "manifest.parquet").metadata[COLOR_KEY] == b"rgb"
     from medray.models.classifier import load_model_file
 
     assert load_model_file(outcome.run_dir / "model.keras").input_shape == (None, 16, 16, 3)

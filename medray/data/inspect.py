@@ -45,7 +45,8 @@ def inspect_data(config, out_dir: Path, dedupe: bool = False) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     if dedupe:
         frame, report["dedupe"] = deduplicate(frame)
-        report["dedupe"]["manifest"] = str(write_manifest(frame, out_dir / "manifest.parquet", config.data))
+        report["dedupe"]["manifest"] = str(write_manifest(frame, out_dir / "manifest.parquet", config.data,
+                                                                  source.color))
     (out_dir / "inspect.json").write_text(json.dumps(report, indent=2, default=_plain))
     plot_inspection(report, frame, out_dir / "inspect.png")
     report["written"] = [str(out_dir / "inspect.json"), str(out_dir / "inspect.png")]

@@ -38,6 +38,7 @@ DEDUPLICATED = ("duplicate", "leak")
 ROW_SETTINGS = ("source", "path", "image_column", "path_column", "label_column", "class_names",
                 "max_image_pixels", "split")
 FINGERPRINT_KEY = b"medray.data"
+COLOR_KEY = b"medray.color"
 REPORTED_EXAMPLES = 200
 
 
@@ -126,10 +127,13 @@ def fingerprint(data_config) -> str:
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
-def write_manifest(frame: pd.DataFrame, path: Path, data_config) -> Path:
+def write_manifest(frame: pd.DataFrame, path: Path, data_config, color: str) -> Path:
+    """`color`: how the rows were read, gray or rgb (data.color "auto" resolved), kept in the
+    file's metadata under COLOR_KEY."""
     table = pa.Table.from_pandas(frame, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                           FINGERPRINT_KEY: fingerprint(data_config).encode()})
+                                           FINGERPRINT_KEY: fingerprint(data_config).encode(),
+                                           COLOR_KEY: color.encode()})
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
     return path
@@ -157,7 +161,7 @@ def load_or_build_manifest(source: Source, data_config, path: Path) -> pd.DataFr
         frame = pq.read_table(path).to_pandas()
     else:
         frame = scan_rows(source, data_config)
-        write_manifest(frame, path, data_config)
+        write_manifest(frame, path, data_config, source.color)
         return frame
     expected = sum(len(piece["rows"]) for pieces in source.pieces.values() for piece in pieces) + len(source.rejected)
     if len(frame) != expected:
@@ -165,7 +169,7 @@ def load_or_build_manifest(source: Source, data_config, path: Path) -> pd.DataFr
                           f"{source.path} has {expected}; the data changed since it was written: rebuild "
                           "it (`medray data inspect`) or delete it")
     if data_config.manifest is not None:
-        write_manifest(frame, path, data_config)
+        write_manifest(frame, path, data_config, source.color)
     return frame
 
 
