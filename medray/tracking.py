@@ -158,5 +158,7 @@ def run_metrics(run_dir: Path) -> list[tuple[str, float, int]]:
         rows += [(f"test_{name}", float(metrics[name]), 0) for name in TEST_METRICS
                  if isinstance(metrics.get(name), (int, float))]
         for row in metrics.get("per_class", []):
-            rows += [(f"test_{name}.{safe_filename(row['class'])}", float(row[name]), 0) for name in PER_CLASS_METRICS]
+            # an undefined ratio (a class absent from the test split) is None in metrics.json: not logged
+            rows += [(f"test_{name}.{safe_filename(row['class'])}", float(row[name]), 0) for name in PER_CLASS_METRICS
+                     if row.get(name) is not None]
     return rows

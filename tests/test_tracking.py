@@ -94,3 +94,15 @@ def test_an_unusable_tracking_uri_names_the_key_and_keeps_the_results(tmp_path):
     write_run_folder(run_dir, ["a", "b"])
     with pytest.raises(MedrayError, match=r"tracking\.uri=nosuch://x: could not log run run .* complete in"):
         log_run(run_dir, TrackingConfig(enabled=True, uri="nosuch://x"), tmp_path)
+
+
+def test_an_undefined_per_class_metric_is_left_out_not_logged_as_a_number(tmp_path):
+    """A class absent from the test split has precision, recall and F1 None in metrics.json."""
+    from medray.tracking import run_metrics
+
+    (tmp_path / "metrics.json").write_text(json.dumps({"accuracy": 0.5, "per_class": [
+        {"class": "normal", "precision": 0.5, "recall": 1.0, "f1": 0.667, "support": 4},
+        {"class": "rare", "precision": None, "recall": None, "f1": None, "support": 0}]}))
+    logged = {name: value for name, value, _ in run_metrics(tmp_path)}
+    assert logged["test_recall.normal"] == 1.0 and logged["test_accuracy"] == 0.5
+    assert not any(name.endswith(".rare") for name in logged)
