@@ -13,10 +13,21 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from medray import storage
 from medray.data.sources import SPLITS, Source, _is_image_name, _missing, _paths, parquet_files
 from medray.errors import MedrayError
 
 UNLABELLED = -1
+
+
+def _local_paths(data_config) -> list[Path]:
+    """data.path as local paths: images without labels are read from a local or mounted folder."""
+    paths = _paths(data_config)
+    remote = [path for path in paths if storage.is_uri(path)]
+    if remote:
+        raise MedrayError(f"data.path {remote[0]}: images without labels are read from a local or mounted "
+                          "folder for now; copy them there (labelled data can stay in object storage)")
+    return [Path(path) for path in paths]
 
 
 def has_labels(data_config) -> bool:
@@ -24,11 +35,12 @@ def has_labels(data_config) -> bool:
     the folder keeps its images in subfolders (classes) rather than directly inside it."""
     if data_config.labelled is not None:
         return data_config.labelled
+    _local_paths(data_config)
     if data_config.source == "parquet":
         return any(data_config.label_column in pq.ParquetFile(file).schema_arrow.names
                    for file in parquet_files(data_config))
     if data_config.source == "folders":
-        root = _paths(data_config)[0]
+        root = _local_paths(data_config)[0]
         if not root.is_dir():
             raise _missing(root)
         return not any(child.is_file() and _is_image_name(child) for child in root.iterdir())
@@ -77,7 +89,7 @@ def row_sources(source: Source) -> dict[str, str]:
 
 
 def _folder_pieces(data_config) -> tuple[Path, list[dict]]:
-    paths = _paths(data_config)
+    paths = _local_paths(data_config)
     if len(paths) != 1 or not paths[0].is_dir():
         raise _missing(paths[0]) if not paths[0].exists() else MedrayError(
             f"data.path {data_config.path}: data.source folders needs one folder")
@@ -91,7 +103,7 @@ def _folder_pieces(data_config) -> tuple[Path, list[dict]]:
 
 
 def _parquet_pieces(data_config) -> tuple[Path, list[dict]]:
-    files = parquet_files(data_config)
+    files = [Path(file) for file in parquet_files(data_config)]
     root = Path(os.path.commonpath([file.parent for file in files]))
     column = data_config.path_column or data_config.image_column
     pieces = []

@@ -47,7 +47,7 @@ def explain_model(config, model_path: str | Path | None = None,
                   class_names_from: str | Path | None = None) -> ModelExplainOutcome:
     """Explain `model_path` (or explain.model) over config.data; class names from data.class_names,
     the labelled data itself, or the run folder `class_names_from` (its data.json)."""
-    from medray.run import create_run_dir
+    from medray.run_folder import create_run_folder, mark_finished
 
     path = Path(model_path or config.explain.model or "")
     if not (model_path or config.explain.model):
@@ -69,7 +69,8 @@ def explain_model(config, model_path: str | Path | None = None,
         class_names = config.data.class_names or run_class_names(class_names_from, path)
         source = discover_unlabelled(config.data, class_names)
     check_class_names(class_names, shape, path)
-    out_dir = create_run_dir(config)
+    folder = create_run_folder(config)  # in object storage too: written here, uploaded at the end
+    out_dir = folder.local
     (out_dir / "config.yaml").write_text(to_yaml(config))
     connect(config.scaling)
     skipped = 0
@@ -103,6 +104,7 @@ def explain_model(config, model_path: str | Path | None = None,
                   else build_unlabelled_report(out_dir, class_names, facts))
         lines.append(f"report    {report}")
     (out_dir / "summary.txt").write_text("\n".join(lines) + "\n")
+    mark_finished(folder)
     return ModelExplainOutcome(out_dir, explained, labelled, cam_layers)
 
 

@@ -20,36 +20,36 @@ import pyarrow as pa
 
 from medray.explain import checks, sanity
 from medray.explain.cam import CamExplainer
-from medray.models.classifier import load_model_bytes
-from medray.models.preprocessing import to_model_input
-from medray.models.registry import get_backbone
+from medray.models.actor import ModelActor, UserModelSpec
 
 SAMPLE_CHECKS = "sample_checks.parquet"
 SIMILARITIES = ("rank_corr", "ssim")
 
 
-def sample_checks(model_bytes: bytes, backbone_name: str, num_classes: int, rows: dict, explain_config
+def sample_checks(model_bytes: bytes, backbone_name: str | UserModelSpec, num_classes: int, rows: dict, explain_config
                   ) -> tuple[pa.Table, list[str]]:
     """rows: the sample's decoded rows (row_id, pixels (N, H, W) uint8, label).
 
     Returns one table row per map and the cascade's step names (the top layer of each block)."""
-    backbone = get_backbone(backbone_name)
-    model = load_model_bytes(model_bytes)
-    images = to_model_input(rows["pixels"], backbone.model_input)
+    loaded = ModelActor(model_bytes, backbone_name)  # medray's own model, or a user's (UserModelSpec)
+    model = loaded.model
+    images = loaded.model_input(rows["pixels"])
     labels = np.asarray(rows["label"], np.int64)
     count, size = len(images), images.shape[1:3]
-    explainer = CamExplainer(model, backbone.cam_layers, explain_config.methods)
+    explainer = CamExplainer(model, loaded.cam_layers, explain_config.methods)
+    layers = explainer.layers
     targets = {"predicted": None, "true": labels,
                "all": np.tile(np.arange(num_classes), (count, 1))}[explain_config.target]
     explained = explainer(images, targets)
     blocks = sanity.cascade_blocks(model, explain_config.cascade_steps)
-    cascade = sanity.cascade_maps(model, backbone.cam_layers, explain_config.methods, images, explained.targets,
+    cascade = sanity.cascade_maps(model, layers, explain_config.methods, images, explained.targets,
                                   blocks)
     label_random = None
-    if explain_config.label_randomisation_epochs:
+    # Retraining needs the loss and head a model was trained with, which medray knows only for its own.
+    if explain_config.label_randomisation_epochs and not isinstance(backbone_name, UserModelSpec):
         permuted_model = sanity.label_randomised_model(model, images, labels, explain_config.label_randomisation_epochs,
                                                        explain_config.batch_size)
-        label_random = CamExplainer(permuted_model, backbone.cam_layers, explain_config.methods)(
+        label_random = CamExplainer(permuted_model, layers, explain_config.methods)(
             images, explained.targets).maps
     partners = sanity.shared_structure_partners(labels)
     predictions = explained.probabilities.argmax(axis=1)
