@@ -152,8 +152,10 @@ def test_demo_job_on_two_nodes_survives_losing_one_and_writes_everything_to_the_
     assert code == 0, log[-4000:]
     assert re.search(r"job package \S+ is 0\.\d MiB", log)
 
-    placed = re.findall(r"worker (\d)/2 on node ([0-9a-f]+)", log)
-    resumed = re.search(r"resuming after epoch (\d+) from (\S+)", log)
+    # What the workers printed is in the run's log (the console shows medray's own lines only).
+    worker_log = storage.read_bytes(object_store.uri(*run, "logs", "ray.log")).decode(errors="replace")
+    placed = re.findall(r"worker (\d)/2 on node ([0-9a-f]+)", worker_log)
+    resumed = re.search(r"resuming after epoch (\d+) from (\S+)", worker_log)
     print("workers placed:", placed, "\n", resumed.group(0) if resumed else "no resume line")
     assert len({node for _, node in placed[:2]}) == 2, placed  # one worker on each node at first
     assert resumed and int(resumed.group(1)) >= 1
