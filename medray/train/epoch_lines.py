@@ -11,7 +11,9 @@ import contextlib
 import threading
 from typing import Iterator
 
+import ray
 import ray.train
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ray.util.queue import Empty, Queue
 
 from medray.console import say
@@ -32,7 +34,11 @@ def epoch_lines(epochs: int) -> Iterator[EpochMetrics]:
     """A Ray Train callback whose epochs the driver prints as `epoch 3/8  loss ...` lines."""
     from medray.train.loop import format_epoch
 
-    queue = Queue(actor_options={"num_cpus": 0})  # the queue's actor must not take a training CPU
+    # The queue's actor takes no training CPU, and lives on the driver's node: on any other node it
+    # would die with that node, and Ray Train's controller with it (a lost worker node must only
+    # restart the worker group from its last checkpoint).
+    queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
+        node_id=ray.get_runtime_context().get_node_id(), soft=False)})
     done = threading.Event()
 
     def show() -> None:
