@@ -94,8 +94,7 @@ class DataConfig(_Section):
     manifest: Location | None = None
     augment: AugmentConfig = AugmentConfig()
     # Keep the decoded train and validation rows in Ray's object store after the first epoch, so
-    # later epochs only augment. "auto": when they take at most a tenth of the object store and the
-    # cluster has one node (a cached block is lost with its node, and the run's restart with it).
+    # later epochs only augment. "auto": when they take at most a tenth of the object store.
     cache: Literal["auto", "always", "never"] = "auto"
     # How the training rows are reordered every epoch, so that the order a source lists its rows in
     # (class folders, label-sorted parquet) never reaches training. "full": Ray Data's random_shuffle

@@ -125,8 +125,7 @@ CACHE_SHARE = 0.1
 
 
 def cached(decoded: ray.data.Dataset, rows: int, image_size: int, cache: str) -> ray.data.Dataset:
-    """The decoded rows, materialised in the object store when `cache` allows it ("auto": they fit
-    in CACHE_SHARE of it and the cluster has one node).
+    """The decoded rows, materialised in the object store when `cache` allows it.
 
     Ray Data re-runs a lazy dataset every epoch: reading and decoding every image again, on the
     CPUs that training needs. Ray's training-ingest guide materialises a dataset that fits in the
@@ -135,11 +134,7 @@ def cached(decoded: ray.data.Dataset, rows: int, image_size: int, cache: str) ->
     """
     decoded_bytes = rows * image_size * image_size
     fits = decoded_bytes <= CACHE_SHARE * ray.cluster_resources().get("object_store_memory", 0.0)
-    # A cached block lives in one node's object store: if that node is lost, so is the block, and
-    # Ray Train's restart from the last checkpoint fails with it (seen with the two-node test).
-    # "auto" therefore caches on a one-node cluster only.
-    single_node = sum(1 for node in ray.nodes() if node.get("Alive")) == 1
-    if cache == "always" or (cache == "auto" and fits and single_node):
+    if cache == "always" or (cache == "auto" and fits):
         return decoded.materialize()
     return decoded
 
