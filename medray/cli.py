@@ -6,6 +6,7 @@ Every mistake a user can make ends here as one line, `medray: error: ...`, and e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from medray import console
@@ -114,13 +115,29 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     add_verbose_argument(parser)
 
 
+@contextlib.contextmanager
+def ray_session():
+    """Leave the Ray connection a command opened before its quiet section ends: Ray prints worker
+    output seconds late (and flushes its deduplicated lines when it disconnects), and those lines
+    belong in the run's log, not below the summary. A connection that was there before the command
+    (a test session's cluster) is left alone."""
+    import ray
+
+    connected_before = ray.is_initialized()
+    try:
+        yield
+    finally:
+        if not connected_before and ray.is_initialized():
+            ray.shutdown()
+
+
 def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true",
                         help="also show what Ray and TensorFlow say (always in <run>/logs/ray.log)")
 
 
 def command_run(args: argparse.Namespace) -> None:
-    with console.quiet(args.verbose):  # before the imports: TensorFlow speaks as it loads
+    with console.quiet(args.verbose), ray_session():  # before the imports: TensorFlow speaks as it loads
         from medray.config import load_config
         from medray.run import run_job
 
@@ -131,7 +148,7 @@ def command_run(args: argparse.Namespace) -> None:
 def command_tune(args: argparse.Namespace) -> None:
     if (args.config is None) == (args.resume is None):
         raise MedrayError("medray tune needs either --config <sweep YAML> or --resume <sweep folder or name>")
-    with console.quiet(args.verbose):
+    with console.quiet(args.verbose), ray_session():
         from medray.tune.space import load_sweep
         from medray.tune.sweep import resume_sweep, run_sweep, summarise
 
@@ -148,7 +165,7 @@ def command_resume(args: argparse.Namespace) -> None:
     config_path = Path(args.run_dir) / "config.yaml"
     if not config_path.is_file():
         raise MedrayError(f"{args.run_dir} holds no config.yaml; pass the folder of a run medray started")
-    with console.quiet(args.verbose):
+    with console.quiet(args.verbose), ray_session():
         from medray.config import load_config
         from medray.run import run_job
 
@@ -166,7 +183,7 @@ def command_submit(args: argparse.Namespace) -> None:
 
 
 def command_explain(args: argparse.Namespace) -> None:
-    with console.quiet(args.verbose):
+    with console.quiet(args.verbose), ray_session():
         from medray.config import load_config
         from medray.explain.job import explain_run
 

@@ -122,38 +122,12 @@ def quiet(verbose: bool = False) -> Iterator[None]:
         return
     _capture = _Capture(verbose)
     _terminal = _capture.terminal
-    _echo_worker_output(True)
     try:
         yield
     finally:
-        if not verbose:
-            _echo_worker_output(False)
         capture, _capture, _terminal = _capture, None, None
         capture.close()
 
-
-# Ray's handler that prints what workers write, while it is held back between quiet sections.
-_held_echo: tuple | None = None
-
-
-def _echo_worker_output(on: bool) -> None:
-    """Ray's driver prints every worker's output as it arrives, seconds late on a busy machine, so
-    a line from the run's last task (TensorFlow's start-up) could land on the terminal below the
-    summary once the section is over. Held back between sections (Ray's session logs keep every
-    line), given back when the next one starts."""
-    global _held_echo
-    try:
-        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
-    except ImportError:
-        return
-    if on and _held_echo is not None:
-        dispatcher.add_handler(*_held_echo)
-        _held_echo = None
-    elif not on:
-        echo = next((pair for pair in dispatcher.handlers if pair[0] == "ray_print_logs"), None)
-        if echo is not None:
-            dispatcher.remove_handler("ray_print_logs")
-            _held_echo = echo
 
 
 def keep_log_in(log_dir: Path) -> Path:
