@@ -74,7 +74,9 @@ def run_job(config: RunConfig) -> RunOutcome:
     if config.explain.enabled:
         # The explain job computes every test image's probabilities as well: one pass over the test split.
         explained = explain_split(test, model_bytes, backbone.name, source.class_names, config.explain,
-                                  run_dir / "explain", rows=source.num_rows("test"))
+                                  run_dir / "explain", rows=source.num_rows("test"),
+                                  read_rows=lambda row_ids: read_split(source, "test", image_size, config.data,
+                                                                       row_ids))
         predictions = predictions_from_maps(explained.maps_dir, source.class_names)
         for method, score in explained.scores.items():
             if (score.get("verdict") or "").startswith("FAILED"):

@@ -13,7 +13,7 @@ from ray.data.dataset import MaterializedDataset
 
 from medray.config import DataConfig, load_config
 from medray.data.decode import decode_gray
-from medray.data.pipeline import augment_and_prepare, cached, prepare, read_split, training_data
+from medray.data.pipeline import augment_and_prepare, cached, pieces_with_rows, prepare, read_split, training_data
 from medray.data.sources import discover, split_of
 from medray.errors import MedrayError
 from medray.models.preprocessing import ModelInput, to_model_input
@@ -87,6 +87,21 @@ def test_parquet_and_folders_give_the_same_images_per_class(tiny_dataset, ray_cl
             name: sorted(row["pixels"].tobytes() for row in rows if source.class_names[row["label"]] == name)
             for name in parquet.class_names}
     assert by_class["parquet"] == by_class["folders"]
+
+
+@pytest.mark.parametrize("kind", ["parquet", "folders"])
+def test_reading_chosen_rows_decodes_only_those_and_gives_the_same_pixels(kind, tiny_dataset, ray_cluster):
+    source = discover(DataConfig(path=tiny_dataset / kind, source=kind))
+    config = DataConfig(path=source.path, source=kind, mask_column=None)
+    every = {row["row_id"]: row for row in read_split(source, "test", 32, config).take_all()}
+    chosen = frozenset(sorted(every)[::5])
+    pieces = pieces_with_rows(source.pieces["test"], chosen)
+    assert sum(len(piece["rows"]) for piece in pieces) == len(chosen)  # the read tasks hold nothing else
+    rows = read_split(source, "test", 32, config, row_ids=chosen).take_all()
+    assert sorted(row["row_id"] for row in rows) == sorted(chosen)
+    for row in rows:
+        assert row["label"] == every[row["row_id"]]["label"]
+        assert np.array_equal(row["pixels"], every[row["row_id"]]["pixels"])
 
 
 def test_parquet_rows_carry_binary_masks_that_lie_on_the_lesions(tiny_dataset, ray_cluster):

@@ -32,10 +32,24 @@ class TrainingData:
     train_rows: int
 
 
-def read_split(source: Source, split: str, image_size: int, data_config) -> ray.data.Dataset:
-    """Decoded rows of one split: row_id, pixels (uint8 image_size x image_size), label (and mask)."""
-    return read_tasks(source.pieces[split], source.kind, read_pieces,
+def read_split(source: Source, split: str, image_size: int, data_config,
+               row_ids: frozenset[str] | None = None) -> ray.data.Dataset:
+    """Decoded rows of one split: row_id, pixels (uint8 image_size x image_size), label (and mask).
+    With `row_ids`, only those rows are read and decoded (the read tasks are cut down first)."""
+    pieces = source.pieces[split] if row_ids is None else pieces_with_rows(source.pieces[split], row_ids)
+    return read_tasks(pieces, source.kind, read_pieces,
                       {"settings": reader_settings(source, data_config), "image_size": image_size})
+
+
+def pieces_with_rows(pieces: list[dict], row_ids: frozenset[str]) -> list[dict]:
+    """The read tasks cut down to the rows in `row_ids`; tasks left without rows are dropped."""
+    kept = []
+    for piece in pieces:
+        chosen = [index for index, row_id in enumerate(piece["row_ids"]) if row_id in row_ids]
+        if chosen:
+            kept.append({**piece, **{name: [piece[name][index] for index in chosen]
+                                     for name in ("rows", "row_ids", "labels")}})
+    return kept
 
 
 def read_pieces(batch: dict, settings: dict, image_size: int) -> dict:
@@ -57,6 +71,13 @@ def read_pieces(batch: dict, settings: dict, image_size: int) -> dict:
     if settings["mask_column"]:
         rows["mask"] = np.stack(masks) if masks else np.zeros((0, image_size, image_size), np.uint8)
     return rows
+
+
+def select_rows(batch: dict, row_ids: frozenset[str], keep: bool = True) -> dict:
+    """The rows of a decoded batch whose `row_id` is (keep) or is not (not keep) in `row_ids`.
+    Here, in a module without TensorFlow, so that the Ray Data tasks running it do not import it."""
+    chosen = np.isin(batch["row_id"].astype(str), list(row_ids)) == keep
+    return {name: values[chosen] for name, values in batch.items()}
 
 
 def one_batch_per_block(decoded: ray.data.Dataset, batch_size: int) -> ray.data.Dataset:

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import ray
 
 from medray.console import ProgressBar
-from medray.data.pipeline import one_batch_per_block
+from medray.data.pipeline import one_batch_per_block, select_rows
 from medray.errors import MedrayError
 from medray.explain import checks
 from medray.explain.cam import CamExplainer
@@ -156,10 +156,13 @@ def maps_table(columns: dict) -> pa.Table:
 
 def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: str, class_names: list[str],
                   explain_config, out_dir: Path,
-                  on_shard: Callable[[Path], None] | None = None, rows: int | None = None) -> ExplainOutcome:
+                  on_shard: Callable[[Path], None] | None = None, rows: int | None = None,
+                  read_rows: Callable[[frozenset[str]], ray.data.Dataset] | None = None) -> ExplainOutcome:
     """Maps for every row of `decoded` into `out_dir`; rows of complete shards from an earlier,
     interrupted run into the same `out_dir` are skipped. `on_shard` is called after each shard;
-    `rows` (the rows of `decoded`, if known) sizes the console's progress bar."""
+    `rows` (the rows of `decoded`, if known) sizes the console's progress bar. `read_rows(row_ids)`
+    reads and decodes only those rows of the same split, for the checks' sample; without it the
+    sample is filtered out of a second pass over `decoded`."""
     methods = explain_config.methods
     if not methods:
         raise MedrayError("explain.method is an empty list; name at least one of gradcam, gradcam++, "
@@ -170,7 +173,7 @@ def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: 
     done, next_index = completed_shards(maps_dir)
     settings = explain_settings(model_bytes, class_names, explain_config)
     check_same_settings(maps_dir, settings, resuming=bool(done))
-    todo = decoded if not done else decoded.map_batches(drop_rows, fn_kwargs={"done": done})
+    todo = decoded if not done else decoded.map_batches(select_rows, fn_kwargs={"row_ids": done, "keep": False})
     mapped = cam_dataset(todo, model_bytes, backbone_name, class_names, explain_config)
     progress = ProgressBar("explain", rows, done=len(done))
     for block in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -189,7 +192,8 @@ def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: 
     progress.close()
     sample_path = out_dir / SAMPLE_CHECKS
     if explain_config.checks and explain_config.check_sample and not sample_path.is_file():
-        check_sample(decoded, maps_dir, model_bytes, backbone_name, class_names, explain_config, sample_path)
+        check_sample(decoded, maps_dir, model_bytes, backbone_name, class_names, explain_config, sample_path,
+                     read_rows)
     scores = score_methods(maps_dir, sample_path if sample_path.is_file() else None, class_names)
     write_scorecard(scores, out_dir)
     galleries = (write_galleries(maps_dir, overlay_dir, class_names, out_dir / "galleries",
@@ -248,7 +252,8 @@ def check_same_settings(maps_dir: Path, settings: dict, resuming: bool) -> None:
 
 
 def check_sample(decoded: ray.data.Dataset, maps_dir: Path, model_bytes: bytes, backbone_name: str,
-                 class_names: list[str], explain_config, path: Path) -> None:
+                 class_names: list[str], explain_config, path: Path,
+                 read_rows: Callable[[frozenset[str]], ray.data.Dataset] | None = None) -> None:
     """Deletion/insertion and the sanity checks on the stratified sample, into `path` (atomically:
     a resumed job redoes them only if they had not been written)."""
     sampler = StratifiedSampler(explain_config.check_sample, explain_config.sample_seed)
@@ -260,8 +265,9 @@ def check_sample(decoded: ray.data.Dataset, maps_dir: Path, model_bytes: bytes, 
     chosen = frozenset(sampler.draw())
     if not chosen:
         return
-    sampled = decoded.select_columns(["row_id", "pixels", "label"]).map_batches(
-        keep_rows, fn_kwargs={"keep": chosen})
+    sampled = (read_rows(chosen) if read_rows is not None else
+               decoded.map_batches(select_rows, fn_kwargs={"row_ids": chosen}))
+    sampled = sampled.select_columns(["row_id", "pixels", "label"])
     batches = list(sampled.iter_batches(batch_size=None, batch_format="numpy"))
     rows = {name: np.concatenate([batch[name] for batch in batches]) for name in ("row_id", "pixels", "label")}
     # Blocks arrive in any order; sorted, the seeded label permutation and random orders repeat.
@@ -273,11 +279,6 @@ def check_sample(decoded: ray.data.Dataset, maps_dir: Path, model_bytes: bytes, 
     partial = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, partial)
     os.replace(partial, path)
-
-
-def keep_rows(batch: dict, keep: frozenset[str]) -> dict:
-    chosen = np.isin(batch["row_id"].astype(str), list(keep))
-    return {name: values[chosen] for name, values in batch.items()}
 
 
 def split_by_images(table: pa.Table, images: int) -> list[pa.Table]:
@@ -297,11 +298,6 @@ def completed_shards(maps_dir: Path) -> tuple[frozenset[str], int]:
     done = frozenset(row_id for path in shards for row_id in pq.read_table(path, columns=["row_id"])["row_id"].to_pylist())
     next_index = max((int(SHARD.match(path.name).group(1)) for path in shards), default=-1) + 1
     return done, next_index
-
-
-def drop_rows(batch: dict, done: frozenset[str]) -> dict:
-    keep = ~np.isin(batch["row_id"].astype(str), list(done))
-    return {name: values[keep] for name, values in batch.items()}
 
 
 def write_overlays(table: pa.Table, overlay_dir: Path) -> None:

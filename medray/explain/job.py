@@ -35,7 +35,8 @@ def explain_run(config, run_location: str | Path) -> ExplainOutcome:
     source, _ = prepare_source(source, config.data, run_dir)
     test = read_split(source, "test", image_size, config.data)
     outcome = explain_split(test, model_path.read_bytes(), backbone.name, source.class_names, config.explain,
-                            run_dir / "explain", on_shard=None, rows=source.num_rows("test"))
+                            run_dir / "explain", on_shard=None, rows=source.num_rows("test"),
+                            read_rows=lambda row_ids: read_split(source, "test", image_size, config.data, row_ids))
     (run_dir / "explain" / "summary.txt").write_text(describe(outcome))
     publish(folder, "explain")
     return outcome

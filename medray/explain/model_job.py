@@ -82,7 +82,9 @@ def explain_model(config, model_path: str | Path | None = None,
     spec = UserModelSpec(path.suffix.lower(), ModelInput(shape.channels, preprocessing(config.explain.preprocess)),
                          cam_layers, config.explain.trust_model_code)
     explained = explain_split(read_split(source, "test", shape.input_size, config.data), path.read_bytes(), spec,
-                              class_names, config.explain, out_dir / "explain")
+                              class_names, config.explain, out_dir / "explain",
+                              read_rows=lambda row_ids: read_split(source, "test", shape.input_size, config.data,
+                                                                   row_ids))
     predictions = predictions_from_maps(explained.maps_dir, class_names)
     predictions.insert(1, "source", predictions["row_id"].map(row_sources(source)))
     predictions.to_parquet(out_dir / "predictions.parquet", index=False)
