@@ -4,7 +4,6 @@ import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from medray.cli import main
 

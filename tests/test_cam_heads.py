@@ -8,7 +8,6 @@ the score favours is 1 on the left half and 0 on the right, the other class's th
 """
 
 import numpy as np
-import pytest
 
 from medray.explain.cam import CamExplainer
 from medray.keras_setup import keras, tf

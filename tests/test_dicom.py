@@ -1,7 +1,6 @@
 """DICOM: modality rescale, the file's window, MONOCHROME1 inverted; tiny files written with pydicom."""
 
 import numpy as np
-import pydicom
 import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid

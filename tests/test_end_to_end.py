@@ -7,7 +7,6 @@ import zipfile
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-import pytest
 from PIL import Image
 
 from medray.config import load_config

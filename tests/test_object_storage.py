@@ -13,7 +13,6 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from medray.cli import main
 from medray.config import DataConfig
@@ -22,7 +21,7 @@ from medray.data.sources import discover
 from medray.run_folder import SUCCESS, finished
 from medray.storage import s3_filesystem
 
-from conftest import DEMO_CONFIG, cli_args, tiny_overrides
+from conftest import cli_args, tiny_overrides
 from test_dicom import write_dicom
 from test_npz_source import medmnist_arrays, write_npz
 
@@ -149,31 +148,6 @@ def test_storage_settings_reach_ray_workers(ray_cluster, object_store):
         return os.environ.get("AWS_ENDPOINT_URL_S3")
 
     assert ray_cluster.get(endpoint_seen_by_a_worker.remote()) == object_store.endpoint
-
-
-def test_sweep_to_the_bucket_keeps_trials_checkpoints_and_leaderboard_there(ray_cluster, object_store,
-                                                                           tiny_dataset, tmp_path, capsys):
-    data = object_store.upload(tiny_dataset / "parquet", "sweep-data", "parquet")
-    sweep = {"name": "bucket-sweep", "base": str(DEMO_CONFIG), "search": "grid", "metric": "val_loss", "top_k": 1,
-             "set": {"data": {"path": data}, "model": {"input_size": 32}, "output": {"dir": object_store.uri("sweeps")},
-                     "train": {"epochs": 2, "batch_size": 16}, "explain": {"enabled": False}},
-             "asha": {"enabled": False},
-             "resources": {"workers_per_trial": 1, "cpus_per_worker": 0.5, "max_concurrent_trials": 1},
-             "space": {"train.lr": {"choice": [0.003, 0.01]}}}
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep))
-    assert main(["tune", "--config", str(path)]) == 0
-    assert f"results    {object_store.uri('sweeps', 'bucket-sweep')}" in capsys.readouterr().out
-    keys = object_store.listing("sweeps", "bucket-sweep")
-    print("bucket listing:", *[key for key in keys if "/checkpoint_" not in key], sep="\n  ")
-    trials = sorted({key.split("/")[0] for key in keys if key.endswith("/params.json")})
-    assert len(trials) == 2
-    for trial in trials:
-        for name in ("config.yaml", "outcome.json", "result.json"):
-            assert f"{trial}/{name}" in keys
-        assert any(key.startswith(f"{trial}/checkpoints/train/checkpoint_") for key in keys)
-    for key in ("sweep.yaml", "leaderboard.csv", "best/model.keras", "report.html", SUCCESS):
-        assert key in keys, key
 
 
 def test_mlflow_file_store_in_a_bucket_is_refused_naming_tracking_uri(capsys, tmp_path):

@@ -5,7 +5,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from medray.config import DataConfig, SplitConfig
 from medray.data.decode import decode_native

@@ -1,11 +1,12 @@
 """medray on a real two-node Ray cluster (both nodes on loopback, token auth on), data and results in
 an S3 bucket, credentials only in the job's runtime env, and the non-head node lost mid-training.
 
-One test does it all, because starting the nodes is the slow part: the demo job is submitted with
-`medray submit`, trains one Ray Train worker on each node, loses the second node after the first
-epoch's checkpoint is in the bucket, resumes from that checkpoint on the head and writes every
-output to the bucket; then the node comes back and a 2-trial `medray tune` and `medray explain` (on the
-same run folder) run as further jobs.
+One test does it all, because starting the nodes and the jobs is the slow part: a client without the
+token is refused; the demo job is submitted with `medray submit`, trains one Ray Train worker on
+each node, loses the second node after the first epoch's checkpoint is in the bucket, resumes from
+that checkpoint on the head and writes every output to the bucket, while its console shows
+medray's lines only; then the node comes back and a 2-trial `medray tune` and, through plain
+`ray job submit`, `medray explain` (on the same run folder) run as further jobs.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import signal
 import subprocess
 import sys
 import threading
+import socket
 import time
 from dataclasses import dataclass
 from io import BytesIO
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -29,7 +32,9 @@ from medray import storage
 from medray.run_folder import SUCCESS
 
 from conftest import ROOT, tiny_overrides
-from test_job_submit import RAY, free_port, wait_for_job_server
+from test_console import INTERNALS
+
+RAY = str(Path(sys.executable).with_name("ray"))
 
 # Enough epochs that the node is lost mid-training, not after it (about 2-3 s each here).
 EPOCHS = 12
@@ -46,6 +51,20 @@ class TwoNodes:
         """The lost node comes back (new ports: the old ones may linger in TIME_WAIT)."""
         self.worker = start_node(worker_args(self.join), self.env)
         wait_for_nodes(self.join[0].split("=", 1)[1], self.env, 2)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_job_server(address: str, env: dict, seconds: int = 120) -> None:
+    deadline = time.time() + seconds
+    while subprocess.run([RAY, "job", "list", "--address", address], env=env, capture_output=True).returncode:
+        if time.time() > deadline:
+            pytest.fail(f"no job server at {address} after {seconds} s")
+        time.sleep(2)
 
 
 def start_node(args: list[str], env: dict) -> subprocess.Popen:
@@ -99,11 +118,13 @@ def two_nodes(tmp_path_factory):
 
 
 class Job:
-    """`medray submit` of a job whose runtime env carries the storage credentials; its output is
-    collected while it runs (a full pipe would stall the client)."""
+    """`medray submit` (or plain `ray job submit --working-dir .`) of a job whose runtime env carries
+    the storage credentials; its output is collected while it runs (a full pipe would stall the client)."""
 
-    def __init__(self, cluster: TwoNodes, store, job: list[str]):
-        command = [sys.executable, "-m", "medray", "submit", "--address", cluster.address,
+    def __init__(self, cluster: TwoNodes, store, job: list[str], plain: bool = False):
+        submit = ([RAY, "job", "submit", "--working-dir", "."] if plain else
+                  [sys.executable, "-m", "medray", "submit"])
+        command = [*submit, "--address", cluster.address,
                    "--runtime-env-json", json.dumps({"env_vars": store.env}), "--", "python", *job]
         self.process = subprocess.Popen(command, cwd=ROOT, env=cluster.env, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
@@ -135,7 +156,13 @@ def checkpoints_in_bucket(store, *run: str) -> int:
 
 
 def test_demo_job_on_two_nodes_survives_losing_one_and_writes_everything_to_the_bucket(
-        two_nodes, object_store, tiny_dataset):
+        two_nodes, object_store, tiny_dataset, tmp_path):
+    stranger = {**two_nodes.env, "HOME": str(tmp_path)}  # no ~/.ray/auth_token there
+    stranger.pop("RAY_AUTH_TOKEN")
+    refused = subprocess.run([RAY, "job", "list", "--address", two_nodes.address], env=stranger,
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "authentication token" in (refused.stdout + refused.stderr).lower()
+
     data = object_store.upload(tiny_dataset / "parquet", "cluster", "parquet")
     run = ("cluster", "results", "two-nodes")
     overrides = [*tiny_overrides(data, object_store.uri(*run[:2])), "output.run_id=two-nodes",
@@ -155,6 +182,11 @@ def test_demo_job_on_two_nodes_survives_losing_one_and_writes_everything_to_the_
     code, log = job.wait()
     assert code == 0, log[-4000:]
     assert re.search(r"job package \S+ is 0\.\d MiB", log)
+    # The job's console is medray's: every epoch's line (an epoch in flight when the node was lost
+    # may print twice), no Ray or TensorFlow internals, even about the lost node.
+    epochs = [int(epoch) for epoch in re.findall(rf"^epoch (\d+)/{EPOCHS}  loss ", log, re.MULTILINE)]
+    assert sorted(set(epochs)) == list(range(1, EPOCHS + 1)), log[-4000:]
+    assert not [word for word in INTERNALS if word.lower() in log.lower()], log[-4000:]
 
     # What the workers printed is in the run's log (the console shows medray's own lines only).
     worker_log = storage.read_bytes(object_store.uri(*run, "logs", "ray.log")).decode(errors="replace")
@@ -186,15 +218,21 @@ def test_demo_job_on_two_nodes_survives_losing_one_and_writes_everything_to_the_
     sweep_keys = object_store.listing(*run[:2], "two-node-sweep")
     print("sweep in the bucket:", *[key for key in sweep_keys if "/checkpoint_" not in key], sep="\n  ")
     assert len({key.split("/")[0] for key in sweep_keys if key.endswith("/params.json")}) == 2
-    for key in ("leaderboard.csv", "best/model.keras", SUCCESS):
+    for key in ("sweep.yaml", "leaderboard.csv", "best/model.keras", "report.html", SUCCESS):
         assert key in sweep_keys, key
+
+    for trial in {key.split("/")[0] for key in sweep_keys if key.endswith("/params.json")}:
+        for name in ("config.yaml", "outcome.json", "result.json"):
+            assert f"{trial}/{name}" in sweep_keys
+        assert any(key.startswith(f"{trial}/checkpoints/train/checkpoint_") for key in sweep_keys)
 
     explain = Job(two_nodes, object_store, [
         "jobs/explain.py", "--config", "configs/demo.yaml", "--run", object_store.uri(*run),
         *sum((["--set", item] for item in (f"data.path={data}", "model.input_size=32", "explain.batch_size=16",
-                                            "explain.method=hirescam", "explain.checks=false")), [])])
+                                            "explain.method=hirescam", "explain.checks=false")), [])], plain=True)
     code, log = explain.wait()
     assert code == 0, log[-4000:]
-    assert "explained 24 test images" in log
+    assert "succeeded" in log.lower() and "explained 24 test images" in log
+    assert not [word for word in INTERNALS if word.lower() in log.lower()], log[-4000:]
     summary = storage.read_bytes(object_store.uri(*run, "explain", "summary.txt")).decode()
     assert "hirescam" in summary
