@@ -232,7 +232,8 @@ def bulk_job_rate(parquet: Path, model_path: Path, backbone: str | UserModelSpec
     started = time.perf_counter()
     outcome = explain_split(read_split(source, "test", size, config.data), model_path.read_bytes(), backbone,
                             source.class_names, explain_settings(overlays=overlays, batch=batch), out,
-                            on_shard=lambda shard: written.append((time.perf_counter(), shard)))
+                            on_shard=lambda shard: written.append((time.perf_counter(), shard)),
+                            read_rows=lambda row_ids: read_split(source, "test", size, config.data, row_ids))
     total = time.perf_counter() - started
     first_time, first_shard = written[0]
     first_rows = pq.read_metadata(first_shard).num_rows
@@ -253,7 +254,8 @@ def memory(sizes: list[int], work: Path, overlays: bool) -> None:
     write_demo_dataset(seed_data, train=3, val=3, test=256, size=size, seed=2)
     seed_test = pq.read_table(next((seed_data / "parquet").glob("test-*.parquet")))
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    print(f"{'images':>8} {'RSS before job':>15} {'peak RSS in job':>16} {'growth':>8} {'job s':>7}")
+    print(f"{'images':>8} {'RSS before job':>15} {'peak RSS in job':>16} {'growth':>8} "
+          f"{'private growth':>15} {'job s':>7}   (private: RssAnon, without the object store's shared pages)")
     for count in sizes:
         data = work / f"data-{count}"
         for split in ("train", "val"):
@@ -278,34 +280,44 @@ def memory_child(parquet: Path, model_path: Path, out: Path, overlays: bool) -> 
     connect(config.scaling)
     source = discover(config.data)
     before = rss_bytes()
-    peak = [before]
+    peak = dict(before)
     running = threading.Event()
     running.set()
 
     def sample():
         while running.is_set():
-            peak[0] = max(peak[0], rss_bytes())
+            for name, value in rss_bytes().items():
+                peak[name] = max(peak[name], value)
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     started = time.perf_counter()
     outcome = explain_split(read_split(source, "test", SIZES["baseline_cnn"], config.data), model_path.read_bytes(),
-                            "baseline_cnn", source.class_names, explain_settings(overlays), out)
+                            "baseline_cnn", source.class_names, explain_settings(overlays), out,
+                            read_rows=lambda row_ids: read_split(source, "test", SIZES["baseline_cnn"], config.data,
+                                                                 row_ids))
     elapsed = time.perf_counter() - started
     running.clear()
     sampler.join()
     mib = 2 ** 20
-    print(f"{outcome.images:>8} {before / mib:>11.0f} MiB {peak[0] / mib:>12.0f} MiB {(peak[0] - before) / mib:>4.0f} MiB "
+    total, private = "VmRSS", "RssAnon"
+    print(f"{outcome.images:>8} {before[total] / mib:>11.0f} MiB {peak[total] / mib:>12.0f} MiB "
+          f"{(peak[total] - before[total]) / mib:>4.0f} MiB {(peak[private] - before[private]) / mib:>11.0f} MiB "
           f"{elapsed:>7.0f}")
 
 
-def rss_bytes() -> int:
+def rss_bytes() -> dict[str, int]:
+    """The driver's resident memory (VmRSS) and its private part (RssAnon): VmRSS also counts the
+    pages of Ray's shared-memory object store the driver has read blocks from, which belong to the
+    store (bounded by its size), not to the driver."""
+    found = {}
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "RssAnon"):
+                found[name] = int(value.split()[0]) * 1024
+    return found
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """What Ray Train + Ray Data cost over plain Keras, for epochs of the same model and data.
 
 medray: baseline_cnn through Ray Train with 1 worker, images decoded by Ray Data in the first epoch
-and kept in the object store (data.cache: auto), preprocessed as they stream. Plain: the same model
-and batch size with `model.fit` on an in-memory tf.data pipeline of the already-decoded images, with
-Ray shut down. Augmentation is off in both, so the work is the same. Epochs after the first are
-timed in both (the first pays for tracing and start-up).
+and kept in the object store (data.cache: auto), reordered every epoch (data.shuffle, `full` by
+default) and preprocessed as they stream. Plain: the same model and batch size with `model.fit` on an
+in-memory tf.data pipeline of the already-decoded images, reshuffled every epoch as `model.fit`
+shuffles arrays by default, with Ray shut down. Augmentation is off in both, so the work is the
+same. Epochs after the first are timed in both (the first pays for tracing and start-up).
 
 The two sides run in alternating rounds (medray first in odd rounds, plain first in even ones), so
 that a busy spell of the machine hits both, and each side's median epoch and its rate over all
@@ -12,6 +13,7 @@ timed epochs are printed.
 
     python jobs/benchmarks/train_overhead.py [--images 4096] [--size 64] [--batch 64] [--epochs 6] [--rounds 3]
     python jobs/benchmarks/train_overhead.py --quick     # 1,024 images, 4 epochs, 2 rounds: under 5 minutes
+    python jobs/benchmarks/train_overhead.py --quick --shuffle blocks
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="runs of each side, alternating")
     parser.add_argument("--quick", action="store_true",
                         help="a smaller measurement (under 5 minutes) that still alternates the sides")
+    parser.add_argument("--shuffle", choices=["full", "blocks"], default="full", help="medray's data.shuffle")
     args = parser.parse_args()
     if args.quick:
         args.images, args.epochs, args.rounds = 1024, 4, 2
@@ -52,7 +55,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         write_demo_dataset(Path(tmp) / "data", train=args.images, val=256, test=3, size=args.size, seed=0)
         config = validate_config({
-            "data": {"path": str(Path(tmp) / "data" / "parquet"), "augment": {"flip": False, "rotation_degrees": 0}},
+            "data": {"path": str(Path(tmp) / "data" / "parquet"), "augment": {"flip": False, "rotation_degrees": 0},
+                     "shuffle": args.shuffle},
             "model": {"input_size": args.size},
             "train": {"epochs": args.epochs, "batch_size": args.batch, "class_balance": "none", "early_stopping_patience": 0,
                       "lr_plateau_patience": 0},
@@ -69,7 +73,7 @@ def main() -> None:
                 print(f"round {round_index + 1} {name:6s} epochs 2-{args.epochs}: "
                       + "  ".join(f"{rate:.0f}" for rate in rates) + " images/s", flush=True)
     print(f"\nimages {args.images} at {args.size}x{args.size}, batch {args.batch}, {args.rounds} alternating rounds, "
-          f"epochs 2-{args.epochs} of every round timed")
+          f"epochs 2-{args.epochs} of every round timed, medray's data.shuffle {args.shuffle}")
     print("                                            median epoch    all timed epochs (images / seconds)")
     for name, rates in (("medray (Ray Train, 1 worker, Ray Data):    ", medray_rates),
                         ("plain Keras model.fit on in-memory tf.data:", plain_rates)):
@@ -107,7 +111,9 @@ def plain_keras_epoch_rates(config, images: np.ndarray, labels: np.ndarray) -> l
     import ray
 
     ray.shutdown()  # the plain run gets the whole machine, as it would outside Ray
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(config.train.batch_size).prefetch(2)
+    dataset = (tf.data.Dataset.from_tensor_slices((images, labels))
+               .shuffle(len(images), seed=0, reshuffle_each_iteration=True)
+               .batch(config.train.batch_size).prefetch(2))
     model = build_classifier(get_backbone(config.model.backbone), config.model.input_size, labels.shape[1],
                              config.model)
     # The metrics medray's training loop compiles with (medray.train.loop.compile_for_phase).
