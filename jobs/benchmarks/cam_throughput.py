@@ -238,6 +238,9 @@ def bulk_job_rate(parquet: Path, model_path: Path, backbone: str | UserModelSpec
     first_time, first_shard = written[0]
     first_rows = pq.read_metadata(first_shard).num_rows
     steady = (outcome.rows - first_rows) / (written[-1][0] - first_time) if len(written) > 1 else float("nan")
+    print(f"  overlays {'on ' if overlays else 'off'}: {total:.0f} s in all: {first_time - started:.0f} s to the first "
+          f"shard (start-up), {written[-1][0] - first_time:.0f} s of shards, {total - (written[-1][0] - started):.0f} s "
+          "after the last (the sample's checks, the scorecard)")
     return outcome.rows / total, steady
 
 
