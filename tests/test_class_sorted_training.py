@@ -1,5 +1,5 @@
-"""Training on class-sorted data (class folders list their rows class by class) learns as well as
-training on the same images in shuffled order."""
+"""Training on class-sorted data (class folders list their rows class by class) learns: the rows are
+reordered every epoch, so batches mix the classes."""
 
 import json
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import cli_args, tiny_overrides
-from data_factory import hf_parquet, image_bytes, write
+from data_factory import image_bytes, write
 from medray.cli import main
 
 CLASSES = ("clear", "bright_spot", "dark_spot")
@@ -27,7 +27,7 @@ def spot_scan(rng: np.random.Generator, label: int, size: int = 32) -> np.ndarra
 
 @pytest.fixture(scope="module")
 def layouts(tmp_path_factory):
-    """The same images twice: class folders (listed class by class) and a shuffled parquet per split."""
+    """Class folders, which the folders source lists class by class (tests/test_shuffle.py)."""
     root = tmp_path_factory.mktemp("class-sorted")
     rng = np.random.default_rng(11)
     for split, rows in SPLIT_ROWS.items():
@@ -35,7 +35,6 @@ def layouts(tmp_path_factory):
         images = [image_bytes(spot_scan(rng, int(label))) for label in labels]
         for index, (label, image) in enumerate(zip(labels, images)):
             write(root / "folders" / split / CLASSES[label] / f"{split}_{index:04d}.png", image)
-        hf_parquet(root / "parquet" / f"{split}-00000-of-00001.parquet", images, labels.tolist(), list(CLASSES))
     return root
 
 
@@ -47,14 +46,11 @@ def trained_metrics(layouts, tmp_path, layout: str) -> dict:
     return json.loads((tmp_path / layout / "metrics.json").read_text())
 
 
-def test_class_sorted_folders_train_as_well_as_the_shuffled_parquet(layouts, ray_cluster, tmp_path):
-    """Same 180 training images, 3 epochs, 60 test images (30 of the largest class). Test accuracy
-    measured on 2 cores (30 Nov 2026): shuffled parquet / class folders 1.000 / 1.000 twice, and
-    0.900 / 0.967 in the full suite; the class folders with the per-epoch shuffle taken out: 0.500,
-    the largest class's share (validation accuracy 0.52 after 2 epochs, 0.82 after 3), as every
-    batch held one class."""
-    shuffled = trained_metrics(layouts, tmp_path, "parquet")
+def test_class_sorted_folders_train_to_well_above_the_largest_class(layouts, ray_cluster, tmp_path):
+    """180 training images, 3 epochs, 60 test images (30 of the largest class). Test accuracy measured
+    on 2 cores (30 Nov 2026): 1.000 twice and 0.967 in a full suite from the class folders (the same
+    images as a shuffled parquet: 1.000, 1.000, 0.900); with the per-epoch shuffle taken out, 0.500,
+    the largest class's share, as every batch held one class."""
     class_sorted = trained_metrics(layouts, tmp_path, "folders")
-    assert shuffled["accuracy"] >= 0.85
-    assert class_sorted["accuracy"] == pytest.approx(shuffled["accuracy"], abs=0.1)
+    assert class_sorted["accuracy"] >= 0.85
     assert class_sorted["warnings"] == []
