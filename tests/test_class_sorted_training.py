@@ -13,7 +13,7 @@ from medray.cli import main
 CLASSES = ("clear", "bright_spot", "dark_spot")
 SPLIT_ROWS = {"train": 180, "val": 45, "test": 60}
 SHARES = (0.5, 0.3, 0.2)  # the largest class is half of every split
-EPOCHS = 3
+EPOCHS = 4
 
 
 def spot_scan(rng: np.random.Generator, label: int, size: int = 32) -> np.ndarray:
@@ -47,10 +47,13 @@ def trained_metrics(layouts, tmp_path, layout: str) -> dict:
 
 
 def test_class_sorted_folders_train_to_well_above_the_largest_class(layouts, ray_cluster, tmp_path):
-    """180 training images, 3 epochs, 60 test images (30 of the largest class). Test accuracy measured
-    on 2 cores (30 Nov 2026): 1.000 twice and 0.967 in a full suite from the class folders (the same
-    images as a shuffled parquet: 1.000, 1.000, 0.900); with the per-epoch shuffle taken out, 0.500,
-    the largest class's share, as every batch held one class."""
-    class_sorted = trained_metrics(layouts, tmp_path, "folders")
-    assert class_sorted["accuracy"] >= 0.85
-    assert class_sorted["warnings"] == []
+    """180 training images listed class by class, 60 test images (30 of the largest class). That every
+    training batch mixes the classes is pinned by tests/test_shuffle.py; this is the end-to-end outcome.
+    Test accuracy after 3 epochs on 2 cores (30 Nov 2026): 1.000, 1.000, 0.967, 0.683 (multi-worker
+    training is not bit-reproducible), so the run is judged by its ranking (one-vs-rest ROC AUC) and by
+    accuracy well above the largest class's share, after 4 epochs."""
+    metrics = trained_metrics(layouts, tmp_path, "folders")
+    print("class-sorted folders:", {name: metrics[name] for name in ("accuracy", "roc_auc_ovr", "macro_f1")})
+    assert metrics["roc_auc_ovr"] >= 0.9
+    assert metrics["accuracy"] >= 0.7
+    assert metrics["warnings"] == []
