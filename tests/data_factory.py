@@ -77,3 +77,16 @@ def hf_parquet(path: Path, images: list[bytes], labels: list, class_names: list[
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path, row_group_size=4)
     return path
+
+
+def copy_with_broken_row(parquet_dir: Path, out_dir: Path, split: str, row: int, column: str, content: bytes) -> Path:
+    """A copy of a Hugging Face-style parquet folder whose `split` file has `content` as the bytes of
+    `column` (an image struct) in `row`; returns that file."""
+    import shutil
+
+    shutil.copytree(parquet_dir, out_dir)
+    file = next(out_dir.glob(f"{split}-*.parquet"))
+    rows = pq.read_table(file).to_pylist()
+    rows[row][column]["bytes"] = content
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(file)), file)
+    return file

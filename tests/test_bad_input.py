@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 from medray.cli import main
 
 from conftest import cli_args, tiny_overrides
+from data_factory import copy_with_broken_row
 
 
 def run_cli(overrides: list[str]) -> int:
@@ -54,11 +55,7 @@ def test_single_class_training_data_is_refused(tiny_dataset, tmp_path, capsys):
 def test_corrupt_image_inside_a_ray_worker_is_reported_by_file_and_row(tiny_dataset, tmp_path, capsys,
                                                                         ray_cluster):
     data = tmp_path / "parquet"
-    shutil.copytree(tiny_dataset / "parquet", data)
-    train_file = next(data.glob("train-*.parquet"))
-    table = pq.read_table(train_file).to_pylist()
-    table[7]["image"]["bytes"] = b"\x89PNG but not really"
-    pq.write_table(pa.Table.from_pylist(table, schema=pq.read_schema(train_file)), train_file)
+    train_file = copy_with_broken_row(tiny_dataset / "parquet", data, "train", 7, "image", b"\x89PNG but not really")
     assert run_cli(tiny_overrides(data, tmp_path / "out")) == 2
     line = one_error_line(capsys)
     assert f"{train_file} row 7: cannot decode the image" in line

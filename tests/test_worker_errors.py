@@ -1,9 +1,6 @@
 """Whatever a Ray worker raises reaches the user as one line, never as Ray's wrapped traceback."""
 
-import shutil
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import ray
 
@@ -14,6 +11,7 @@ from medray.errors import MedrayError, exception_in_traceback, user_error
 from medray.evaluate import predict
 
 from conftest import DEMO_CONFIG
+from data_factory import copy_with_broken_row
 
 
 def failure_of(dataset: ray.data.Dataset) -> BaseException:
@@ -42,11 +40,7 @@ def test_a_medray_error_in_map_batches_comes_back_as_its_own_sentence(ray_cluste
 
 def test_a_corrupt_mask_in_a_decode_task_is_named_by_file_and_row(tiny_dataset, tmp_path, ray_cluster):
     data = tmp_path / "parquet"
-    shutil.copytree(tiny_dataset / "parquet", data)
-    test_file = next(data.glob("test-*.parquet"))
-    rows = pq.read_table(test_file).to_pylist()
-    rows[2]["mask"]["bytes"] = b"not a png"
-    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(test_file)), test_file)
+    test_file = copy_with_broken_row(tiny_dataset / "parquet", data, "test", 2, "mask", b"not a png")
     data_config = load_config(DEMO_CONFIG, [f"data.path={data}"]).data
     error = failure_of(read_split(discover(data_config), "test", 32, data_config))
     assert str(user_error(error)).startswith(f"{test_file} row 2 (mask): cannot decode the mask")
