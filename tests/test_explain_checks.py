@@ -2,6 +2,7 @@
 that only looks at one corner."""
 
 import numpy as np
+from scipy import ndimage
 import pytest
 
 from medray.explain import checks
@@ -74,6 +75,47 @@ def test_deleting_the_evidence_first_drops_the_score_faster_than_random_order():
     assert (deletion < random_deletion - 0.1).all() and (deletion < wrong_deletion - 0.1).all()
     assert (insertion > random_insertion + 0.1).all() and (insertion > wrong_insertion + 0.1).all()
     assert ((0 <= deletion) & (deletion <= 1) & (0 <= insertion) & (insertion <= 1)).all()
+
+
+def test_curves_equal_the_step_by_step_definition_and_forward_calls_stay_within_the_batch():
+    """Petsiuk et al.'s curves written out: at step i of n, the i/n share of pixels first in the
+    order is taken from the blurred copy (deletion) or from the image (insertion), the target's
+    probability is read, and the area is the trapezoid rule over [0, 1]. The function under test
+    shares the blur and the ends between calls and batches the middle steps of several images."""
+    rng = np.random.default_rng(3)
+    images = rng.random((37, 12, 10, 2)).astype(np.float32)
+    maps = rng.random((37, 12, 10)).astype(np.float32)
+    targets = rng.integers(0, 3, 37)
+    weights = rng.normal(size=(12 * 10 * 2, 3))
+    calls = []
+
+    def predict(batch):
+        calls.append(len(batch))
+        logits = batch.reshape(len(batch), -1) @ weights
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    steps = 5
+    blurred = ndimage.gaussian_filter(images, sigma=(0, 12 / checks.BLUR_FRACTION, 10 / checks.BLUR_FRACTION, 0))
+    baseline = checks.faithfulness_baseline(images, predict)
+    for order in ("map", "random"):
+        deletion, insertion = checks.deletion_insertion_auc(images, maps, targets, predict, steps, order=order,
+                                                            baseline=baseline)
+        tie_break = np.random.default_rng(0).random((37, 120))
+        for index in range(37):
+            keys = (tie_break[index], -maps[index].ravel()) if order == "map" else (tie_break[index],)
+            first = np.lexsort(keys)
+            points = {"deletion": [], "insertion": []}
+            for step in range(steps + 1):
+                changed = np.zeros(120, bool)
+                changed[first[:round(step * 120 / steps)]] = True
+                changed = changed.reshape(12, 10, 1)
+                for curve, image in (("deletion", np.where(changed, blurred[index], images[index])),
+                                     ("insertion", np.where(changed, images[index], blurred[index]))):
+                    points[curve].append(predict(image[np.newaxis])[0, targets[index]])
+            assert deletion[index] == pytest.approx(np.trapezoid(points["deletion"], dx=1 / steps), abs=1e-6)
+            assert insertion[index] == pytest.approx(np.trapezoid(points["insertion"], dx=1 / steps), abs=1e-6)
+    assert max(calls) <= checks.PREDICT_BATCH
 
 
 def test_upsampled_maps_have_the_image_size_and_keep_the_peak_in_place():

@@ -15,6 +15,7 @@ Every function takes a batch and returns one value per image; NaN where a check 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -26,7 +27,7 @@ from medray.keras_setup import tf
 # which keeps the overall brightness but no lesion-sized detail.
 BLUR_FRACTION = 4
 # Images sent through the model in one call of the faithfulness curves.
-PREDICT_BATCH = 512
+PREDICT_BATCH = 256
 
 
 def upsample_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -59,35 +60,69 @@ def _applies(flat_maps: np.ndarray, flat_masks: np.ndarray) -> np.ndarray:
     return flat_masks.any(axis=1) & (flat_maps.max(axis=1) > 0)
 
 
+@dataclass(frozen=True)
+class FaithfulnessBaseline:
+    """What every deletion and insertion curve of a set of images shares, computed once for all
+    of its maps (methods, layers, targets, orders): the blurred images the curves move to or
+    from, and the model's probabilities at the curves' two ends."""
+    blurred: np.ndarray  # (N, H, W, C) model input, blurred with sigma = side / BLUR_FRACTION
+    original_probabilities: np.ndarray  # (N, K) of the images as they are
+    blurred_probabilities: np.ndarray  # (N, K) of the blurred images
+
+
+def faithfulness_baseline(images: np.ndarray, predict: Callable[[np.ndarray], np.ndarray]) -> FaithfulnessBaseline:
+    """images: (N, H, W, C) model input; predict: images -> (n, K) probabilities."""
+    height, width = images.shape[1:3]
+    blurred = ndimage.gaussian_filter(images, sigma=(0, height / BLUR_FRACTION, width / BLUR_FRACTION, 0))
+    return FaithfulnessBaseline(blurred, _predict_all(images, predict), _predict_all(blurred, predict))
+
+
 def deletion_insertion_auc(images: np.ndarray, maps: np.ndarray, targets: np.ndarray,
                            predict: Callable[[np.ndarray], np.ndarray], steps: int,
-                           order: str = "map", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(deletion AUC, insertion AUC) per image, both in [0, 1].
+                           order: str = "map", seed: int = 0,
+                           baseline: FaithfulnessBaseline | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(deletion AUC, insertion AUC) per image, both in [0, 1] (Petsiuk et al. 2018, "RISE").
 
-    images: (N, H, W, C) model input; maps: (N, H, W) upsampled; targets: (N,) classes.
+    images: (N, H, W, C) model input; maps: (N, H, W) upsampled; targets: (N,) classes;
+    predict: images -> (n, K) probabilities; steps: points of each curve after the first.
     order="map" removes the highest-valued pixels first; order="random" is the reference.
+    `baseline`: `faithfulness_baseline(images, predict)`, to share between calls on the same images.
+    Each image costs 2 x (steps - 1) forward passes (the curves' ends come from the baseline),
+    sent through `predict` a few images at a time so that memory stays at about PREDICT_BATCH images.
     """
     count, height, width = maps.shape
     pixels = height * width
+    baseline = baseline if baseline is not None else faithfulness_baseline(images, predict)
     # Ties (a map's flat zero regions) are broken at random, not in reading order.
     tie_break = np.random.default_rng(seed).random((count, pixels))
     keys = (tie_break, -maps.reshape(count, -1)) if order == "map" else (tie_break,)
     # argsort of the sort order: each pixel's rank, 0 for the first removed
     ranks = np.argsort(np.lexsort(keys, axis=-1), axis=1)
-    cut = np.rint(np.linspace(0, pixels, steps + 1)).astype(np.int64)
-    changed = (ranks[:, np.newaxis, :] < cut[np.newaxis, :, np.newaxis]).reshape(count, steps + 1, height, width, 1)
-    blurred = ndimage.gaussian_filter(images, sigma=(0, height / BLUR_FRACTION, width / BLUR_FRACTION, 0))
-    original, baseline = images[:, np.newaxis], blurred[:, np.newaxis]
-    deleted = np.where(changed, baseline, original)
-    inserted = np.where(changed, original, baseline)
-    curves = []
-    for stack in (deleted, inserted):
-        flat = stack.reshape(count * (steps + 1), *images.shape[1:])
-        probabilities = np.concatenate([predict(flat[start:start + PREDICT_BATCH])
-                                        for start in range(0, len(flat), PREDICT_BATCH)])
-        probabilities = probabilities.reshape(count, steps + 1, -1)[np.arange(count), :, targets]
-        curves.append(np.trapezoid(probabilities, dx=1 / steps, axis=1))
-    return curves[0], curves[1]
+    inner = np.rint(np.linspace(0, pixels, steps + 1)).astype(np.int64)[1:-1]  # pixels changed per inner step
+    rows = np.arange(count)
+    original = baseline.original_probabilities[rows, targets]
+    blurred = baseline.blurred_probabilities[rows, targets]
+    # (N, 2, steps + 1): the deletion curve runs from the image to its blurred copy, insertion back
+    curves = np.empty((count, 2, steps + 1))
+    curves[:, 0, 0], curves[:, 0, -1], curves[:, 1, 0], curves[:, 1, -1] = original, blurred, blurred, original
+    chunk = max(1, PREDICT_BATCH // (2 * max(len(inner), 1)))  # images per forward call
+    for start in range(0, count if len(inner) else 0, chunk):
+        part = slice(start, start + chunk)
+        size = len(rows[part])
+        changed = (ranks[part, np.newaxis, :] < inner[np.newaxis, :, np.newaxis]).reshape(
+            size, len(inner), height, width, 1)
+        image, blur = images[part, np.newaxis], baseline.blurred[part, np.newaxis]
+        stack = np.concatenate([np.where(changed, blur, image), np.where(changed, image, blur)], axis=1)
+        probabilities = predict(stack.reshape(-1, *images.shape[1:])).reshape(size, 2, len(inner), -1)
+        chosen = np.broadcast_to(targets[part, np.newaxis, np.newaxis, np.newaxis], (size, 2, len(inner), 1))
+        curves[part, :, 1:-1] = np.take_along_axis(probabilities, chosen, axis=3)[..., 0]
+    areas = np.trapezoid(curves, dx=1 / steps, axis=2)
+    return areas[:, 0], areas[:, 1]
+
+
+def _predict_all(images: np.ndarray, predict: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    return np.concatenate([predict(images[start:start + PREDICT_BATCH])
+                           for start in range(0, len(images), PREDICT_BATCH)])
 
 
 def rank_correlation(maps: np.ndarray, other: np.ndarray) -> np.ndarray:

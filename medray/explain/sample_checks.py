@@ -52,6 +52,8 @@ def sample_checks(model_bytes: bytes, backbone_name: str | UserModelSpec, num_cl
         label_random = CamExplainer(permuted_model, layers, explain_config.methods)(
             images, explained.targets).maps
     partners = sanity.shared_structure_partners(labels)
+    # The blurred images and the curves' end points are the same for every map of an image.
+    baseline = checks.faithfulness_baseline(images, explainer.probabilities)
     predictions = explained.probabilities.argmax(axis=1)
     parts = []
     for key, maps in explained.maps.items():
@@ -63,7 +65,8 @@ def sample_checks(model_bytes: bytes, backbone_name: str | UserModelSpec, num_cl
             for order, prefix in (("map", ""), ("random", "random_order_")):
                 deletion, insertion = checks.deletion_insertion_auc(images, upsampled, slot_targets,
                                                                     explainer.probabilities,
-                                                                    explain_config.deletion_steps, order=order)
+                                                                    explain_config.deletion_steps, order=order,
+                                                                    baseline=baseline)
                 columns[f"{prefix}deletion_auc"], columns[f"{prefix}insertion_auc"] = deletion, insertion
             steps = [sanity.map_similarity(trained, step[key][:, slot], size) for step in cascade]
             for name in SIMILARITIES:
