@@ -49,7 +49,7 @@ def test_cam_actors_request_the_configured_gpus_and_decoding_stays_in_cpu_tasks(
     assert overlay_line.lstrip("+- ").startswith("TaskPoolMapOperator[") and "CamActor" not in overlay_line
     assert not operators["MapBatches(encode_overlays)"].ray_remote_args.get("num_gpus")
     # The driver reads one block of maps at a time; Ray Data's downstream-capacity backpressure
-    # would pause the actors between batches (jobs/benchmarks/README.md: 310-330 against 510-540
+    # would pause the actors between batches (jobs/benchmarks/README.md: 310-360 against 510-540
     # maps/s), so this pipeline runs without it.
     assert mapped.context.downstream_capacity_backpressure_ratio is None
 

@@ -223,7 +223,7 @@ def cam_dataset(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: st
     )
     # Ray Data's downstream-capacity backpressure pauses an operator whose unread output exceeds
     # twice what its consumer holds. The driver takes one small block of maps at a time, so the
-    # CAM actors sat idle 0.1-0.3 s between batches: 20,000 MobileNetV2 maps streamed at 310-330
+    # CAM actors sat idle 0.1-0.3 s between batches: 20,000 MobileNetV2 maps streamed at 310-360
     # maps/s instead of 510-540 (jobs/benchmarks/README.md). Ray Data's object-store budgets still
     # bound what each operator buffers. (The context is shared with `decoded`, this job's input.)
     mapped.context.downstream_capacity_backpressure_ratio = None
