@@ -128,3 +128,19 @@ def test_a_killed_driver_is_resumed_by_name_and_keeps_its_finished_epochs(ray_cl
     assert list(history["epoch"]) == [1, 2, 3, 4, 5]
     finished = pd.DataFrame(before)
     assert np.allclose(history["loss"][: len(before)], finished["loss"])  # kept, not trained again
+
+
+def test_early_stopping_ends_two_workers_whose_next_epoch_was_already_started(
+        ray_cluster, tiny_dataset, tmp_path, capsys):
+    # Each worker starts its next epoch's pass over the data before validating (worker_data.ShardPasses);
+    # when validation then stops training, both must drop that pass and the run must finish.
+    # A learning rate of 1e-9 without batch norm leaves every prediction as it was: validation
+    # accuracy cannot improve after epoch 1, so patience 1 stops training after epoch 2 of 4.
+    overrides = [*run_overrides(tiny_dataset / "parquet", tmp_path, "stopped", epochs=4),
+                 "train.early_stopping_patience=1", "train.monitor=val_accuracy", "train.lr=1e-9",
+                 "train.lr_plateau_patience=0", "model.batch_norm=false"]
+    assert main(cli_args(overrides)) == 0
+    history = pd.read_csv(tmp_path / "stopped" / "history.csv")
+    assert list(history["epoch"]) == [1, 2]
+    assert (history["replica_weight_spread"] == 0).all()
+    assert "phase 1 stopped early at epoch 2" in capsys.readouterr().out

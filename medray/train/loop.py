@@ -20,7 +20,7 @@ from medray.models.classifier import KERAS_V3, build_classifier, copy_weights, l
 from medray.models.registry import get_backbone
 from medray.train.progress import Progress
 from medray.train.threads import share_intra_op_threads
-from medray.train.worker_data import per_replica_batches
+from medray.train.worker_data import ShardPasses
 
 CHECKPOINT_MODEL = "model.keras"
 CHECKPOINT_STATE = "state.json"
@@ -52,29 +52,36 @@ def train_loop_per_worker(loop_config: dict) -> None:
             copy_weights(load_model_bytes(loop_config["initial_model"]), model)
     progress = restore_checkpoint(model, ray.train.get_checkpoint())
 
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
+    image_shape = (image_size, image_size, loop_config["channels"])
+    train = ShardPasses(strategy, ray.train.get_dataset_shard("train"), loop_config["rows"]["train"], per_worker_batch,
+                        workers, num_classes, class_weights, image_shape)
+    val = ShardPasses(strategy, ray.train.get_dataset_shard("val"), loop_config["rows"]["val"], per_worker_batch,
+                      workers, num_classes, [], image_shape)
+    total_epochs = config.train.epochs + config.train.fine_tune.epochs
     compiled_phase = None
     while True:
         if progress.phase_done(config.train):
             if progress.phase == 1 and config.train.fine_tune.epochs > 0:
                 progress.next_phase()
             else:
+                train.discard()
                 break
         if compiled_phase != progress.phase:
             with strategy.scope():
                 compile_for_phase(model, progress, config, num_classes)
             compiled_phase = progress.phase
         model.optimizer.learning_rate.assign(progress.learning_rate(config.train))
-        train_batches, train_steps = per_replica_batches(
-            strategy, train_shard, loop_config["rows"]["train"], per_worker_batch, workers, num_classes,
-            class_weights, **shuffle_buffer(config, progress.epoch, rank))
+        if not train.started:
+            train.start(**shuffle_buffer(config, progress.epoch, rank))
         started = time.perf_counter()
-        fitted = model.fit(train_batches, epochs=1, steps_per_epoch=train_steps, verbose=0)
+        fitted = model.fit(train.dataset, epochs=1, steps_per_epoch=train.steps, verbose=0)
         train_seconds = time.perf_counter() - started
-        val_batches, val_steps = per_replica_batches(strategy, val_shard, loop_config["rows"]["val"],
-                                                     per_worker_batch, workers, num_classes, [])
-        validated = model.evaluate(val_batches, steps=val_steps, verbose=0, return_dict=True)
+        val.start()
+        if progress.epoch + 1 < total_epochs:
+            # Ray Data prepares the next epoch's rows while this one is validated, saved and reported;
+            # discarded below if early stopping ends training here.
+            train.start(**shuffle_buffer(config, progress.epoch + 1, rank))
+        validated = model.evaluate(val.dataset, steps=val.steps, verbose=0, return_dict=True)
         metrics = {"epoch": progress.epoch + 1, "phase": progress.phase,
                    "lr": progress.learning_rate(config.train),
                    "replica_weight_spread": replica_weight_spread(model, strategy),
