@@ -73,10 +73,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
         model.optimizer.learning_rate.assign(progress.learning_rate(config.train))
         if not train.started:
             train.start(**shuffle_buffer(config, progress.epoch, rank))
+        # Ray Data prepares the validation rows while the model trains: they are ready when fit returns.
+        val.start()
         started = time.perf_counter()
         fitted = model.fit(train.dataset, epochs=1, steps_per_epoch=train.steps, verbose=0)
         train_seconds = time.perf_counter() - started
-        val.start()
         if progress.epoch + 1 < total_epochs:
             # Ray Data prepares the next epoch's rows while this one is validated, saved and reported;
             # discarded below if early stopping ends training here.
