@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                          help="override one config key, e.g. --set data.class_names=[normal,pneumonia]")
     inspect.add_argument("--out", help="folder for inspect.json / inspect.png (default <output.dir>/inspect-<name>)")
+    add_verbose_argument(inspect)
     inspect.add_argument("--dedupe", action="store_true",
                          help="also write manifest.parquet without duplicates and leaked train rows")
     inspect.set_defaults(command=command_inspect)
@@ -236,7 +237,11 @@ def command_inspect(args: argparse.Namespace) -> None:
             apply_override(raw, override)
         config = validate_config(raw, source="--path")
     out_dir = Path(args.out) if args.out else default_out_dir(config)
-    print(format_inspection(inspect_data(config, out_dir, dedupe=args.dedupe)))
+    with console.quiet(args.verbose), ray_session():
+        log = console.keep_log_in(out_dir / "logs")
+        report = inspect_data(config, out_dir, dedupe=args.dedupe)
+    report["written"] = [*report.get("written", []), str(log)]
+    print(format_inspection(report))
 
 
 def command_report(args: argparse.Namespace) -> None:

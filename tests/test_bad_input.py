@@ -22,10 +22,16 @@ def one_error_line(capsys) -> str:
 
 
 def test_missing_data_path_stops_before_ray_with_the_path_named(tmp_path, capsys):
-    assert run_cli(tiny_overrides(tmp_path / "no-such-data", tmp_path / "out")) == 2
+    # Where the demo's data would be: the line says how to make it.
+    assert run_cli(tiny_overrides(tmp_path / "no-such-data" / "parquet", tmp_path / "out")) == 2
     line = one_error_line(capsys)
-    assert "no-such-data does not exist" in line and "medray data synth" in line
+    assert "no-such-data/parquet does not exist" in line
+    assert f"medray data synth --out {tmp_path / 'no-such-data'}`" in line
     assert not (tmp_path / "out").exists()
+    # Anywhere else (a MedMNIST file, say), synthetic phantoms are no answer.
+    assert run_cli([*tiny_overrides(tmp_path / "pneumoniamnist.npz", tmp_path / "out"), "data.source=npz"]) == 2
+    line = one_error_line(capsys)
+    assert "pneumoniamnist.npz does not exist" in line and "synth" not in line and "data.path" in line
 
 
 def test_config_typo_stops_with_the_key_and_a_suggestion(tmp_path, capsys):

@@ -1,6 +1,9 @@
 """`medray data inspect` and the manifest: counts, duplicates, train/test leakage, --dedupe, reuse."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -12,8 +15,9 @@ from medray.data.manifest import prepare_source
 from medray.data.sources import discover, guess_kind
 from medray.errors import MedrayError
 
-from conftest import PNEUMONIAMNIST
+from conftest import PNEUMONIAMNIST, ROOT
 from data_factory import hf_parquet, image_bytes, scan, write
+from test_console import INTERNALS
 
 
 @pytest.mark.skipif(not PNEUMONIAMNIST.is_file(), reason=f"PneumoniaMNIST not found at {PNEUMONIAMNIST}")
@@ -94,3 +98,16 @@ def test_inspect_of_a_path_without_a_dataset_says_what_it_looked_for(tmp_path, c
     error = capsys.readouterr().err.strip()
     assert error.startswith(f"medray: error: {tmp_path / 'notes'} holds no .parquet files and no images")
     assert error.endswith(f"pass the file itself, e.g. {tmp_path / 'notes' / 'mnist.npz'}")
+
+
+def test_inspect_on_a_terminal_prints_its_report_and_leaves_ray_to_the_log(leaky_parquet, tmp_path, ray_cluster):
+    # As a person types it, in its own process (joining the session's cluster): the console
+    # contract of `medray run` holds here too.
+    out = tmp_path / "inspect"
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    shown = subprocess.run([sys.executable, "-m", "medray", "data", "inspect", str(leaky_parquet), "--out", str(out)],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "train-test 1" in shown.stdout and f"wrote      {out / 'logs' / 'ray.log'}" in shown.stdout
+    assert not [word for word in INTERNALS if word.lower() in (shown.stdout + shown.stderr).lower()], shown
+    assert "Execution plan" in (out / "logs" / "ray.log").read_text()

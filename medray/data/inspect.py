@@ -212,7 +212,7 @@ def format_inspection(report: dict) -> str:
                                            for pair, info in report["duplicates_across_splits"].items())
                  + " (images in both splits)")
     lines.append(f"outliers   {report['outliers']['count']} (brightness or contrast, |robust z| > {OUTLIER_Z} "
-                 "within their split and class); the most extreme:")
+                 "within their split and class)" + ("; the most extreme:" if report["outliers"]["ranked"] else ""))
     lines += [f"  {row['row_id']}  z brightness {row['z_mean']:+.1f}, contrast {row['z_std']:+.1f}"
               for row in report["outliers"]["ranked"][:OUTLIERS_SHOWN]]
     lines += format_shortcuts(report["shortcuts"])

@@ -114,9 +114,10 @@ def count_labels(pieces: list[dict], num_classes: int) -> list[int]:
 def _missing(path: str) -> MedrayError:
     if storage.is_uri(path):
         return storage.missing(path, "data.path", "upload the dataset there or point data.path at it")
-    demo = storage.parent(path) if storage.name(path) in ("parquet", "folders") else path
-    return storage.missing(path, "data.path", f"create the demo data with `medray data synth --out {demo}` "
-                                              "or point data.path at your dataset")
+    if storage.name(path) in ("parquet", "folders"):  # where `medray data synth --out DIR` writes
+        return storage.missing(path, "data.path", "create the demo data with `medray data synth --out "
+                                                  f"{storage.parent(path)}` or point data.path at your dataset")
+    return storage.missing(path, "data.path", "point data.path at your dataset (--set data.path=...)")
 
 
 def _paths(data_config) -> list[str]:
