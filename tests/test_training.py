@@ -144,3 +144,16 @@ def test_early_stopping_ends_two_workers_whose_next_epoch_was_already_started(
     assert list(history["epoch"]) == [1, 2]
     assert (history["replica_weight_spread"] == 0).all()
     assert "phase 1 stopped early at epoch 2" in capsys.readouterr().out
+
+
+def test_transfer_learning_runs_its_two_phases_through_the_epochs_started_ahead(ray_cluster, tiny_dataset, tmp_path):
+    # Phase one trains the head over a frozen MobileNetV2, phase two unfreezes its top layers at the
+    # fine-tuning rate; the pass over the data for epoch 2 is started before the phase changes.
+    overrides = [*run_overrides(tiny_dataset / "parquet", tmp_path, "two-phases", epochs=1),
+                 "model.backbone=mobilenet_v2", "train.fine_tune.epochs=1", "train.fine_tune.layers=10",
+                 "train.fine_tune.lr=2e-5", "report.enabled=false"]
+    assert main(cli_args(overrides)) == 0
+    history = pd.read_csv(tmp_path / "two-phases" / "history.csv")
+    assert list(history["epoch"]) == [1, 2] and list(history["phase"]) == [1, 2]
+    assert history["lr"].tolist() == [0.002, 2e-5]  # the demo config's rate, then fine_tune.lr
+    assert (history["replica_weight_spread"] == 0).all()
