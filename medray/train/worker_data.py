@@ -1,4 +1,5 @@
-"""A Ray Train worker's Ray Data shard as Keras input under MultiWorkerMirroredStrategy.
+"""A Ray Train worker's Ray Data shard as Keras input under tf.distribute (MultiWorkerMirroredStrategy;
+the default strategy when there is one worker).
 
 Ray Data runs a shard's pipeline afresh for every pass over it (the epoch's shuffle, augmentation
 and preprocessing), and the first batch of a pass arrives some 0.3 s after it is asked for (1,024
