@@ -15,6 +15,8 @@ from ray.data import DataContext
 from medray.errors import MedrayError
 from medray.storage import STORAGE_ENV
 
+# Ray's setting for its workers' niceness, read when a local Ray instance starts.
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
 # Where Ray hands a submitted job's config (and its runtime env) to the driver.
 RAY_JOB_CONFIG_JSON_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
@@ -47,6 +49,13 @@ def connect(scaling) -> None:
     # every epoch and split, would only fill the run's log.
     DataContext.get_current().enable_progress_bars = False
     if not ray.is_initialized():
+        if not os.environ.get("RAY_ADDRESS"):
+            # Ray starts its workers at niceness 15 (its `worker_niceness`), below every ordinary
+            # process: on a shared laptop any busy program then takes the CPUs that medray's
+            # training, data and explain workers were given (beside four busy nice-0 processes an
+            # explain actor got 2 % of a core and took minutes to import TensorFlow). The local Ray
+            # medray starts runs its workers at the driver's priority; a cluster keeps its own.
+            os.environ.setdefault(WORKER_NICENESS_ENV, "0")
         ray.init(
             address=os.environ.get("RAY_ADDRESS"),
             runtime_env={"env_vars": worker_env()},
