@@ -79,6 +79,13 @@ class DataConfig(_Section):
     label_column: str = "label"
     # Optional lesion masks (image struct or binary), read for the test split to score CAMs.
     mask_column: str | None = "mask"
+    # Multi-label data: one lesion mask column per label ({label name: column}), for per-label
+    # localisation checks; replaces mask_column.
+    mask_columns: dict[str, str] | None = None
+    # Multi-label entries marked uncertain (-1, CheXpert): "ignore" masks them out of the loss and
+    # the metrics, "ones" / "zeros" count them as present / absent (Irvin et al. 2019, U-Ignore,
+    # U-Ones, U-Zeros).
+    uncertain: Literal["ignore", "ones", "zeros"] = "ignore"
     # Overrides the class names found in the data (Hugging Face metadata or folder names).
     class_names: list[str] | None = None
     max_image_pixels: int = Field(50_000_000, gt=0)
@@ -140,8 +147,9 @@ class TrainConfig(_Section):
     # Global batch size: each of N workers gets batch_size / N rows per step.
     batch_size: int = Field(64, ge=1, le=65_536)
     lr: float = Field(1e-3, gt=0, le=10)
-    # "weights": class c's loss weighted by n / (k * n_c) from the train counts; "oversample": train
-    # rows repeated (or, above the target, subsampled) to exactly oversample_to rows per class and epoch.
+    # "weights": class c's loss weighted by n / (k * n_c) from the train counts (multi-label: label k's
+    # positives weighted by its negatives / positives); "oversample" (single-label and binary only):
+    # train rows repeated (or, above the target, subsampled) to exactly oversample_to rows per class and epoch.
     class_balance: Literal["none", "weights", "oversample"] = "weights"
     # rows per class and epoch when oversampling; "max" = the largest class's count
     oversample_to: Annotated[int, Field(ge=1)] | Literal["max"] = "max"
@@ -253,6 +261,10 @@ class OutputConfig(_Section):
 class RunConfig(_Section):
     name: str = Field("medray", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     seed: int = Field(0, ge=0, lt=2**32)
+    # The problem's shape (medray/task.py): single_label (K softmax units), binary (two classes, one
+    # sigmoid unit), multi_label (K sigmoid units, any subset of labels per image); auto: multi_label
+    # when the data lists several labels per image, single_label otherwise.
+    task: Literal["auto", "single_label", "binary", "multi_label"] = "auto"
     data: DataConfig
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
@@ -283,6 +295,10 @@ class RunConfig(_Section):
             raise ValueError(f"tracking.uri: MLflow's default file store (<output.dir>/mlruns) cannot live in "
                              f"object storage (output.dir={self.output.dir}); set tracking.uri to an MLflow "
                              "server (http://...), whose artifact store may be that bucket")
+        if self.task == "multi_label" and self.train.class_balance == "oversample":
+            raise ValueError("train.class_balance=oversample: oversampling repeats the rows of a class, and a "
+                             "multi-label image belongs to several or none; multi-label runs balance each label "
+                             "by weighting its positives (train.class_balance: weights)")
         if self.model.weights != "none" and self.model.backbone == "baseline_cnn":
             raise ValueError("model.weights: baseline_cnn has no pretrained weights; use weights: none")
         return self

@@ -11,21 +11,27 @@ import ray
 
 from medray.data.pipeline import one_batch_per_block
 from medray.models.actor import ModelActor
+from medray.task import Task
 from medray.report.metrics import classification_metrics, prediction_arrays
 
 
 class Predictor(ModelActor):
+    def __init__(self, model_bytes: bytes, backbone_name: str, task: Task):
+        super().__init__(model_bytes, backbone_name)
+        self.task = task
+
     def __call__(self, batch: dict) -> dict:
-        probabilities = self.model.predict_on_batch(self.model_input(batch["pixels"]))
+        outputs = np.asarray(self.model.predict_on_batch(self.model_input(batch["pixels"])), dtype=np.float32)
         return {"row_id": batch["row_id"], "label": batch["label"],
-                "probabilities": np.asarray(probabilities, dtype=np.float32)}
+                "probabilities": self.task.class_probabilities(outputs)}
 
 
-def predict(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: str, class_names: list[str],
+def predict(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: str, task: Task,
             batch_size: int, concurrency: int) -> pd.DataFrame:
     """One row per image: row_id, label, prediction, confidence and the class probabilities."""
+    class_names = list(task.class_names)
     scored = one_batch_per_block(decoded, batch_size).map_batches(
-        Predictor, fn_constructor_kwargs={"model_bytes": model_bytes, "backbone_name": backbone_name},
+        Predictor, fn_constructor_kwargs={"model_bytes": model_bytes, "backbone_name": backbone_name, "task": task},
         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency),
     )
     batches = list(scored.iter_batches(batch_size=None))

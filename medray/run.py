@@ -23,6 +23,7 @@ from medray.models.registry import get_backbone
 from medray.report import build_report
 from medray.report.plots import plot_confusion_matrix
 from medray.run_folder import create_run_folder, mark_finished, publish
+from medray.task import Head, make_task
 from medray.tracking import log_run
 from medray.train.epoch_lines import epoch_lines
 from medray.train.trainer import TrainingOutcome, train_model
@@ -43,7 +44,8 @@ def run_job(config: RunConfig) -> RunOutcome:
     backbone = get_backbone(config.model.backbone)
     image_size = config.model.input_size or backbone.input_size
     source = discover(config.data)
-    initial_model = pretrained_model(backbone, image_size, len(source.class_names), config.model)
+    task = make_task(config.task, source.class_names)
+    initial_model = pretrained_model(backbone, image_size, task.head, config.model)
     folder = create_run_folder(config)
     run_dir = folder.local
     # The saved config names its run, so `medray resume <run-dir>` continues this very run.
@@ -64,7 +66,7 @@ def run_job(config: RunConfig) -> RunOutcome:
     console.say(f"training for up to {config.train.epochs + config.train.fine_tune.epochs} epochs")
     with epoch_lines(config.train.epochs + config.train.fine_tune.epochs) as show_epochs:
         training = train_model(config, source, training_data(source, backbone, image_size, config),
-                               image_size, run_dir, initial_model, callbacks=[show_epochs],
+                               image_size, run_dir, initial_model, task, callbacks=[show_epochs],
                                checkpoints=folder.checkpoints)
     pd.DataFrame(training.history).to_csv(run_dir / "history.csv", index=False)
 
@@ -84,8 +86,8 @@ def run_job(config: RunConfig) -> RunOutcome:
                              f"is randomised, so they may not show what the model learned; see "
                              f"{run_dir / 'explain' / 'checks.png'}")
     else:
-        predictions = predict(test, model_bytes, backbone.name, source.class_names,
-                              config.explain.batch_size, config.explain.concurrency)
+        predictions = predict(test, model_bytes, backbone.name, task, config.explain.batch_size,
+                              config.explain.concurrency)
     predictions.to_parquet(run_dir / "predictions.parquet", index=False)
     metrics = compute_metrics(predictions, source.class_names)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -103,9 +105,9 @@ def run_job(config: RunConfig) -> RunOutcome:
     return outcome
 
 
-def pretrained_model(backbone, image_size: int, num_classes: int, model_config) -> bytes | None:
+def pretrained_model(backbone, image_size: int, head: Head, model_config) -> bytes | None:
     try:
-        return initial_model_bytes(backbone, image_size, num_classes, model_config)
+        return initial_model_bytes(backbone, image_size, head, model_config)
     except (OSError, ValueError) as error:  # a failed download, or weights of the wrong shape
         raise MedrayError(
             f"model.weights={model_config.weights!r} for {backbone.name}: {error}; on machines without "

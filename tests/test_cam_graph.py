@@ -10,6 +10,7 @@ from medray.explain.cam import CamExplainer
 from medray.explain.graph import CamGraph, find_cam_layer, trace
 from medray.keras_setup import keras
 from medray.models.applications import APPLICATIONS, build_application
+from medray.task import Head
 from medray.models.user_model import load_user_model
 
 # The smallest side at which each backbone's last feature map is still larger than 1 x 1.
@@ -19,7 +20,7 @@ SIZES = {"mobilenet_v2": 64, "densenet169": 64, "resnet50": 64, "efficientnet_b0
 
 def test_the_rule_finds_every_registry_backbones_cam_layer():
     for name, application in APPLICATIONS.items():
-        model = build_application(name, SIZES[name], 3, 2, ModelConfig(backbone=name, weights="none"))
+        model = build_application(name, SIZES[name], 3, Head(2, "softmax"), ModelConfig(backbone=name, weights="none"))
         assert find_cam_layer(trace(model), name) == application.cam_layer, name
 
 

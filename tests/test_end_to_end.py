@@ -9,6 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from PIL import Image
 
+from medray.task import SingleLabelTask
 from medray.config import load_config
 from medray.data.manifest import prepare_source
 from medray.data.pipeline import read_split
@@ -41,7 +42,7 @@ def test_predictions_taken_from_the_explain_job_equal_a_separate_prediction_pass
     config = load_config(finished_run / "config.yaml")
     source, _ = prepare_source(discover(config.data), config.data, finished_run)
     test = read_split(source, "test", config.model.input_size, config.data)
-    direct = predict(test, (finished_run / "model.keras").read_bytes(), "baseline_cnn", source.class_names,
+    direct = predict(test, (finished_run / "model.keras").read_bytes(), "baseline_cnn", SingleLabelTask(tuple(source.class_names)),
                      batch_size=16, concurrency=1)
     recorded = pd.read_parquet(finished_run / "predictions.parquet")
     assert direct["row_id"].tolist() == recorded["row_id"].tolist()

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from medray.task import SingleLabelTask
 from medray.config import validate_config
 from medray.keras_setup import keras
 from medray.train.loop import compile_for_phase
@@ -20,7 +21,7 @@ def compiled_loss(smoothing: float) -> float:
     inputs = keras.Input(shape=(1,))
     outputs = keras.layers.Dense(2, use_bias=False, kernel_initializer="zeros")(inputs)
     model = keras.Model(inputs, keras.layers.Lambda(lambda zeros: zeros + PROBABILITIES)(outputs))
-    compile_for_phase(model, Progress(), config, num_classes=2)
+    compile_for_phase(model, Progress(), config, SingleLabelTask(("a", "b")))
     return model.evaluate(np.zeros((3, 1)), keras.utils.to_categorical(LABELS, 2), batch_size=3, verbose=0)[0]
 
 

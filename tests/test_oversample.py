@@ -9,7 +9,7 @@ from medray.data.oversample import plan_oversampling, repeat_rows
 from medray.data.pipeline import training_data
 from medray.data.sources import discover
 from medray.models.registry import get_backbone
-from medray.train.trainer import class_weights
+from medray.task import SingleLabelTask
 from tests.conftest import DEMO_CONFIG
 
 LABELS = np.array([0] * 7 + [1] * 3 + [2] * 12)
@@ -49,6 +49,11 @@ def test_max_keeps_the_largest_class_once_and_a_small_target_subsamples():
     small = one_epoch(plan_oversampling(ROW_IDS, LABELS, target=5, seed=0))
     large_class = small["row_id"][small["label"] == 2]
     assert len(large_class) == 5 and len(set(large_class.tolist())) == 5
+
+
+def class_weights(counts: list[int], class_balance: str) -> list[float]:
+    labels = np.repeat(np.arange(len(counts)), counts)
+    return SingleLabelTask(("a", "b")).balance(labels, class_balance)["class_weights"]
 
 
 def test_loss_weights_only_with_class_balance_weights():

@@ -14,6 +14,7 @@ import ray
 import ray.train
 from ray.train.tensorflow import TensorflowTrainer
 
+from medray.task import SingleLabelTask
 from medray.cli import main
 from medray.train.loop import CRASH_AFTER_EPOCH_ENV
 
@@ -52,7 +53,7 @@ def equivalence_loop(config: dict) -> None:
         hidden = keras.layers.Dense(16, activation="relu")(inputs)
         model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="probabilities")(hidden))
         run = validate_config({"data": {"path": "unused"}, "train": {"lr": 0.05}})
-        compile_for_phase(model, Progress(), run, num_classes=3)
+        compile_for_phase(model, Progress(), run, SingleLabelTask(("a", "b", "c")))
     model.fit(batches_per_replica, epochs=1, steps_per_epoch=STEPS, verbose=0)
     spread = replica_weight_spread(model, strategy)
     with tempfile.TemporaryDirectory() as directory:

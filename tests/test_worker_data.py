@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from tensorflow.python.data.ops import multi_device_iterator_ops
 
+from medray.task import SingleLabelTask
 from medray.keras_setup import tf
 from medray.train.worker_data import ShardPasses
 
@@ -25,7 +26,7 @@ def test_the_datasets_tf_distribute_builds_per_device_are_not_autotuned():
 def shard_passes(ray_cluster, rows: int = 6) -> ShardPasses:
     shard = ray_cluster.data.from_items(
         [{"image": np.full((2, 2, 1), row, np.float32), "label": row % 2} for row in range(rows)]).iterator()
-    return ShardPasses(tf.distribute.get_strategy(), shard, rows=rows, per_worker_batch=4, workers=1, num_classes=2,
+    return ShardPasses(tf.distribute.get_strategy(), shard, rows=rows, per_worker_batch=4, workers=1, task=SingleLabelTask(("a", "b")),
                        class_weights=[1.0, 3.0], image_shape=(2, 2, 1))
 
 

@@ -4,6 +4,7 @@
 import pytest
 import ray
 
+from medray.task import SingleLabelTask
 from medray.config import load_config
 from medray.data.pipeline import read_split
 from medray.data.sources import discover
@@ -50,7 +51,7 @@ def test_an_actor_that_cannot_load_its_model_fails_with_one_line(tiny_dataset, r
     data_config = load_config(DEMO_CONFIG, [f"data.path={tiny_dataset / 'parquet'}"]).data
     test = read_split(discover(data_config), "test", 32, data_config)
     with pytest.raises(Exception) as caught:
-        predict(test, b"these bytes are no .keras file", "baseline_cnn", ["a", "b", "c"], 8, 1)
+        predict(test, b"these bytes are no .keras file", "baseline_cnn", SingleLabelTask(("a", "b", "c")), 8, 1)
     message = str(user_error(caught.value))
     assert message.startswith("a Ray worker failed with ") and "\n" not in message
 

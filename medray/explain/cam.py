@@ -16,6 +16,7 @@ import numpy as np
 from medray.errors import MedrayError
 from medray.explain.methods import CAM_METHODS, CamMethod
 from medray.explain.graph import CamGraph
+from medray.explain.targets import CamTarget
 from medray.keras_setup import tf
 
 # Channel-masked copies of the input that Score-CAM sends through the model in one forward pass.
@@ -38,12 +39,13 @@ class CamExplainer:
     """
 
     def __init__(self, model, cam_layers: str | Sequence[str] | None = None, methods: str | Sequence[str] = "gradcam",
-                 score_batch: int = SCORE_BATCH):
+                 score_batch: int = SCORE_BATCH, target: CamTarget | None = None):
         """`model`: a tf-keras or Keras 3 Sequential or Functional classifier; `cam_layers`: layer
-        paths (`outer/inner` inside nested models), None for the one `find_cam_layer` picks."""
+        paths (`outer/inner` inside nested models), None for the one `find_cam_layer` picks;
+        `target`: what a map differentiates (medray.explain.targets), None to infer it from the head."""
         self.methods: tuple[CamMethod, ...] = tuple(
             _method(name) for name in ((methods,) if isinstance(methods, str) else methods))
-        self._graph = CamGraph(model, cam_layers)
+        self._graph = CamGraph(model, cam_layers, target)
         self.layers = self._graph.layers
         self._score_batch = score_batch
         self._input_shape = tuple(model.inputs[0].shape[1:])
@@ -80,6 +82,8 @@ class CamExplainer:
     def _maps(self, images: tf.Tensor, targets: tf.Tensor):
         slots = targets.shape[1]
         with tf.GradientTape(persistent=True) as tape:
+            # Watched, so that a CAM layer with no weights upstream of it is still on the tape.
+            tape.watch(images)
             activations, logits, probabilities = self._graph(images)
             predicted = tf.argmax(logits, axis=1, output_type=tf.int32)
             chosen = tf.where(targets >= 0, targets, predicted[:, tf.newaxis])
@@ -128,11 +132,7 @@ class CamExplainer:
 
 
     def _masked_score(self, images: tf.Tensor) -> tf.Tensor:
-        # Softmax heads give Score-CAM their logits; a single sigmoid unit gives the probabilities
-        # p and 1 - p of Score-CAM's paper (Wang et al. 2020), as a softmax over its one output
-        # would be 1 for every masked input.
-        scores, probabilities = self._graph.forward(images)
-        return probabilities if self._graph.binary else scores
+        return self._graph.masked_scores(images)
 
 
 def _normalise(maps: tf.Tensor) -> tf.Tensor:

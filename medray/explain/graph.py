@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from medray.errors import MedrayError
+from medray.explain.targets import CamTarget, target_for_head
 from medray.keras_setup import keras, tf
 
 POOLING = {"GlobalAveragePooling2D", "GlobalMaxPooling2D", "GlobalAvgPool2D", "GlobalMaxPool2D", "Flatten"}
@@ -150,13 +151,14 @@ def _candidates(calls: list[Call]) -> str:
 class CamGraph:
     """images -> (feature maps of the CAM layers, class scores, class probabilities), one pass.
 
-    Class scores are what Grad-CAM differentiates: the pre-activation of a softmax head, taken in a
-    clone of the head layer (the user's model is never changed). A single-unit sigmoid head has two
-    classes: class 1's score is the logit s and class 0's is -s, their probabilities p and 1 - p.
+    Class scores are what Grad-CAM differentiates: the head's pre-activation output, taken in a
+    clone of the head layer (the user's model is never changed), turned into per-class scores by
+    the CAM target (medray.explain.targets): a softmax class's logit, +-logit of a single sigmoid,
+    the logit of label k. `target` None infers it from the head (a model trained elsewhere).
     Shapes: images (N, H, W, C) float32; maps (N, h, w, channels) each; scores, probabilities (N, K).
     """
 
-    def __init__(self, model, cam_layers: str | Sequence[str] | None = None):
+    def __init__(self, model, cam_layers: str | Sequence[str] | None = None, target: CamTarget | None = None):
         self.model = model
         calls = trace(model)
         if cam_layers is None:
@@ -171,7 +173,7 @@ class CamGraph:
         head = calls[-1].layer
         self.head_activation, self._replace = _pre_activation(head, calls[-1].inputs[0].shape)
         self.num_outputs = int(calls[-1].outputs[0].shape[-1])
-        self.binary = self.num_outputs == 1
+        self.target = target or target_for_head(self.head_activation, self.num_outputs)
 
     def __call__(self, images: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]:
         captured = {}
@@ -187,13 +189,12 @@ class CamGraph:
         """(class scores, class probabilities) without reading any feature map."""
         return self.class_scores(run_graph(self.model, images, None, self._replace))
 
-    def class_scores(self, scores: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        if self.binary:
-            probability = tf.sigmoid(scores)
-            return tf.concat([-scores, scores], axis=1), tf.concat([1 - probability, probability], axis=1)
-        if self.head_activation == "sigmoid":  # independent labels: each class its own probability
-            return scores, tf.sigmoid(scores)
-        return scores, tf.nn.softmax(scores)
+    def masked_scores(self, images: tf.Tensor) -> tf.Tensor:
+        """(N, K) what Score-CAM compares across channel-masked inputs, as the target defines it."""
+        return self.target.masked_scores(run_graph(self.model, images, None, self._replace))
+
+    def class_scores(self, logits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return self.target.class_scores(logits), self.target.probabilities(logits)
 
 
 def _pre_activation(head, input_shape) -> tuple[str, dict[int, Callable]]:

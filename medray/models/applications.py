@@ -1,6 +1,6 @@
 """Transfer-learning backbones from keras.applications, and the stacked ensemble of the
-pneumonia seed project. Every builder returns a classifier ending in the Dense softmax layer
-`probabilities`, as Grad-CAM expects."""
+pneumonia seed project. Every builder returns a classifier ending in the Dense layer
+`probabilities` of the task's head (softmax, or sigmoid units), as Grad-CAM expects."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from medray.keras_setup import keras
+from medray.task import Head
 from medray.models.preprocessing import (IMAGENET_MEAN, IMAGENET_STD, keep_pixels, normalise_imagenet,
                                          scale_to_symmetric_unit, subtract_caffe_mean)
 
@@ -42,16 +43,16 @@ APPLICATIONS = {
 ENSEMBLE_BRANCHES = ("mobilenet_v2", "densenet169")
 
 
-def build_application(name: str, input_size: int, channels: int, num_classes: int, model_config) -> keras.Model:
+def build_application(name: str, input_size: int, channels: int, head: Head, model_config) -> keras.Model:
     inputs = keras.Input((input_size, input_size, channels), name="image")
     base = APPLICATIONS[name].constructor(include_top=False, weights=keras_weights(model_config.weights),
                                           input_tensor=inputs)
     set_trainable_top(base, model_config.freeze)
-    outputs = classification_head(base.output, num_classes, model_config)
+    outputs = classification_head(base.output, head, model_config)
     return keras.Model(inputs, outputs, name=name)
 
 
-def build_ensemble(input_size: int, channels: int, num_classes: int, model_config) -> keras.Model:
+def build_ensemble(input_size: int, channels: int, head: Head, model_config) -> keras.Model:
     inputs = keras.Input((input_size, input_size, channels), name="image")
     to_unit = keras.layers.Rescaling(1 / 127.5, offset=-1, name="mobilenet_v2_scaling")(inputs)
     mobilenet = applications.MobileNetV2(include_top=False, weights=keras_weights(model_config.weights),
@@ -70,16 +71,20 @@ def build_ensemble(input_size: int, channels: int, num_classes: int, model_confi
         x = keras.layers.BatchNormalization(name=f"stack_bn{block}")(x)
         x = keras.layers.Dense(units, activation="relu", name=f"stack_dense{block}")(x)
         x = keras.layers.Dropout(model_config.dropout, name=f"stack_dropout{block}")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="ensemble")
+    return keras.Model(inputs, output_layer(head)(x), name="ensemble")
 
 
-def classification_head(features, num_classes: int, model_config):
-    """The seeds' head: global pooling (or flatten) -> Dense(units, relu) -> Dropout -> softmax."""
+def classification_head(features, head: Head, model_config):
+    """The seeds' head: global pooling (or flatten) -> Dense(units, relu) -> Dropout -> the task's
+    output layer (K softmax units, one sigmoid unit, or K sigmoid units)."""
     x = pooling_layer(model_config.pooling)(name="pool")(features)
     x = keras.layers.Dense(model_config.head_units, activation="relu", name="head_dense")(x)
     x = keras.layers.Dropout(model_config.dropout, name="head_dropout")(x)
-    return keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    return output_layer(head)(x)
+
+
+def output_layer(head: Head):
+    return keras.layers.Dense(head.units, activation=head.activation, name="probabilities")
 
 
 def pooling_layer(pooling: str):

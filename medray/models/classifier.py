@@ -7,6 +7,7 @@ from pathlib import Path
 
 from medray.keras_setup import keras
 from medray.models.registry import Backbone
+from medray.task import Head
 
 # Always the zip format, where safe_mode refuses code. Left to infer it from ".keras", tf-keras
 # switches to legacy HDF5 after its first save in any thread but the main one (its v3 flag is
@@ -14,10 +15,12 @@ from medray.models.registry import Backbone
 KERAS_V3 = "keras_v3"
 
 
-def build_classifier(backbone: Backbone, input_size: int, num_classes: int, model_config,
+def build_classifier(backbone: Backbone, input_size: int, head: Head | int, model_config,
                      channels: int | None = None) -> keras.Model:
-    """`channels`: of the input, by default the backbone's own (see preprocessing.input_channels)."""
-    return backbone.build(input_size, channels or backbone.model_input.channels, num_classes, model_config)
+    """`head`: the task's output layer (medray.task.Head), or a number of classes for a softmax
+    head; `channels`: of the input, by default the backbone's own (see preprocessing.input_channels)."""
+    head = Head(head, "softmax") if isinstance(head, int) else head
+    return backbone.build(input_size, channels or backbone.model_input.channels, head, model_config)
 
 
 def copy_weights(source: keras.Model, target: keras.Model) -> None:
@@ -28,12 +31,12 @@ def copy_weights(source: keras.Model, target: keras.Model) -> None:
             layer.set_weights(source.get_layer(layer.name).get_weights())
 
 
-def initial_model_bytes(backbone: Backbone, input_size: int, num_classes: int, model_config) -> bytes | None:
+def initial_model_bytes(backbone: Backbone, input_size: int, head: Head | int, model_config) -> bytes | None:
     """The classifier with its pretrained weights as `.keras` bytes, built once on the driver so
     that workers never download; None when training starts from random weights."""
     if model_config.weights == "none":
         return None
-    model = build_classifier(backbone, input_size, num_classes, model_config)
+    model = build_classifier(backbone, input_size, head, model_config)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "initial.keras"
         model.save(path, save_format=KERAS_V3)

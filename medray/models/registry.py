@@ -13,7 +13,7 @@ from medray.models.preprocessing import ModelInput, keep_pixels, standardise_per
 @dataclass(frozen=True)
 class Backbone:
     name: str
-    # (input_size, channels, num_classes, model config) -> a compiled-ready keras.Model
+    # (input_size, channels, head (medray.task.Head), model config) -> a compiled-ready keras.Model
     build: Callable
     input_size: int
     # all Ray Data's preprocessing tasks are sent: it imports no TensorFlow, unlike `build`

@@ -20,6 +20,7 @@ from medray.models.classifier import KERAS_V3, build_classifier, copy_weights, l
 from medray.models.registry import get_backbone
 from medray.train.progress import Progress
 from medray.train.threads import share_intra_op_threads
+from medray.task import Task, make_task
 from medray.train.worker_data import ShardPasses
 
 CHECKPOINT_MODEL = "model.keras"
@@ -31,7 +32,8 @@ CRASH_AFTER_EPOCH_ENV = "MEDRAY_CRASH_AFTER_EPOCH"
 
 def train_loop_per_worker(loop_config: dict) -> None:
     config = RunConfig.model_validate(loop_config["run"])
-    num_classes, image_size = loop_config["num_classes"], loop_config["image_size"]
+    task = make_task(loop_config["task"], loop_config["class_names"], loop_config["task"] == "multi_label")
+    image_size = loop_config["image_size"]
     class_weights = loop_config["class_weights"]
     context = ray.train.get_context()
     workers, rank = context.get_world_size(), context.get_world_rank()
@@ -48,7 +50,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         # Built without pretrained weights: the driver resolved them once and sends them along,
         # so workers never download anything.
         random_init = config.model.model_copy(update={"weights": "none"})
-        model = build_classifier(get_backbone(config.model.backbone), image_size, num_classes, random_init,
+        model = build_classifier(get_backbone(config.model.backbone), image_size, task.head, random_init,
                                  channels=loop_config.get("channels"))
         if loop_config["initial_model"] is not None:
             copy_weights(load_model_bytes(loop_config["initial_model"]), model)
@@ -56,9 +58,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     image_shape = (image_size, image_size, loop_config["channels"])
     train = ShardPasses(strategy, ray.train.get_dataset_shard("train"), loop_config["rows"]["train"], per_worker_batch,
-                        workers, num_classes, class_weights, image_shape)
+                        workers, task, class_weights, image_shape)
     val = ShardPasses(strategy, ray.train.get_dataset_shard("val"), loop_config["rows"]["val"], per_worker_batch,
-                      workers, num_classes, [], image_shape)
+                      workers, task, [], image_shape)
     total_epochs = config.train.epochs + config.train.fine_tune.epochs
     compiled_phase = None
     while True:
@@ -70,7 +72,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 break
         if compiled_phase != progress.phase:
             with strategy.scope():
-                compile_for_phase(model, progress, config, num_classes)
+                compile_for_phase(model, progress, config, task, loop_config.get("positive_weights"))
             compiled_phase = progress.phase
         model.optimizer.learning_rate.assign(progress.learning_rate(config.train))
         if not train.started:
@@ -123,16 +125,14 @@ def replica_weight_spread(model: keras.Model, strategy) -> float:
     return float(np.ptp(digests) / max(abs(digest), 1e-300))
 
 
-def compile_for_phase(model: keras.Model, progress: Progress, config: RunConfig, num_classes: int) -> None:
+def compile_for_phase(model: keras.Model, progress: Progress, config: RunConfig, task: Task,
+                      positive_weights: list[float] | None = None) -> None:
+    """The task's loss and metrics (`accuracy`, `auc`); `positive_weights`: per label, multi-label only."""
     if progress.phase == 2:
         # Only transfer backbones have a second phase: unfreeze the top of everything but the head.
         set_trainable_top(model, config.train.fine_tune.layers)
-    model.compile(
-        optimizer=keras.optimizers.Adam(progress.learning_rate(config.train)),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
-                 keras.metrics.AUC(multi_label=True, num_labels=num_classes, name="auc")],
-    )
+    model.compile(optimizer=keras.optimizers.Adam(progress.learning_rate(config.train)),
+                  loss=task.loss(config.train, positive_weights), metrics=task.keras_metrics())
 
 
 def report_epoch(model: keras.Model, metrics: dict, progress: Progress, chief: bool) -> None:

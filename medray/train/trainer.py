@@ -20,6 +20,7 @@ from medray.data.sources import Source
 from medray.errors import MedrayError, find_user_error, worker_exception
 from medray.models.preprocessing import input_channels
 from medray.models.registry import get_backbone
+from medray.task import Task
 from medray.train.loop import CHECKPOINT_MODEL, CHECKPOINT_STATE, CRASH_AFTER_EPOCH_ENV, train_loop_per_worker
 
 
@@ -35,19 +36,22 @@ class TrainingOutcome:
 
 
 def train_model(config: RunConfig, source: Source, data: TrainingData, image_size: int,
-                run_dir: Path, initial_model: bytes | None, callbacks: list | None = None,
+                run_dir: Path, initial_model: bytes | None, task: Task, callbacks: list | None = None,
                 checkpoints: str | None = None) -> TrainingOutcome:
-    """`callbacks`: Ray Train callbacks, e.g. Tune's TuneReportCallback when a sweep trial trains.
+    """`task`: the problem's shape (medray.task): head, labels, loss and metrics.
+    `callbacks`: Ray Train callbacks, e.g. Tune's TuneReportCallback when a sweep trial trains.
     `checkpoints`: Ray Train's storage (a local path or a URI every node reaches), default
     `<run_dir>/checkpoints`; model.keras is exported into `run_dir`."""
     filesystem, storage_path = storage.resolve(checkpoints or run_dir / "checkpoints")
+    train_labels = [label for piece in source.pieces["train"] for label in piece["labels"]]
     trainer = TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config={
             "run": config.model_dump(mode="json"),
-            "num_classes": len(source.class_names),
+            "task": task.kind,
+            "class_names": list(task.class_names),
             "image_size": image_size,
-            "class_weights": class_weights(source.class_counts["train"], config.train.class_balance),
+            **task.balance(np.asarray(train_labels), config.train.class_balance),
             "initial_model": initial_model,
             "rows": {"train": data.train_rows, "val": source.num_rows("val")},
             "crash_after_epoch": os.environ.get(CRASH_AFTER_EPOCH_ENV),
@@ -89,18 +93,6 @@ def ordered_ingest() -> ray.train.DataConfig:
     options = ray.train.DataConfig.default_ingest_options()
     options.preserve_order = True
     return ray.train.DataConfig(execution_options=options)
-
-
-def class_weights(train_counts: list[int], class_balance: str) -> list[float]:
-    """'weights' weighs class c by n / (k * n_c), as scikit-learn's 'balanced' does; otherwise []
-    (with 'oversample' the classes are already balanced in the data)."""
-    if class_balance != "weights":
-        return []
-    counts = np.asarray(train_counts, dtype=np.float64)
-    present = counts > 0
-    weights = np.zeros_like(counts)
-    weights[present] = counts.sum() / (present.sum() * counts[present])
-    return weights.tolist()
 
 
 def export_model(result: ray.train.Result, run_dir: Path, train_config) -> TrainingOutcome:

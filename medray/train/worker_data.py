@@ -29,6 +29,7 @@ import numpy as np
 from tensorflow.python.data.ops import multi_device_iterator_ops
 
 from medray.keras_setup import tf
+from medray.task import Task
 
 
 def without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
@@ -53,8 +54,9 @@ if not getattr(multi_device_iterator_ops._create_device_dataset, "medray_without
 class ShardPasses:
     """A worker's Ray Data shard as one distributed `tf.data` dataset; every `model.fit` or
     `model.evaluate` over it is one pass over the shard, in batches of `per_worker_batch` rows
-    (image: (batch, H, W, channels) float32 model input, one-hot label (batch, num_classes) float32,
-    per-sample class weight (batch,) float32).
+    (image: (batch, H, W, channels) float32 model input; the label as the task encodes it for Keras:
+    one-hot (batch, K), (batch, 1) for a sigmoid unit, (batch, K) label vectors; a per-sample class
+    weight (batch,) float32).
 
     Ray Data has already given each worker its own rows (an equal split). Handing the dataset to
     Keras plainly would let tf.distribute treat its batch as the global one and split it again
@@ -66,19 +68,19 @@ class ShardPasses:
     Ray Data's split hands out an epoch only when all workers have asked for it.
     """
 
-    def __init__(self, strategy, shard, rows: int, per_worker_batch: int, workers: int, num_classes: int,
+    def __init__(self, strategy, shard, rows: int, per_worker_batch: int, workers: int, task: Task,
                  class_weights: list[float], image_shape: tuple[int, int, int]):
         self._shard, self._batch_size = shard, per_worker_batch
         self._pending: tuple[Iterator[dict], Future] | None = None
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medray-next-pass")
         self.steps = max(1, math.ceil((rows // workers) / per_worker_batch))
-        weights = tf.constant(class_weights or [1.0] * num_classes, dtype=tf.float32)
-        signature = (tf.TensorSpec((None, *image_shape), tf.float32), tf.TensorSpec((None,), tf.int32))
+        signature = (tf.TensorSpec((None, *image_shape), tf.float32),
+                     tf.TensorSpec((None, *task.label_shape), tf.int32))
 
         def worker_dataset(_) -> tf.data.Dataset:
             dataset = tf.data.Dataset.from_generator(self._next_pass, output_signature=signature)
             return without_autotune(
-                dataset.map(lambda image, label: (image, tf.one_hot(label, num_classes), tf.gather(weights, label))))
+                dataset.map(lambda image, label: (image, *task.keras_targets(label, class_weights))))
 
         self.dataset = strategy.distribute_datasets_from_function(worker_dataset)
 

@@ -35,6 +35,7 @@ from medray.errors import MedrayError
 from medray.evaluate import compute_metrics, predict
 from medray.models.registry import get_backbone
 from medray.run_folder import RunFolder, download, mark_finished, publish, scratch_folder
+from medray.task import make_task
 from medray.train.loop import CHECKPOINT_MODEL
 from medray.tune.leaderboard import (SWEEP_FILE, build_leaderboard, epoch_history, exported_row, trial_dirs,
                                      write_leaderboard)
@@ -271,8 +272,9 @@ def evaluate_on_test(trial_dir: Path, sweep: SweepConfig, source: Source, sweep_
     backbone = get_backbone(config.model.backbone)
     image_size = config.model.input_size or backbone.input_size
     test = read_split(source, "test", image_size, config.data)
-    predictions = predict(test, (trial_dir / "model.keras").read_bytes(), backbone.name, source.class_names,
-                          config.explain.batch_size, config.explain.concurrency)
+    predictions = predict(test, (trial_dir / "model.keras").read_bytes(), backbone.name,
+                          make_task(config.task, source.class_names), config.explain.batch_size,
+                          config.explain.concurrency)
     predictions.to_parquet(trial_dir / "predictions.parquet", index=False)
     metrics = compute_metrics(predictions, source.class_names)
     (trial_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

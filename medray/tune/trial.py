@@ -20,6 +20,7 @@ from medray.data.pipeline import training_data
 from medray.data.sources import Source
 from medray.models.registry import get_backbone
 from medray.run_folder import publish, scratch_folder
+from medray.task import make_task
 from medray.tune.space import trial_config
 
 TRIAL_CONFIG = "config.yaml"
@@ -44,10 +45,12 @@ def run_trial(params: dict, base: dict, source: Source, sweep_dir: str) -> None:
 
     backbone = get_backbone(config.model.backbone)
     image_size = config.model.input_size or backbone.input_size
-    initial_model = pretrained_model(backbone, image_size, len(source.class_names), config.model)
+    task = make_task(config.task, source.class_names)
+    initial_model = pretrained_model(backbone, image_size, task.head, config.model)
     # A resumed trial finds its Ray Train run under the same storage path and continues it.
     outcome = train_model(config, source, training_data(source, backbone, image_size, config), image_size,
-                          trial_dir, initial_model, callbacks=[TuneReportCallback()], checkpoints=folder.checkpoints)
+                          trial_dir, initial_model, task, callbacks=[TuneReportCallback()],
+                          checkpoints=folder.checkpoints)
     (trial_dir / OUTCOME).write_text(json.dumps({
         "epochs": len(outcome.history), "exported_epoch": outcome.exported_epoch, "stop_reasons": outcome.stop_reasons,
     }, indent=2))

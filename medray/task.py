@@ -1,0 +1,267 @@
+"""The shape of the problem a run solves, as one object every stage asks.
+
+Single-label, binary-sigmoid and multi-label classification differ in five answers: how labels are
+encoded for Keras, the head's activation and loss, how outputs become predictions, which metrics
+apply, and which score a class activation map differentiates. Each task kind gives all five, so no
+stage branches on the kind itself.
+
+| task          | head                 | label of one image            | prediction                 |
+| ------------- | -------------------- | ----------------------------- | -------------------------- |
+| single_label  | K softmax units      | class index                   | argmax                     |
+| binary        | 1 sigmoid unit       | class index 0 or 1            | p >= 0.5 (argmax of [1-p, p]) |
+| multi_label   | K sigmoid units      | K values: 1, 0, -1 (unknown)  | p_k >= threshold_k         |
+
+Probabilities are always (N, K) per class or label: a binary head's p becomes [1 - p, p], so every
+single-label metric, plot and report applies to binary runs unchanged.
+
+Importing this module does not import TensorFlow; the methods that build Keras objects do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from medray.errors import MedrayError
+
+TASK_KINDS = ("single_label", "binary", "multi_label")
+# A multi-label entry that is neither present nor absent (CheXpert's "uncertain" under U-Ignore):
+# masked out of the loss and the metrics.
+UNKNOWN = -1
+
+
+@dataclass(frozen=True)
+class Head:
+    """The classifier's output layer: `units` Dense units with `activation` (softmax or sigmoid)."""
+
+    units: int
+    activation: str
+
+
+@dataclass(frozen=True)
+class Task:
+    """Base of the task kinds; `class_names` are the classes (single-label, binary) or labels."""
+
+    class_names: tuple[str, ...]
+    kind: ClassVar[str] = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def head(self) -> Head:
+        raise NotImplementedError
+
+    @property
+    def label_shape(self) -> tuple[int, ...]:
+        """Shape of one image's label in the decoded rows: () a class index, (K,) a label vector."""
+        return ()
+
+    @property
+    def multi_label(self) -> bool:
+        return False
+
+    def keras_targets(self, labels, class_weights: list[float]):
+        """(y_true, per-sample weight) for Keras from a batch of decoded labels (a tf.Tensor)."""
+        raise NotImplementedError
+
+    def loss(self, train_config, positive_weights: list[float] | None = None):
+        raise NotImplementedError
+
+    def keras_metrics(self) -> list:
+        """Training metrics, named `accuracy` and `auc` for every task (so val_auc can be monitored)."""
+        raise NotImplementedError
+
+    def cam_target(self):
+        """The CamTarget (medray.explain.targets) that turns this head's scores into per-class scores."""
+        raise NotImplementedError
+
+    def class_probabilities(self, outputs: np.ndarray) -> np.ndarray:
+        """(N, K) per-class (or per-label) probabilities from the model's outputs (N, head units)."""
+        return outputs
+
+    def predictions(self, probabilities: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
+        """(N,) class indices, or (N, K) 0/1 for multi-label, from (N, K) probabilities."""
+        return probabilities.argmax(axis=1)
+
+    def balance(self, train_labels: np.ndarray, class_balance: str) -> dict[str, list[float]]:
+        """How the loss balances rare classes (train.class_balance "weights"): `class_weights` per
+        class, n / (k * n_c) as scikit-learn's "balanced"; empty otherwise (with "oversample" the
+        data is balanced already). `train_labels`: the training split's labels, (N,) or (N, K)."""
+        if class_balance != "weights":
+            return {"class_weights": []}
+        counts = np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=self.num_classes).astype(np.float64)
+        present = counts > 0
+        weights = np.zeros_like(counts)
+        weights[present] = counts.sum() / (present.sum() * counts[present])
+        return {"class_weights": weights.tolist()}
+
+    def describe(self) -> str:
+        return f"{self.kind} ({self.num_classes} {'labels' if self.multi_label else 'classes'})"
+
+
+@dataclass(frozen=True)
+class SingleLabelTask(Task):
+    """One class per image, K softmax units, categorical cross-entropy (today's default)."""
+
+    kind: ClassVar[str] = "single_label"
+
+    @property
+    def head(self) -> Head:
+        return Head(self.num_classes, "softmax")
+
+    def keras_targets(self, labels, class_weights):
+        from medray.keras_setup import tf
+
+        weights = tf.constant(class_weights or [1.0] * self.num_classes, dtype=tf.float32)
+        return tf.one_hot(labels, self.num_classes), tf.gather(weights, labels)
+
+    def loss(self, train_config, positive_weights=None):
+        from medray.keras_setup import keras
+
+        return keras.losses.CategoricalCrossentropy(label_smoothing=train_config.label_smoothing)
+
+    def keras_metrics(self) -> list:
+        from medray.keras_setup import keras
+
+        return [keras.metrics.CategoricalAccuracy(name="accuracy"),
+                keras.metrics.AUC(multi_label=True, num_labels=self.num_classes, name="auc")]
+
+    def cam_target(self):
+        from medray.explain.targets import SoftmaxClassTarget
+
+        return SoftmaxClassTarget()
+
+
+@dataclass(frozen=True)
+class BinaryTask(Task):
+    """Two classes and one sigmoid unit, binary cross-entropy: p is the probability of the second
+    class (class_names[1]); class 0's CAM differentiates -logit, class 1's +logit."""
+
+    kind: ClassVar[str] = "binary"
+
+    def __post_init__(self):
+        if self.num_classes != 2:
+            raise MedrayError(f"task=binary needs exactly two classes, the data has {self.num_classes} "
+                              f"({', '.join(self.class_names)}); use task: single_label (softmax) instead")
+
+    @property
+    def head(self) -> Head:
+        return Head(1, "sigmoid")
+
+    def keras_targets(self, labels, class_weights):
+        from medray.keras_setup import tf
+
+        weights = tf.constant(class_weights or [1.0, 1.0], dtype=tf.float32)
+        return tf.cast(labels, tf.float32)[:, tf.newaxis], tf.gather(weights, labels)
+
+    def loss(self, train_config, positive_weights=None):
+        from medray.keras_setup import keras
+
+        return keras.losses.BinaryCrossentropy(label_smoothing=train_config.label_smoothing)
+
+    def keras_metrics(self) -> list:
+        from medray.keras_setup import keras
+
+        return [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
+
+    def class_probabilities(self, outputs: np.ndarray) -> np.ndarray:
+        return np.concatenate([1 - outputs, outputs], axis=1)
+
+    def cam_target(self):
+        from medray.explain.targets import BinarySigmoidTarget
+
+        return BinarySigmoidTarget()
+
+
+@dataclass(frozen=True)
+class MultiLabelTask(Task):
+    """K independent findings per image, K sigmoid units, binary cross-entropy with per-label
+    positive weights from the training split (`pos_weight` of a weighted BCE: negatives over
+    positives, as in Wang et al. 2017, ChestX-ray8); UNKNOWN entries are masked out."""
+
+    kind: ClassVar[str] = "multi_label"
+
+    @property
+    def head(self) -> Head:
+        return Head(self.num_classes, "sigmoid")
+
+    @property
+    def label_shape(self) -> tuple[int, ...]:
+        return (self.num_classes,)
+
+    @property
+    def multi_label(self) -> bool:
+        return True
+
+    def keras_targets(self, labels, class_weights):
+        from medray.keras_setup import tf
+
+        labels = tf.cast(labels, tf.float32)
+        return labels, tf.ones_like(labels[:, 0])
+
+    def loss(self, train_config, positive_weights=None):
+        from medray.train.losses import MaskedBinaryCrossentropy
+
+        return MaskedBinaryCrossentropy(positive_weights or [1.0] * self.num_classes,
+                                        label_smoothing=train_config.label_smoothing)
+
+    def keras_metrics(self) -> list:
+        from medray.train.losses import MaskedAUC, MaskedBinaryAccuracy
+
+        return [MaskedBinaryAccuracy(name="accuracy"),
+                MaskedAUC(multi_label=True, num_labels=self.num_classes, name="auc")]
+
+    def cam_target(self):
+        from medray.explain.targets import SigmoidLabelTarget
+
+        return SigmoidLabelTarget()
+
+    def predictions(self, probabilities: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
+        thresholds = np.full(self.num_classes, 0.5) if thresholds is None else np.asarray(thresholds)
+        return (probabilities >= thresholds).astype(np.int8)
+
+    def balance(self, train_labels: np.ndarray, class_balance: str) -> dict[str, list[float]]:
+        """Per-label `positive_weights` (negatives / positives among known entries) under "weights";
+        1.0 each under "none". Class weights do not apply: an image carries several labels."""
+        labels = np.asarray(train_labels, dtype=np.int64).reshape(-1, self.num_classes)
+        if class_balance != "weights":
+            return {"class_weights": [], "positive_weights": [1.0] * self.num_classes}
+        return {"class_weights": [],
+                "positive_weights": positive_weights((labels == 1).sum(axis=0).tolist(),
+                                                     (labels >= 0).sum(axis=0).tolist())}
+
+
+TASKS: dict[str, type[Task]] = {task.kind: task for task in (SingleLabelTask, BinaryTask, MultiLabelTask)}
+
+
+def make_task(kind: str, class_names, data_multi_label: bool = False) -> Task:
+    """The task a run trains: `kind` from the config (`auto` follows the data: multi-label when the
+    labels are lists or multi-hot vectors, single-label otherwise).
+
+    Raises MedrayError when the config and the data disagree (single-label data with
+    task=multi_label, multi-label data with task=single_label or binary).
+    """
+    if kind == "auto":
+        kind = "multi_label" if data_multi_label else "single_label"
+    if kind not in TASKS:
+        raise MedrayError(f"task={kind!r} is not a task kind; choose one of auto, {', '.join(TASKS)}")
+    if (kind == "multi_label") != data_multi_label:
+        found = "several labels per image" if data_multi_label else "one class per image"
+        raise MedrayError(f"task={kind}: the data has {found}; set task: auto (or "
+                          f"{'multi_label' if data_multi_label else 'single_label or binary'})")
+    return TASKS[kind](tuple(class_names))
+
+
+def positive_weights(positives: list[int], known: list[int]) -> list[float]:
+    """Per-label weight of a positive entry: negatives / positives among the known entries of the
+    training split (1.0 for a label without positives or without negatives, which the weight
+    cannot balance)."""
+    weights = []
+    for count, total in zip(positives, known):
+        negatives = total - count
+        weights.append(float(negatives) / count if count and negatives else 1.0)
+    return weights
