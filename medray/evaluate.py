@@ -27,30 +27,32 @@ class Predictor(ModelActor):
 
 
 def predict(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: str, task: Task,
-            batch_size: int, concurrency: int) -> pd.DataFrame:
-    """One row per image: row_id, label, prediction, confidence and the class probabilities."""
-    class_names = list(task.class_names)
+            batch_size: int, concurrency: int, thresholds: list[float] | None = None) -> pd.DataFrame:
+    """One row per image: row_id, label, prediction, confidence and the class probabilities (the
+    task's table: medray.task); `thresholds` per label for a multi-label task."""
     scored = one_batch_per_block(decoded, batch_size).map_batches(
         Predictor, fn_constructor_kwargs={"model_bytes": model_bytes, "backbone_name": backbone_name, "task": task},
         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency),
     )
     batches = list(scored.iter_batches(batch_size=None))
-    return prediction_table(np.concatenate([batch["row_id"] for batch in batches]).astype(str),
-                            np.concatenate([batch["label"] for batch in batches]),
-                            np.concatenate([batch["probabilities"] for batch in batches]), class_names)
+    return task.prediction_table(np.concatenate([batch["row_id"] for batch in batches]).astype(str),
+                                 np.concatenate([batch["label"] for batch in batches]),
+                                 np.concatenate([batch["probabilities"] for batch in batches]), thresholds)
 
 
-def predictions_from_maps(maps_dir: Path, class_names: list[str]) -> pd.DataFrame:
+def predictions_from_maps(maps_dir: Path, task: Task, thresholds: list[float] | None = None) -> pd.DataFrame:
     """The same table from the bulk explain job's output, which holds every test image's probabilities
     (once per map): a run that explains its test split need not decode and predict it a second time."""
-    maps = pq.read_table(maps_dir, columns=["row_id", "label", "probabilities"]).to_pandas()
+    maps = pq.read_table(maps_dir, columns=["row_id", "labels", "probabilities"]).to_pandas()
     images = maps.drop_duplicates("row_id")
-    return prediction_table(images["row_id"].to_numpy(str), images["label"].to_numpy(np.int64),
-                            np.stack(images["probabilities"].to_numpy()).astype(np.float32), class_names)
+    labels = np.stack(images["labels"].to_numpy()).astype(np.int64).reshape(len(images), *task.label_shape)
+    return task.prediction_table(images["row_id"].to_numpy(str), labels,
+                                 np.stack(images["probabilities"].to_numpy()).astype(np.float32), thresholds)
 
 
-def prediction_table(row_ids: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
-                     class_names: list[str]) -> pd.DataFrame:
+def class_prediction_table(row_ids: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
+                           class_names: list[str]) -> pd.DataFrame:
+    """One class per image: label and prediction are class indices (label -1: unlabelled)."""
     predictions = probabilities.argmax(axis=1)
     frame = pd.DataFrame({
         "row_id": row_ids,
@@ -64,7 +66,10 @@ def prediction_table(row_ids: np.ndarray, labels: np.ndarray, probabilities: np.
     return frame.sort_values("row_id", ignore_index=True)
 
 
-def compute_metrics(predictions: pd.DataFrame, class_names: list[str]) -> dict:
+def compute_metrics(predictions: pd.DataFrame, task: Task, thresholds: list[float] | None = None) -> dict:
     """metrics.json: the scikit-learn scores of the predictions table (see medray.report.metrics)."""
-    return classification_metrics(*prediction_arrays(predictions), class_names)
+    return task.metrics(predictions, thresholds)
 
+
+def class_metrics(predictions: pd.DataFrame, class_names: list[str]) -> dict:
+    return classification_metrics(*prediction_arrays(predictions), class_names)

@@ -23,7 +23,7 @@ from medray.models.registry import get_backbone
 from medray.report import build_report
 from medray.report.plots import plot_confusion_matrix
 from medray.run_folder import create_run_folder, mark_finished, publish
-from medray.task import Head, make_task
+from medray.task import Head, Task, make_task
 from medray.tracking import log_run
 from medray.train.epoch_lines import epoch_lines
 from medray.train.trainer import TrainingOutcome, train_model
@@ -34,6 +34,7 @@ class RunOutcome:
     run_dir: Path  # the driver's copy; the run folder itself when output.dir is local
     location: str  # the run folder: a local path or a URI
     source: Source
+    task: Task
     training: TrainingOutcome
     metrics: dict
     explained: ExplainOutcome | None
@@ -71,15 +72,22 @@ def run_job(config: RunConfig) -> RunOutcome:
     pd.DataFrame(training.history).to_csv(run_dir / "history.csv", index=False)
 
     model_bytes = training.model_path.read_bytes()
+    # Decision thresholds (multi-label) are chosen on the validation split, never on test.
+    chosen = task.choose_thresholds(lambda: predict(read_split(source, "val", image_size, config.data), model_bytes,
+                                                    backbone.name, task, config.explain.batch_size,
+                                                    config.explain.concurrency))
+    thresholds = None if chosen is None else chosen["thresholds"]
+    if chosen is not None:
+        (run_dir / "thresholds.json").write_text(json.dumps(chosen, indent=2))
     test = read_split(source, "test", image_size, config.data)
     explained = None
     if config.explain.enabled:
         # The explain job computes every test image's probabilities as well: one pass over the test split.
-        explained = explain_split(test, model_bytes, backbone.name, source.class_names, config.explain,
+        explained = explain_split(test, model_bytes, backbone.name, task, config.explain,
                                   run_dir / "explain", rows=source.num_rows("test"),
                                   read_rows=lambda row_ids: read_split(source, "test", image_size, config.data,
-                                                                       row_ids))
-        predictions = predictions_from_maps(explained.maps_dir, source.class_names)
+                                                                       row_ids), thresholds=thresholds)
+        predictions = predictions_from_maps(explained.maps_dir, task, thresholds)
         for method, score in explained.scores.items():
             if (score.get("verdict") or "").startswith("FAILED"):
                 console.warn(f"{method}: sanity checks {score['verdict']}: its maps barely change when the model "
@@ -87,12 +95,13 @@ def run_job(config: RunConfig) -> RunOutcome:
                              f"{run_dir / 'explain' / 'checks.png'}")
     else:
         predictions = predict(test, model_bytes, backbone.name, task, config.explain.batch_size,
-                              config.explain.concurrency)
+                              config.explain.concurrency, thresholds)
     predictions.to_parquet(run_dir / "predictions.parquet", index=False)
-    metrics = compute_metrics(predictions, source.class_names)
+    metrics = compute_metrics(predictions, task, thresholds)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot_confusion_matrix(metrics["confusion_matrix"], source.class_names, run_dir / "confusion_matrix.png")
-    outcome = RunOutcome(run_dir, folder.location, source, training, metrics, explained)
+    if "confusion_matrix" in metrics:  # one class per image
+        plot_confusion_matrix(metrics["confusion_matrix"], source.class_names, run_dir / "confusion_matrix.png")
+    outcome = RunOutcome(run_dir, folder.location, source, task, training, metrics, explained)
     (run_dir / "summary.txt").write_text(summarise(outcome))
     if config.report.enabled:
         report = build_report(run_dir, config.report.examples_per_class)
@@ -117,8 +126,6 @@ def pretrained_model(backbone, image_size: int, head: Head, model_config) -> byt
 
 def summarise(outcome: RunOutcome) -> str:
     metrics, training, source = outcome.metrics, outcome.training, outcome.source
-    chance = max(source.class_counts["test"]) / source.num_rows("test")
-    auc = "n/a" if metrics["roc_auc_ovr"] is None else f"{metrics['roc_auc_ovr']:.4f}"
     lines = [
         f"medray run {outcome.run_dir.name}",
         *(f"  WARNING    {warning}" for warning in metrics.get("warnings", [])),
@@ -130,8 +137,7 @@ def summarise(outcome: RunOutcome) -> str:
         f"(val_loss {training.exported_metrics['val_loss']:.4f}, val_auc {training.exported_metrics['val_auc']:.4f})",
         *([f"  left out   {len(source.rejected)} rows (see data.json)"] if source.rejected else []),
         *(f"  stopped    {reason}" for reason in training.stop_reasons),
-        f"  test       accuracy {metrics['accuracy']:.4f} (majority class {chance:.4f})  "
-        f"macro F1 {metrics['macro_f1']:.4f}  ROC AUC {auc}",
+        f"  test       {outcome.task.describe_metrics(metrics, source.class_counts['test'])}",
         *(f"  n/a        {what}: {why}" for what, why in metrics.get("undefined", {}).items()),
     ]
     if outcome.explained is not None:

@@ -87,6 +87,34 @@ class Task:
         """(N,) class indices, or (N, K) 0/1 for multi-label, from (N, K) probabilities."""
         return probabilities.argmax(axis=1)
 
+    # --- what evaluation asks ------------------------------------------------------------------
+
+    def prediction_table(self, row_ids: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
+                         thresholds=None):
+        """predictions.parquet: one row per image (medray.evaluate.class_prediction_table)."""
+        from medray.evaluate import class_prediction_table
+
+        return class_prediction_table(row_ids, labels, probabilities, list(self.class_names))
+
+    def metrics(self, predictions, thresholds=None) -> dict:
+        """metrics.json from the predictions table: accuracy, macro F1, ROC AUC, calibration, ..."""
+        from medray.evaluate import class_metrics
+
+        return class_metrics(predictions, list(self.class_names))
+
+    def choose_thresholds(self, validation_predictions) -> dict | None:
+        """Decision thresholds chosen on the validation split (`validation_predictions()` returns
+        its predictions table, called only if the task has thresholds); None where it has none:
+        single-label and binary predictions are the most probable class."""
+        return None
+
+    def describe_metrics(self, metrics: dict, test_counts: list[int]) -> str:
+        """The summary's test line."""
+        chance = max(test_counts) / max(1, sum(test_counts))
+        auc = "n/a" if metrics["roc_auc_ovr"] is None else f"{metrics['roc_auc_ovr']:.4f}"
+        return (f"accuracy {metrics['accuracy']:.4f} (majority class {chance:.4f})  "
+                f"macro F1 {metrics['macro_f1']:.4f}  ROC AUC {auc}")
+
     def balance(self, train_labels: np.ndarray, class_balance: str) -> dict[str, list[float]]:
         """How the loss balances rare classes (train.class_balance "weights"): `class_weights` per
         class, n / (k * n_c) as scikit-learn's "balanced"; empty otherwise (with "oversample" the
@@ -101,6 +129,62 @@ class Task:
 
     def describe(self) -> str:
         return f"{self.kind} ({self.num_classes} {'labels' if self.multi_label else 'classes'})"
+
+    # --- what the explain stage asks: which maps to make and how to file them -------------------
+
+    def cam_slots(self, mode: str, labels: np.ndarray) -> np.ndarray | None:
+        """(N, T) classes to explain per image for explain.target `mode` (predicted, true, all);
+        None: each image's predicted class (chosen inside the compiled CAM function)."""
+        count = len(labels)
+        return {"predicted": None, "true": labels,
+                "all": np.tile(np.arange(self.num_classes), (count, 1))}[mode]
+
+    def sample_slots(self, mode: str, labels: np.ndarray) -> np.ndarray | None:
+        """The classes the checks' sample explains (the bulk job's, for a single-label task)."""
+        return self.cam_slots(mode, labels)
+
+    def keep_maps(self, mode: str, labels: np.ndarray, targets: np.ndarray, probabilities: np.ndarray,
+                  thresholds: np.ndarray | None) -> np.ndarray:
+        """(N, T) which of the computed maps are kept: every one, for a single-label task."""
+        return np.ones(targets.shape, bool)
+
+    def map_truth(self, labels: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """(N, T) the `label` column of each map: the image's true class (-1: unlabelled)."""
+        return np.broadcast_to(np.asarray(labels)[:, np.newaxis], targets.shape)
+
+    def map_prediction(self, probabilities: np.ndarray, targets: np.ndarray,
+                       thresholds: np.ndarray | None) -> np.ndarray:
+        """(N, T) the `prediction` column of each map: the image's predicted class."""
+        return np.broadcast_to(self.predictions(probabilities)[:, np.newaxis], targets.shape)
+
+    def check_groups(self, labels: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """(N,) the class a sampled image's faithfulness figures are grouped under: its true class."""
+        return np.asarray(labels)
+
+    def overlay_folders(self, truth: np.ndarray, predicted: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """The class folder of each map's overlay: the image's true class (unlabelled images, -1:
+        the predicted class)."""
+        return np.where(truth >= 0, truth, predicted)
+
+    def names_target_in_file(self, mode: str) -> bool:
+        """Whether overlay file names carry the class explained (several maps per image and folder)."""
+        return mode == "all"
+
+    def gallery_maps(self, label, prediction, target, duplicated) -> np.ndarray:
+        """Which maps the galleries show: with several maps per image, the predicted class's."""
+        return ~duplicated | (target == prediction)
+
+    def gallery_groups(self, label, prediction, target) -> tuple[np.ndarray, np.ndarray]:
+        """(gallery class, group) per map: labelled images under their true class, correct or
+        misclassified; unlabelled ones (label -1) under the class the model predicts."""
+        unlabelled = label < 0
+        group = np.where(unlabelled, "predicted", np.where(label == prediction, "correct", "misclassified"))
+        return np.where(unlabelled, prediction, label), group
+
+    def gallery_caption(self, label: int, prediction: int, target: int, confidence: float) -> tuple[str, bool | None]:
+        """A gallery tile's caption and whether it is right (None: unlabelled)."""
+        truth = "unlabelled" if label < 0 else f"true {self.class_names[label]}"
+        return f"{truth}\npred {self.class_names[prediction]} ({confidence:.2f})", None if label < 0 else label == prediction
 
 
 @dataclass(frozen=True)
@@ -223,6 +307,89 @@ class MultiLabelTask(Task):
     def predictions(self, probabilities: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
         thresholds = np.full(self.num_classes, 0.5) if thresholds is None else np.asarray(thresholds)
         return (probabilities >= thresholds).astype(np.int8)
+
+    # A multi-label image's maps: one per label it is predicted to have (probability at or above
+    # the label's threshold) plus its top label, all computed in one pass (T = K) and then filtered.
+    # A map's `label` and `prediction` columns hold the truth (1, 0, -1) and the prediction (1, 0)
+    # of the label it explains (its `target`).
+
+    def cam_slots(self, mode: str, labels: np.ndarray) -> np.ndarray | None:
+        return np.tile(np.arange(self.num_classes), (len(labels), 1))
+
+    def sample_slots(self, mode, labels):
+        return None  # each image's top label: the checks cost passes per map, so one map per image
+
+    def keep_maps(self, mode, labels, targets, probabilities, thresholds):
+        top = targets == probabilities.argmax(axis=1)[:, np.newaxis]
+        if mode == "all":
+            return np.ones(targets.shape, bool)
+        if mode == "true":
+            return (np.take_along_axis(np.asarray(labels), targets, axis=1) == 1) | top
+        return (self.map_prediction(probabilities, targets, thresholds) == 1) | top
+
+    def map_truth(self, labels, targets):
+        return np.take_along_axis(np.asarray(labels), targets, axis=1)
+
+    def map_prediction(self, probabilities, targets, thresholds):
+        return np.take_along_axis(self.predictions(probabilities, thresholds), targets, axis=1)
+
+    def check_groups(self, labels, targets):
+        """The label a sampled map explains (the sample explains each image's top label)."""
+        return targets[:, 0]
+
+    def overlay_folders(self, truth, predicted, targets):
+        """The label each map explains: one folder per label."""
+        return targets
+
+    def names_target_in_file(self, mode):
+        return False
+
+    def gallery_maps(self, label, prediction, target, duplicated):
+        return np.ones(len(label), bool)
+
+    def gallery_groups(self, label, prediction, target):
+        """Per label: maps of images predicted to have it, "correct" (true positives) or
+        "misclassified" (false positives); a top label below its threshold counts as predicted
+        absent, so its map is correct when the label is absent."""
+        return target, np.where(label == prediction, "correct", "misclassified")
+
+    def gallery_caption(self, label, prediction, target, confidence):
+        truth = {1: "present", 0: "absent"}.get(int(label), "unknown")
+        return (f"{self.class_names[target]}: {truth}\npred {'present' if prediction else 'absent'}",
+                None if label < 0 else label == prediction)
+
+    def prediction_table(self, row_ids, labels, probabilities, thresholds=None):
+        from medray.report.metrics import multilabel_prediction_table
+
+        return multilabel_prediction_table(row_ids, labels, probabilities, thresholds, list(self.class_names))
+
+    def metrics(self, predictions, thresholds=None) -> dict:
+        from medray.report.metrics import multilabel_metrics
+
+        labels = np.stack(predictions["label"].to_numpy()).astype(np.int64)
+        probabilities = np.stack(predictions["probabilities"].to_numpy()).astype(np.float64)
+        return multilabel_metrics(labels, probabilities, np.asarray(thresholds), list(self.class_names))
+
+    def choose_thresholds(self, validation_predictions):
+        """Per label, the threshold with the best F1 on the validation split (thresholds.json)."""
+        from medray.report.metrics import choose_thresholds
+
+        table = validation_predictions()
+        labels = np.stack(table["label"].to_numpy()).astype(np.int64)
+        probabilities = np.stack(table["probabilities"].to_numpy()).astype(np.float64)
+        thresholds, reasons = choose_thresholds(labels, probabilities, list(self.class_names))
+        return {"labels": list(self.class_names), "thresholds": [float(t) for t in thresholds],
+                "chosen_on": "val", "reasons": reasons}
+
+    def describe_metrics(self, metrics, test_counts):
+        """Mean ROC AUC over labels (the figure ChestX-ray14 papers report), then the rest."""
+        def number(key):
+            value = metrics.get(key)
+            return "n/a" if value is None else f"{value:.4f}"
+
+        return (f"mean ROC AUC {number('mean_roc_auc')}  mean AP {number('mean_average_precision')}  "
+                f"macro F1 {number('macro_f1')}  Hamming loss {number('hamming_loss')}  "
+                f"exact match {number('exact_match_ratio')}")
 
     def balance(self, train_labels: np.ndarray, class_balance: str) -> dict[str, list[float]]:
         """Per-label `positive_weights` (negatives / positives among known entries) under "weights";

@@ -131,6 +131,7 @@ KILLABLE_JOB = textwrap.dedent("""
     from medray.data.pipeline import read_split
     from medray.data.sources import discover
     from medray.explain.bulk import explain_split
+    from medray.task import SingleLabelTask
 
     config = load_config(sys.argv[1], sys.argv[3:])
     run_dir = Path(sys.argv[2])
@@ -142,7 +143,7 @@ KILLABLE_JOB = textwrap.dedent("""
         print(shard.name, flush=True)
         time.sleep(2)  # time for the test to kill this driver between two shards
 
-    explain_split(test, (run_dir / "model.keras").read_bytes(), "baseline_cnn", source.class_names,
+    explain_split(test, (run_dir / "model.keras").read_bytes(), "baseline_cnn", SingleLabelTask(tuple(source.class_names)),
                   config.explain, run_dir / "explain", on_shard=slowly)
     print("finished", flush=True)
 """)

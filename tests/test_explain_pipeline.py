@@ -5,6 +5,7 @@ physical plan (operator layout)."""
 
 import ray
 
+from medray.task import SingleLabelTask
 from medray.config import load_config
 from medray.data.pipeline import read_split
 from medray.data.sources import discover
@@ -27,7 +28,8 @@ def logical_operators(dataset: ray.data.Dataset) -> dict:
 
 def test_cam_actors_request_the_configured_gpus_and_decoding_stays_in_cpu_tasks(tiny_dataset, ray_cluster, capsys):
     config, source, decoded = explain_inputs(tiny_dataset, "explain.gpus_per_actor=0.5", "explain.concurrency=3")
-    mapped = cam_dataset(decoded, b"never loaded: nothing runs", "baseline_cnn", source.class_names, config.explain)
+    mapped = cam_dataset(decoded, b"never loaded: nothing runs", "baseline_cnn", SingleLabelTask(tuple(source.class_names)),
+                         config.explain)
     operators = logical_operators(mapped)
     cam = operators["MapBatches(CamActor)"]
     assert cam.ray_remote_args["num_gpus"] == 0.5
@@ -57,7 +59,7 @@ def test_cam_actors_request_the_configured_gpus_and_decoding_stays_in_cpu_tasks(
 def test_on_cpus_the_same_layout_runs_and_its_stats_show_both_operators(tiny_dataset, tmp_path, ray_cluster):
     config, source, decoded = explain_inputs(tiny_dataset, "explain.overlays=false", "explain.checks=false")
     run_dir = fake_run(tmp_path / "run")
-    mapped = cam_dataset(decoded, (run_dir / "model.keras").read_bytes(), "baseline_cnn", source.class_names,
+    mapped = cam_dataset(decoded, (run_dir / "model.keras").read_bytes(), "baseline_cnn", SingleLabelTask(tuple(source.class_names)),
                          config.explain)
     assert sum(block.num_rows for block in mapped.iter_batches(batch_size=None, batch_format="pyarrow")) == 24
     stats = mapped.stats()

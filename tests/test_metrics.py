@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
+from medray.task import SingleLabelTask
 from medray.evaluate import compute_metrics
 from medray.report.metrics import (
     calibration_bins,
@@ -141,7 +142,7 @@ def test_compute_metrics_reads_the_predictions_table():
     table = pd.DataFrame({"row_id": [str(i) for i in range(len(labels))], "label": labels,
                           "prediction": predicted, "confidence": probabilities.max(axis=1),
                           "probabilities": list(probabilities)})
-    metrics = compute_metrics(table, NAMES)
+    metrics = compute_metrics(table, SingleLabelTask(tuple(NAMES)))
     assert metrics["rows"] == 18 and metrics["class_names"] == NAMES
     assert metrics["accuracy"] == pytest.approx(12 / 18)
 

@@ -41,6 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from medray.task import SingleLabelTask
 from medray.config import ExplainConfig, ModelConfig, validate_config
 from medray.data.phantoms import make_phantoms
 from medray.data.synth import write_demo_dataset
@@ -231,7 +232,7 @@ def bulk_job_rate(parquet: Path, model_path: Path, backbone: str | UserModelSpec
     written = []
     started = time.perf_counter()
     outcome = explain_split(read_split(source, "test", size, config.data), model_path.read_bytes(), backbone,
-                            source.class_names, explain_settings(overlays=overlays, batch=batch), out,
+                            SingleLabelTask(tuple(source.class_names)), explain_settings(overlays=overlays, batch=batch), out,
                             on_shard=lambda shard: written.append((time.perf_counter(), shard)),
                             read_rows=lambda row_ids: read_split(source, "test", size, config.data, row_ids))
     total = time.perf_counter() - started
@@ -297,7 +298,7 @@ def memory_child(parquet: Path, model_path: Path, out: Path, overlays: bool) -> 
     sampler.start()
     started = time.perf_counter()
     outcome = explain_split(read_split(source, "test", SIZES["baseline_cnn"], config.data), model_path.read_bytes(),
-                            "baseline_cnn", source.class_names, explain_settings(overlays), out,
+                            "baseline_cnn", SingleLabelTask(tuple(source.class_names)), explain_settings(overlays), out,
                             read_rows=lambda row_ids: read_split(source, "test", SIZES["baseline_cnn"], config.data,
                                                                  row_ids))
     elapsed = time.perf_counter() - started

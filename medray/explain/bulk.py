@@ -39,7 +39,8 @@ from medray.explain.sample import StratifiedSampler
 from medray.explain.sample_checks import SAMPLE_CHECKS, sample_checks
 from medray.explain.scorecard import score_methods, write_scorecard
 from medray.filenames import safe_filename
-from medray.models.actor import ModelActor
+from medray.models.actor import ModelActor, UserModelSpec
+from medray.task import Task
 
 
 CHECK_COLUMNS = ("pointing_game", "energy_in_lesion", "lesion_share")
@@ -50,6 +51,8 @@ MAPS_SCHEMA = pa.schema([
     ("target", pa.int64()),
     ("confidence", pa.float32()),
     ("probabilities", pa.list_(pa.float32())),
+    # the image's labels: [class index] (single-label) or the label vector of 1, 0, -1 (multi-label)
+    ("labels", pa.list_(pa.int64())),
     ("method", pa.string()),
     ("layer", pa.string()),
     ("cam", pa.list_(pa.float16())),
@@ -76,54 +79,69 @@ class ExplainOutcome:
 
 
 class CamActor(ModelActor):
-    def __init__(self, model_bytes: bytes, backbone_name: str, class_names: list[str], methods: list[str],
-                 target: str, overlays: bool, checks: bool):
+    """`task` (medray.task) says which maps each image gets and what the maps differentiate;
+    `thresholds`: per label, chosen on the validation split (multi-label tasks)."""
+
+    def __init__(self, model_bytes: bytes, backbone_name: str | UserModelSpec, task: Task, methods: list[str],
+                 target: str, overlays: bool, checks: bool, thresholds: list[float] | None = None):
         super().__init__(model_bytes, backbone_name)
-        self.class_names, self.target = class_names, target
+        self.task, self.class_names, self.target = task, list(task.class_names), target
+        self.thresholds = None if thresholds is None else np.asarray(thresholds, np.float32)
         self.overlays, self.checks = overlays, checks
-        self.explainer = CamExplainer(self.model, self.cam_layers, methods)
+        self.explainer = CamExplainer(self.model, self.cam_layers, methods, target=self.cam_target(task))
 
     def __call__(self, batch: dict) -> pa.Table:
         images = self.model_input(batch["pixels"])
-        count = len(images)
-        targets = {"predicted": None, "true": batch["label"],
-                   "all": np.tile(np.arange(len(self.class_names)), (count, 1))}[self.target]
-        explained = self.explainer(images, targets)
-        predictions = explained.probabilities.argmax(axis=1)
+        labels = np.asarray(batch["label"])
+        explained = self.explainer(images, self.task.cam_slots(self.target, labels))
+        targets, probabilities = explained.targets, explained.probabilities
+        keep = self.task.keep_maps(self.target, labels, targets, probabilities, self.thresholds)
+        truth = self.task.map_truth(labels, targets)
+        predicted = self.task.map_prediction(probabilities, targets, self.thresholds)
         parts = []
         for (method, layer), maps in explained.maps.items():
-            for slot in range(explained.targets.shape[1]):
-                slot_maps, slot_targets = maps[:, slot], explained.targets[:, slot]
+            for slot in range(targets.shape[1]):
+                kept = keep[:, slot]
+                if not kept.any():
+                    continue
+                slot_maps, slot_targets = maps[kept, slot], targets[kept, slot]
+                count = int(kept.sum())
                 columns = {
-                    "row_id": batch["row_id"].astype(str), "label": batch["label"], "prediction": predictions,
-                    "target": slot_targets, "confidence": explained.probabilities.max(axis=1),
-                    "probabilities": explained.probabilities, "method": [method] * count,
+                    "row_id": batch["row_id"][kept].astype(str), "label": truth[kept, slot],
+                    "prediction": predicted[kept, slot], "target": slot_targets,
+                    "labels": [np.atleast_1d(label) for label in labels[kept]],
+                    "confidence": probabilities[kept].max(axis=1),
+                    "probabilities": probabilities[kept], "method": [method] * count,
                     "layer": [layer] * count, "cam": slot_maps, "empty": checks.is_empty(slot_maps),
-                    **self._localisation(batch, slot_maps, images.shape[1:3]),
+                    **self._localisation(batch, kept, slot_maps, slot_targets, images.shape[1:3]),
                 }
                 if self.overlays:
-                    # unlabelled images (label -1) are filed under the class the model predicts
-                    folders = np.where(batch["label"] >= 0, batch["label"], predictions)
-                    columns["overlay_file"] = [self._overlay_file(method, layer, folder, row_id, target)
-                                               for folder, row_id, target in
-                                               zip(folders, columns["row_id"], slot_targets)]
-                    columns["overlay_pixels"] = [pixels.tobytes() for pixels in batch["pixels"]]
+                    columns["overlay_file"] = [
+                        self._overlay_file(method, layer, folder, row_id, target) for folder, row_id, target in
+                        zip(self.task.overlay_folders(columns["label"], columns["prediction"], slot_targets),
+                            columns["row_id"], slot_targets)]
+                    columns["overlay_pixels"] = [pixels.tobytes() for pixels in batch["pixels"][kept]]
                     columns["overlay_shape"] = batch["pixels"].shape[1:]
                 parts.append(maps_table(columns))
-        return pa.concat_tables(parts)
+        return pa.concat_tables(parts) if parts else MAPS_SCHEMA.empty_table()
 
-    def _localisation(self, batch: dict, maps: np.ndarray, size: tuple[int, int]) -> dict:
-        """Cheap, so on every image that has a lesion mask."""
+    def _localisation(self, batch: dict, kept: np.ndarray, maps: np.ndarray, targets: np.ndarray,
+                      size: tuple[int, int]) -> dict:
+        """Cheap, so on every image that has a lesion mask: the image's mask, or with one mask per
+        label (N, K, H, W) the mask of the label the map explains."""
         if not self.checks or "mask" not in batch:
             return {}
+        masks = batch["mask"][kept]
+        if masks.ndim == 4:
+            masks = masks[np.arange(len(masks)), targets]
         upsampled = checks.upsample_maps(maps, size)
-        return {"pointing_game": checks.pointing_game(upsampled, batch["mask"]),
-                "energy_in_lesion": checks.energy_in_lesion(upsampled, batch["mask"]),
-                "lesion_share": checks.lesion_share(batch["mask"])}
+        return {"pointing_game": checks.pointing_game(upsampled, masks),
+                "energy_in_lesion": checks.energy_in_lesion(upsampled, masks),
+                "lesion_share": checks.lesion_share(masks)}
 
     def _overlay_file(self, method: str, layer: str, label: int, row_id: str, target: int) -> str:
         name = safe_filename(row_id)
-        if self.target == "all":
+        if self.task.names_target_in_file(self.target):
             name += f"-{safe_filename(self.class_names[int(target)])}"
         if len(self.explainer.layers) > 1:
             name += f"-{safe_filename(layer)}"
@@ -138,6 +156,7 @@ def maps_table(columns: dict) -> pa.Table:
         **{name: np.asarray(columns[name], np.int64) for name in ("label", "prediction", "target")},
         "confidence": np.asarray(columns["confidence"], np.float32),
         "probabilities": list(np.asarray(columns["probabilities"], np.float32)),
+        "labels": [np.asarray(labels, np.int64) for labels in columns["labels"]],
         "cam": list(maps.reshape(count, -1).astype(np.float16)),
         "cam_height": np.full(count, height, np.int32),
         "cam_width": np.full(count, width, np.int32),
@@ -154,11 +173,13 @@ def maps_table(columns: dict) -> pa.Table:
     return table
 
 
-def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: str, class_names: list[str],
+def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: str | UserModelSpec, task: Task,
                   explain_config, out_dir: Path,
                   on_shard: Callable[[Path], None] | None = None, rows: int | None = None,
-                  read_rows: Callable[[frozenset[str]], ray.data.Dataset] | None = None) -> ExplainOutcome:
-    """Maps for every row of `decoded` into `out_dir`; rows of complete shards from an earlier,
+                  read_rows: Callable[[frozenset[str]], ray.data.Dataset] | None = None,
+                  thresholds: list[float] | None = None) -> ExplainOutcome:
+    """Maps for every row of `decoded` into `out_dir`, as `task` (medray.task) asks for them
+    (`thresholds`: per label, from the validation split, for a multi-label task); rows of complete shards from an earlier,
     interrupted run into the same `out_dir` are skipped. `on_shard` is called after each shard;
     `rows` (the rows of `decoded`, if known) sizes the console's progress bar. `read_rows(row_ids)`
     reads and decodes only those rows of the same split, for the checks' sample; without it the
@@ -171,10 +192,12 @@ def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: 
     maps_dir.mkdir(parents=True, exist_ok=True)
     overlay_dir = out_dir / "overlays" if explain_config.overlays else None
     done, next_index = completed_shards(maps_dir)
-    settings = explain_settings(model_bytes, class_names, explain_config)
+    class_names = list(task.class_names)
+    settings = explain_settings(model_bytes, class_names, explain_config) | {"task": task.kind,
+                                                                             "thresholds": thresholds}
     check_same_settings(maps_dir, settings, resuming=bool(done))
     todo = decoded if not done else decoded.map_batches(select_rows, fn_kwargs={"row_ids": done, "keep": False})
-    mapped = cam_dataset(todo, model_bytes, backbone_name, class_names, explain_config)
+    mapped = cam_dataset(todo, model_bytes, backbone_name, task, explain_config, thresholds)
     progress = ProgressBar("explain", rows, done=len(done))
     for block in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
         progress.advance(len(set(block["row_id"].to_pylist())))
@@ -192,11 +215,10 @@ def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: 
     progress.close()
     sample_path = out_dir / SAMPLE_CHECKS
     if explain_config.checks and explain_config.check_sample and not sample_path.is_file():
-        check_sample(decoded, maps_dir, model_bytes, backbone_name, class_names, explain_config, sample_path,
-                     read_rows)
+        check_sample(decoded, maps_dir, model_bytes, backbone_name, task, explain_config, sample_path, read_rows)
     scores = score_methods(maps_dir, sample_path if sample_path.is_file() else None, class_names)
     write_scorecard(scores, out_dir)
-    galleries = (write_galleries(maps_dir, overlay_dir, class_names, out_dir / "galleries",
+    galleries = (write_galleries(maps_dir, overlay_dir, task, out_dir / "galleries",
                                  explain_config.gallery_size)
                  if overlay_dir is not None and explain_config.gallery_size else [])
     return ExplainOutcome(maps_dir, overlay_dir, images=max((score["images"] for score in scores.values()), default=0),
@@ -205,8 +227,8 @@ def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: 
                           scores=scores, galleries=galleries)
 
 
-def cam_dataset(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: str, class_names: list[str],
-                explain_config) -> ray.data.Dataset:
+def cam_dataset(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: str | UserModelSpec, task: Task,
+                explain_config, thresholds: list[float] | None = None) -> ray.data.Dataset:
     """The heterogeneous pipeline: reading and decoding stay in CPU tasks (as many as the cluster's
     CPUs allow), the CAM runs in a pool of `explain.concurrency` actors that each request
     `explain.gpus_per_actor` GPUs, so on a GPU cluster many CPU decoders feed the GPU actors; the
@@ -214,9 +236,9 @@ def cam_dataset(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: st
     mapped = one_batch_per_block(decoded, explain_config.batch_size).map_batches(
         CamActor,
         fn_constructor_kwargs={
-            "model_bytes": model_bytes, "backbone_name": backbone_name, "class_names": list(class_names),
+            "model_bytes": model_bytes, "backbone_name": backbone_name, "task": task,
             "methods": explain_config.methods, "target": explain_config.target, "overlays": explain_config.overlays,
-            "checks": explain_config.checks},
+            "checks": explain_config.checks, "thresholds": thresholds},
         batch_size=explain_config.batch_size,
         compute=ray.data.ActorPoolStrategy(size=explain_config.concurrency),
         num_gpus=explain_config.gpus_per_actor or None,
@@ -257,8 +279,8 @@ def check_same_settings(maps_dir: Path, settings: dict, resuming: bool) -> None:
     path.write_text(json.dumps(settings, indent=2))
 
 
-def check_sample(decoded: ray.data.Dataset, maps_dir: Path, model_bytes: bytes, backbone_name: str,
-                 class_names: list[str], explain_config, path: Path,
+def check_sample(decoded: ray.data.Dataset, maps_dir: Path, model_bytes: bytes, backbone_name: str | UserModelSpec,
+                 task: Task, explain_config, path: Path,
                  read_rows: Callable[[frozenset[str]], ray.data.Dataset] | None = None) -> None:
     """Deletion/insertion and the sanity checks on the stratified sample, into `path` (atomically:
     a resumed job redoes them only if they had not been written)."""
@@ -279,8 +301,8 @@ def check_sample(decoded: ray.data.Dataset, maps_dir: Path, model_bytes: bytes, 
     # Blocks arrive in any order; sorted, the seeded label permutation and random orders repeat.
     order = np.argsort(rows["row_id"].astype(str), kind="stable")
     rows = {name: values[order] for name, values in rows.items()}
-    task = ray.remote(sample_checks).options(num_gpus=explain_config.gpus_per_actor or None)
-    table, steps = ray.get(task.remote(model_bytes, backbone_name, len(class_names), rows, explain_config))
+    checks_task = ray.remote(sample_checks).options(num_gpus=explain_config.gpus_per_actor or None)
+    table, steps = ray.get(checks_task.remote(model_bytes, backbone_name, task, rows, explain_config))
     table = table.replace_schema_metadata({"cascade_steps": json.dumps(steps)})
     partial = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, partial)

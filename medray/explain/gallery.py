@@ -20,10 +20,10 @@ COLUMNS = 4
 COLUMNS_READ = ["row_id", "label", "prediction", "target", "confidence", "method", "layer", "overlay_file"]
 
 
-def write_galleries(maps_dir: Path, overlay_dir: Path, class_names: list[str], out_dir: Path,
-                    size: int) -> list[Path]:
-    """Two grid PNGs per class from the first method's overlays of the predicted class's map (one,
-    of the images predicted as that class, for unlabelled images).
+def write_galleries(maps_dir: Path, overlay_dir: Path, task, out_dir: Path, size: int) -> list[Path]:
+    """Two grid PNGs per class (or label, for a multi-label task: medray.task says which maps and
+    groups) from the first method's overlays of the predicted class's map (one, of the images
+    predicted as that class, for unlabelled images).
 
     Shards are read one at a time, keeping only the `size` most confident rows of each gallery.
     """
@@ -35,15 +35,16 @@ def write_galleries(maps_dir: Path, overlay_dir: Path, class_names: list[str], o
     for shard in shards:
         rows = pq.read_table(shard, columns=COLUMNS_READ).to_pandas()
         rows = rows[(rows["method"] == first["method"]) & (rows["layer"] == first["layer"])]
-        if rows["row_id"].duplicated().any():  # several target classes per image: show the predicted one
-            rows = rows[rows["target"] == rows["prediction"]]
-        rows = with_gallery_groups(rows)
+        # several target classes per image: the task says which maps to show
+        rows = rows[task.gallery_maps(rows["label"].to_numpy(), rows["prediction"].to_numpy(),
+                                      rows["target"].to_numpy(), rows["row_id"].duplicated(keep=False).to_numpy())]
+        rows = with_gallery_groups(rows, task)
         merged = rows if candidates is None else pd.concat([candidates, rows])
         candidates = (merged.sort_values(["confidence", "row_id"], ascending=[False, True])
                       .groupby(["group_class", "group"], sort=False).head(size))
         totals = rows.groupby(["group_class", "group"]).size()
         counts = totals if counts is None else counts.add(totals, fill_value=0)
-    frame, method = candidates, first["method"]
+    frame, method, class_names = candidates, first["method"], list(task.class_names)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     labelled = any(group != "predicted" for _, group in counts.index)
@@ -55,21 +56,20 @@ def write_galleries(maps_dir: Path, overlay_dir: Path, class_names: list[str], o
             path = out_dir / f"{safe_filename(name)}-{group}.png"
             title = (f"predicted {name} ({int(counts[(index, group)])} unlabelled images)" if group == "predicted" else
                      f"{name}: {group} ({int(counts.get((index, group), 0))} of {in_class})")
-            plot_gallery(rows[rows["group"] == group].head(size), overlay_dir, class_names,
+            plot_gallery(rows[rows["group"] == group].head(size), overlay_dir, task,
                          f"{title}, {method}, most confident first", path)
             written.append(path)
     return written
 
 
-def with_gallery_groups(rows: pd.DataFrame) -> pd.DataFrame:
-    """Labelled images are shown under their true class, correct or misclassified; unlabelled ones
-    (label -1) under the class the model predicts."""
-    unlabelled = rows["label"] < 0
-    group = np.where(unlabelled, "predicted", np.where(rows["label"] == rows["prediction"], "correct", "misclassified"))
-    return rows.assign(group=group, group_class=np.where(unlabelled, rows["prediction"], rows["label"]))
+def with_gallery_groups(rows: pd.DataFrame, task) -> pd.DataFrame:
+    """Each map's gallery class and group (correct, misclassified, predicted), as the task files them."""
+    group_class, group = task.gallery_groups(rows["label"].to_numpy(), rows["prediction"].to_numpy(),
+                                             rows["target"].to_numpy())
+    return rows.assign(group=group, group_class=group_class)
 
 
-def plot_gallery(rows: pd.DataFrame, overlay_dir: Path, class_names: list[str], title: str, path: Path) -> None:
+def plot_gallery(rows: pd.DataFrame, overlay_dir: Path, task, title: str, path: Path) -> None:
     count = max(1, len(rows))
     columns = min(COLUMNS, count)
     lines = -(-count // columns)
@@ -81,9 +81,9 @@ def plot_gallery(rows: pd.DataFrame, overlay_dir: Path, class_names: list[str], 
     for axis, row in zip(axes.ravel(), rows.itertuples()):
         with Image.open(overlay_dir / row.overlay_file) as image:
             axis.imshow(image.convert("RGB"))
-        colour = "black" if row.label < 0 else "darkgreen" if row.label == row.prediction else "darkred"
-        truth = "unlabelled" if row.label < 0 else f"true {class_names[row.label]}"
-        axis.set_title(f"{truth}\npred {class_names[row.prediction]} ({row.confidence:.2f})", fontsize=8, color=colour)
+        caption, right = task.gallery_caption(int(row.label), int(row.prediction), int(row.target), row.confidence)
+        colour = "black" if right is None else "darkgreen" if right else "darkred"
+        axis.set_title(caption, fontsize=8, color=colour)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=90)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medray.task import make_task
 from medray import console, storage
 from medray.cluster import connect
 from medray.data.manifest import prepare_source
@@ -34,7 +35,8 @@ def explain_run(config, run_location: str | Path) -> ExplainOutcome:
     # The run's own manifest: the same rows as at training time, bad ones skipped or refused alike.
     source, _ = prepare_source(source, config.data, run_dir)
     test = read_split(source, "test", image_size, config.data)
-    outcome = explain_split(test, model_path.read_bytes(), backbone.name, source.class_names, config.explain,
+    task = make_task(config.task, source.class_names)
+    outcome = explain_split(test, model_path.read_bytes(), backbone.name, task, config.explain,
                             run_dir / "explain", on_shard=None, rows=source.num_rows("test"),
                             read_rows=lambda row_ids: read_split(source, "test", image_size, config.data, row_ids))
     (run_dir / "explain" / "summary.txt").write_text(describe(outcome))

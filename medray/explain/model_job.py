@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from medray.task import SingleLabelTask
 from medray.cluster import connect
 from medray.config import to_yaml
 from medray.data.manifest import prepare_source
@@ -81,16 +82,18 @@ def explain_model(config, model_path: str | Path | None = None,
         source, skipped = usable_unlabelled(source, config.data, out_dir / "manifest.parquet")
     spec = UserModelSpec(path.suffix.lower(), ModelInput(shape.channels, preprocessing(config.explain.preprocess)),
                          cam_layers, config.explain.trust_model_code)
+    # A model trained elsewhere: one class per image; what its maps differentiate is read from its head.
+    task = SingleLabelTask(tuple(class_names))
     explained = explain_split(read_split(source, "test", shape.input_size, config.data), path.read_bytes(), spec,
-                              class_names, config.explain, out_dir / "explain",
+                              task, config.explain, out_dir / "explain",
                               read_rows=lambda row_ids: read_split(source, "test", shape.input_size, config.data,
                                                                    row_ids))
-    predictions = predictions_from_maps(explained.maps_dir, class_names)
+    predictions = predictions_from_maps(explained.maps_dir, task)
     predictions.insert(1, "source", predictions["row_id"].map(row_sources(source)))
     predictions.to_parquet(out_dir / "predictions.parquet", index=False)
     lines = [describe(explained).rstrip("\n")]
     if labelled:
-        (out_dir / "metrics.json").write_text(json.dumps(compute_metrics(predictions, class_names), indent=2))
+        (out_dir / "metrics.json").write_text(json.dumps(compute_metrics(predictions, task), indent=2))
     else:
         lines.append(NO_LABELS)
         if skipped:

@@ -21,14 +21,15 @@ import pyarrow as pa
 from medray.explain import checks, sanity
 from medray.explain.cam import CamExplainer
 from medray.models.actor import ModelActor, UserModelSpec
+from medray.task import Task
 
 SAMPLE_CHECKS = "sample_checks.parquet"
 SIMILARITIES = ("rank_corr", "ssim")
 
 
-def sample_checks(model_bytes: bytes, backbone_name: str | UserModelSpec, num_classes: int, rows: dict, explain_config
+def sample_checks(model_bytes: bytes, backbone_name: str | UserModelSpec, task: Task, rows: dict, explain_config
                   ) -> tuple[pa.Table, list[str]]:
-    """rows: the sample's decoded rows (row_id, pixels (N, H, W) uint8, label).
+    """rows: the sample's decoded rows (row_id, pixels (N, H, W) uint8, label: (N,) or (N, K)).
 
     Returns one table row per map and the cascade's step names (the top layer of each block)."""
     loaded = ModelActor(model_bytes, backbone_name)  # medray's own model, or a user's (UserModelSpec)
@@ -36,31 +37,31 @@ def sample_checks(model_bytes: bytes, backbone_name: str | UserModelSpec, num_cl
     images = loaded.model_input(rows["pixels"])
     labels = np.asarray(rows["label"], np.int64)
     count, size = len(images), images.shape[1:3]
-    explainer = CamExplainer(model, loaded.cam_layers, explain_config.methods)
+    target = loaded.cam_target(task)
+    explainer = CamExplainer(model, loaded.cam_layers, explain_config.methods, target=target)
     layers = explainer.layers
-    targets = {"predicted": None, "true": labels,
-               "all": np.tile(np.arange(num_classes), (count, 1))}[explain_config.target]
-    explained = explainer(images, targets)
+    explained = explainer(images, task.sample_slots(explain_config.target, labels))
     blocks = sanity.cascade_blocks(model, explain_config.cascade_steps)
     cascade = sanity.cascade_maps(model, layers, explain_config.methods, images, explained.targets,
                                   blocks)
     label_random = None
     # Retraining needs the loss and head a model was trained with, which medray knows only for its own.
-    if explain_config.label_randomisation_epochs and not isinstance(backbone_name, UserModelSpec):
+    if explain_config.label_randomisation_epochs and loaded.trained_by_medray:
         permuted_model = sanity.label_randomised_model(model, images, labels, explain_config.label_randomisation_epochs,
-                                                       explain_config.batch_size)
-        label_random = CamExplainer(permuted_model, layers, explain_config.methods)(
+                                                       explain_config.batch_size, task)
+        label_random = CamExplainer(permuted_model, layers, explain_config.methods, target=target)(
             images, explained.targets).maps
-    partners = sanity.shared_structure_partners(labels)
+    groups = task.check_groups(labels, explained.targets)
+    partners = sanity.shared_structure_partners(groups)
     # The blurred images and the curves' end points are the same for every map of an image.
     baseline = checks.faithfulness_baseline(images, explainer.probabilities)
-    predictions = explained.probabilities.argmax(axis=1)
+    predictions = explained.probabilities.argmax(axis=1)  # the top class or label
     parts = []
     for key, maps in explained.maps.items():
         for slot in range(explained.targets.shape[1]):
             trained, slot_targets = maps[:, slot], explained.targets[:, slot]
             upsampled = checks.upsample_maps(trained, size)
-            columns = {"row_id": np.asarray(rows["row_id"]).astype(str), "label": labels, "prediction": predictions,
+            columns = {"row_id": np.asarray(rows["row_id"]).astype(str), "label": groups, "prediction": predictions,
                        "target": slot_targets, "method": [key[0]] * count, "layer": [key[1]] * count}
             for order, prefix in (("map", ""), ("random", "random_order_")):
                 deletion, insertion = checks.deletion_insertion_auc(images, upsampled, slot_targets,

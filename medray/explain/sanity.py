@@ -18,6 +18,7 @@ import re
 
 import numpy as np
 
+from medray.config import TrainConfig
 from medray.explain.cam import CamExplainer
 from medray.explain.checks import is_empty, rank_correlation, upsample_maps
 from medray.keras_setup import keras, tf
@@ -95,12 +96,14 @@ def cascade_maps(model: keras.Model, cam_layers, methods, images: np.ndarray, ta
 
 
 def label_randomised_model(model: keras.Model, images: np.ndarray, labels: np.ndarray, epochs: int,
-                           batch_size: int) -> keras.Model:
-    """The same architecture, re-initialised and trained on a seeded permutation of `labels`."""
+                           batch_size: int, task) -> keras.Model:
+    """The same architecture, re-initialised and trained with the task's loss (medray.task) on a
+    seeded permutation of `labels` ((N,) class indices or (N, K) label vectors)."""
     permuted = np.random.default_rng(RANDOMISATION_SEED).permutation(labels)
+    targets, _ = task.keras_targets(tf.constant(permuted, tf.int32), [])
     trained = randomised_copy(model)
-    trained.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
-    trained.fit(images, permuted, epochs=epochs, batch_size=batch_size, verbose=0, shuffle=True)
+    trained.compile(keras.optimizers.Adam(1e-3), task.loss(TrainConfig()))
+    trained.fit(images, targets.numpy(), epochs=epochs, batch_size=batch_size, verbose=0, shuffle=True)
     return trained
 
 

@@ -30,10 +30,17 @@ class ModelActor:
 
             self.model = load_user_model_bytes(model_bytes, backbone_name.file_suffix, backbone_name.trust_code)
             self.input, self.cam_layers = backbone_name.model_input, backbone_name.cam_layers
+            self.trained_by_medray = False
         else:
             backbone = get_backbone(backbone_name)
             self.model = load_model_bytes(model_bytes)
             self.input, self.cam_layers = backbone.model_input, backbone.cam_layers
+            self.trained_by_medray = True
+
+    def cam_target(self, task):
+        """What maps differentiate: the task's target for medray's own model; for a model trained
+        elsewhere None, read from its head (medray.explain.targets.target_for_head)."""
+        return task.cam_target() if self.trained_by_medray else None
 
     def model_input(self, pixels: np.ndarray) -> np.ndarray:
         return to_model_input(pixels, self.input)

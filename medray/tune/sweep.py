@@ -272,11 +272,11 @@ def evaluate_on_test(trial_dir: Path, sweep: SweepConfig, source: Source, sweep_
     backbone = get_backbone(config.model.backbone)
     image_size = config.model.input_size or backbone.input_size
     test = read_split(source, "test", image_size, config.data)
-    predictions = predict(test, (trial_dir / "model.keras").read_bytes(), backbone.name,
-                          make_task(config.task, source.class_names), config.explain.batch_size,
-                          config.explain.concurrency)
+    task = make_task(config.task, source.class_names)
+    predictions = predict(test, (trial_dir / "model.keras").read_bytes(), backbone.name, task,
+                          config.explain.batch_size, config.explain.concurrency)
     predictions.to_parquet(trial_dir / "predictions.parquet", index=False)
-    metrics = compute_metrics(predictions, source.class_names)
+    metrics = compute_metrics(predictions, task)
     (trial_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
