@@ -141,7 +141,7 @@ def multilabel_metrics(labels: np.ndarray, probabilities: np.ndarray, thresholds
         # which labels each mean is the mean over
         "macro_labels": macro_labels,
         "undefined": undefined,
-        "label_names": list(label_names),
+        "class_names": list(label_names),  # the K label names, as data.json calls them
         "warnings": chance_warnings(per_label),
     }
 
