@@ -17,6 +17,7 @@ import pandas as pd
 
 from medray.errors import MedrayError
 from medray.report.analysis import DEFAULT_EXAMPLES_PER_CLASS
+from medray.report.multilabel_run import describe_multilabel_run, is_multilabel_run
 from medray.report.plots import plot_model_comparison
 from medray.report.run_section import PREDICTIONS, describe_run
 from medray.report.sweep import COMPARED_METRICS, LEADERBOARD, read_leaderboard, read_model_metrics
@@ -31,6 +32,14 @@ METRIC_LABELS = {
     "roc_auc_ovr": "ROC AUC (macro, one-vs-rest)",
     "expected_calibration_error": "Expected calibration error",
 }
+# The headline of a multi-label run: the mean ROC AUC is the figure ChestX-ray14 papers compare.
+MULTILABEL_METRIC_LABELS = {
+    "mean_roc_auc": "Mean ROC AUC over labels",
+    "mean_average_precision": "Mean average precision",
+    "macro_f1": "Macro F1 at the validation thresholds",
+    "hamming_loss": "Hamming loss (lower is better)",
+    "exact_match_ratio": "Exact-match ratio",
+}
 
 
 def build_report(results_dir: str | Path, examples_per_class: int = DEFAULT_EXAMPLES_PER_CLASS) -> Path:
@@ -38,7 +47,10 @@ def build_report(results_dir: str | Path, examples_per_class: int = DEFAULT_EXAM
     results_dir = Path(results_dir).resolve()
     if not results_dir.is_dir():
         raise MedrayError(f"{results_dir} is not a folder; pass a run folder such as results/<run-id>")
-    run = describe_run(results_dir, examples_per_class) if (results_dir / PREDICTIONS).is_file() else None
+    run = None
+    if (results_dir / PREDICTIONS).is_file():
+        describe = describe_multilabel_run if is_multilabel_run(results_dir) else describe_run
+        run = describe(results_dir, examples_per_class)
     sweep = describe_sweep(results_dir)
     if run is None and sweep is None:
         raise MedrayError(
@@ -47,7 +59,7 @@ def build_report(results_dir: str | Path, examples_per_class: int = DEFAULT_EXAM
     html = environment().get_template("report.html.j2").render(
         title=f"medray report: {results_dir.name}",
         generated=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-        run=run, sweep=sweep, metric_labels=METRIC_LABELS,
+        run=run, sweep=sweep, metric_labels=METRIC_LABELS, multilabel_metric_labels=MULTILABEL_METRIC_LABELS,
     )
     path = results_dir / REPORT
     path.write_text(html, encoding="utf-8")

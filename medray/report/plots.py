@@ -56,6 +56,32 @@ def plot_roc_curves(labels: np.ndarray, probabilities: np.ndarray, class_names: 
     return _save(figure, path)
 
 
+def plot_label_roc_curves(labels: np.ndarray, probabilities: np.ndarray, label_names: list[str], path: Path) -> Path:
+    """Multi-label: one ROC curve per label over the images where it is known (labels (N, K) with
+    1/0/-1, probabilities (N, K)), its AUC in the legend; a label without a positive or a negative
+    test image is listed in the legend as undefined instead of drawn."""
+    figure, axes = plt.subplots(figsize=(7, 7))
+    # Fourteen ChestX-ray14 findings outrun the ten default colours; tab20's dark shades first, so
+    # that neighbouring labels do not share a hue.
+    axes.set_prop_cycle(color=plt.cm.tab20.colors[::2] + plt.cm.tab20.colors[1::2])
+    drawn = 0
+    for index, name in enumerate(label_names):
+        known = labels[:, index] != -1
+        truth = labels[known, index] == 1
+        if truth.all() or not truth.any():
+            missing = "positive" if not truth.any() else "negative"
+            axes.plot([], [], color="grey", linestyle=":", label=f"{name}: undefined, no {missing} test image")
+            continue
+        RocCurveDisplay.from_predictions(truth, probabilities[known, index], name=name, ax=axes)
+        drawn += 1
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance (AUC = 0.5)")
+    axes.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="False positive rate", ylabel="True positive rate",
+             title=f"ROC curve of each label ({drawn} of {len(label_names)} defined)")
+    # Curves hug the upper left, so the lower right is free for a legend of up to ~15 labels.
+    axes.legend(loc="lower right", fontsize="x-small" if len(label_names) > 8 else "small")
+    return _save(figure, path)
+
+
 def plot_reliability_diagram(bins: pd.DataFrame, ece: float, path: Path) -> Path:
     figure, axes = plt.subplots(figsize=(5.5, 5))
     centres = (bins["low"] + bins["high"]) / 2

@@ -20,20 +20,29 @@ from medray.report.metrics import calibration_bins, classification_metrics, pred
 
 PREDICTIONS = "predictions.parquet"
 PREDICTION_COLUMNS = {"row_id", "label", "prediction", "confidence", "probabilities"}
+# One class per image: softmax runs and binary-sigmoid runs (whose predictions have the same layout).
+SINGLE_LABEL = "single_label"
 
 
-def read_predictions(run_dir: Path, class_names: list[str]) -> pd.DataFrame:
+def read_prediction_file(run_dir: Path, columns: set[str]) -> pd.DataFrame:
+    """predictions.parquet of a run, checked to be readable, to hold `columns` and at least one row."""
     path = run_dir / PREDICTIONS
     try:
         predictions = pd.read_parquet(path)
     except Exception as error:  # noqa: BLE001  (pyarrow raises several types for a damaged file)
         raise MedrayError(f"{path} cannot be read ({error}); rerun `medray run` to write it again") from None
-    missing = PREDICTION_COLUMNS - set(predictions.columns)
+    missing = columns - set(predictions.columns)
     if missing:
         raise MedrayError(f"{path} lacks the columns {', '.join(sorted(missing))}; it was not written by "
                           "`medray run` (rerun it to get a predictions table)")
     if predictions.empty:
         raise MedrayError(f"{path} has no rows; the test split was empty, so there is nothing to report")
+    return predictions
+
+
+def read_predictions(run_dir: Path, class_names: list[str]) -> pd.DataFrame:
+    path = run_dir / PREDICTIONS
+    predictions = read_prediction_file(run_dir, PREDICTION_COLUMNS)
     widths = {len(p) for p in predictions["probabilities"]}
     labels = pd.concat([predictions["label"], predictions["prediction"]])
     if widths != {len(class_names)} or labels.min() < 0 or labels.max() >= len(class_names):
@@ -91,6 +100,7 @@ def describe_run(run_dir: Path, examples_per_class: int = DEFAULT_EXAMPLES_PER_C
     figures = draw_run_plots(plot_dir, metrics, labels, predicted, probabilities, class_names, data, history)
     support = np.bincount(labels, minlength=len(class_names))
     return {
+        "task": SINGLE_LABEL,
         "run_id": run_dir.name,
         "class_names": class_names,
         "metrics": metrics,
@@ -131,6 +141,13 @@ def draw_run_plots(plot_dir: Path, metrics: dict, labels, predicted, probabiliti
     share = list(np.asarray(counts, dtype=float) / max(sum(counts), 1))
     figures["recall_frequency"] = plots.plot_recall_against_frequency(
         class_names, recall, share, share_label, plot_dir / "recall_vs_frequency.png")
+    figures.update(shared_figures(plot_dir, data, history))
+    return figures
+
+
+def shared_figures(plot_dir: Path, data: dict, history: pd.DataFrame | None) -> dict[str, Path]:
+    """The figures every task's report draws: images per class (or label) and split, training curves."""
+    figures = {}
     if data.get("class_counts"):
         figures["class_distribution"] = plots.plot_class_distribution(
             data["class_counts"], plot_dir / "class_distribution.png")
