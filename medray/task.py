@@ -359,27 +359,28 @@ class MultiLabelTask(Task):
                 None if label < 0 else label == prediction)
 
     def prediction_table(self, row_ids, labels, probabilities, thresholds=None):
-        from medray.report.metrics import multilabel_prediction_table
+        from medray.report.multilabel_metrics import multilabel_prediction_table
 
+        thresholds = np.full(self.num_classes, 0.5) if thresholds is None else thresholds  # before they are chosen
         return multilabel_prediction_table(row_ids, labels, probabilities, thresholds, list(self.class_names))
 
     def metrics(self, predictions, thresholds=None) -> dict:
-        from medray.report.metrics import multilabel_metrics
+        from medray.report.multilabel_metrics import multilabel_metrics
 
-        labels = np.stack(predictions["label"].to_numpy()).astype(np.int64)
-        probabilities = np.stack(predictions["probabilities"].to_numpy()).astype(np.float64)
+        from medray.report.multilabel_metrics import multilabel_prediction_arrays
+
+        labels, probabilities = multilabel_prediction_arrays(predictions)
         return multilabel_metrics(labels, probabilities, np.asarray(thresholds), list(self.class_names))
 
     def choose_thresholds(self, validation_predictions):
         """Per label, the threshold with the best F1 on the validation split (thresholds.json)."""
-        from medray.report.metrics import choose_thresholds
+        from medray.report.multilabel_metrics import choose_thresholds, thresholds_record
 
-        table = validation_predictions()
-        labels = np.stack(table["label"].to_numpy()).astype(np.int64)
-        probabilities = np.stack(table["probabilities"].to_numpy()).astype(np.float64)
+        from medray.report.multilabel_metrics import multilabel_prediction_arrays
+
+        labels, probabilities = multilabel_prediction_arrays(validation_predictions())
         thresholds, reasons = choose_thresholds(labels, probabilities, list(self.class_names))
-        return {"labels": list(self.class_names), "thresholds": [float(t) for t in thresholds],
-                "chosen_on": "val", "reasons": reasons}
+        return thresholds_record(list(self.class_names), thresholds, reasons)
 
     def describe_metrics(self, metrics, test_counts):
         """Mean ROC AUC over labels (the figure ChestX-ray14 papers report), then the rest."""
