@@ -216,7 +216,8 @@ def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: 
     sample_path = out_dir / SAMPLE_CHECKS
     if explain_config.checks and explain_config.check_sample and not sample_path.is_file():
         check_sample(decoded, maps_dir, model_bytes, backbone_name, task, explain_config, sample_path, read_rows)
-    scores = score_methods(maps_dir, sample_path if sample_path.is_file() else None, class_names)
+    scores = score_methods(maps_dir, sample_path if sample_path.is_file() else None, class_names,
+                           per_target=task.multi_label)
     write_scorecard(scores, out_dir)
     galleries = (write_galleries(maps_dir, overlay_dir, task, out_dir / "galleries",
                                  explain_config.gallery_size)

@@ -52,8 +52,11 @@ def value(fig: dict | None) -> float | None:
     return None if fig is None else fig["value"]
 
 
-def score_methods(maps_dir: Path, sample_checks: Path | None = None, class_names: list[str] | None = None) -> dict:
-    """{method: {figure: ...}} from the maps shards (every image) and the sample's checks.
+def score_methods(maps_dir: Path, sample_checks: Path | None = None, class_names: list[str] | None = None,
+                  per_target: bool = False) -> dict:
+    """{method: {figure: ...}} from the maps shards (every image) and the sample's checks;
+    `per_target`: localisation also per class or label the maps explain (`per_target` figures:
+    a multi-label task's pointing game per label, on the images that have that label's lesion).
 
     Shards are read one at a time and only their localisation numbers are kept (a few bytes a
     map); each image's maps are all in one shard, so distinct row ids per shard add up to the images.
@@ -61,21 +64,28 @@ def score_methods(maps_dir: Path, sample_checks: Path | None = None, class_names
     columns: dict[str, dict[str, list[np.ndarray]]] = {}
     images: dict[str, int] = {}
     for shard in sorted(maps_dir.glob("part-*.parquet")):
-        table = pq.read_table(shard, columns=["row_id", "method", *LOCALISATION_COLUMNS])
+        table = pq.read_table(shard, columns=["row_id", "method", "target", *LOCALISATION_COLUMNS])
         methods = table["method"].to_numpy(zero_copy_only=False)
         row_ids = table["row_id"].to_numpy(zero_copy_only=False)
         for method in dict.fromkeys(methods):
             chosen = methods == method
             images[method] = images.get(method, 0) + len(set(row_ids[chosen]))
-            store = columns.setdefault(method, {name: [] for name in LOCALISATION_COLUMNS})
-            for name in LOCALISATION_COLUMNS:
+            store = columns.setdefault(method, {name: [] for name in ("target", *LOCALISATION_COLUMNS)})
+            for name in ("target", *LOCALISATION_COLUMNS):
                 store[name].append(table[name].to_numpy(zero_copy_only=False)[chosen].astype(np.float32))
     sample = pq.read_table(sample_checks) if sample_checks is not None else None
     steps = json.loads(sample.schema.metadata[b"cascade_steps"]) if sample is not None else []
     sample = sample.to_pandas() if sample is not None else None  # a few hundred maps
     scores = {}
     for method, store in columns.items():
-        scores[method] = _localisation({name: np.concatenate(parts) for name, parts in store.items()}, images[method])
+        values = {name: np.concatenate(parts) for name, parts in store.items()}
+        scores[method] = _localisation(values, images[method])
+        if per_target:
+            name_of = (lambda index: class_names[index]) if class_names else str
+            scores[method]["per_target"] = {
+                name_of(int(target)): _target_localisation({name: column[values["target"] == target]
+                                                            for name, column in values.items()})
+                for target in np.unique(values["target"]).astype(int)}
         if sample is not None:
             rows = sample[sample["method"] == method]
             scores[method].update(sample_figures(rows, steps, class_names))
@@ -95,6 +105,14 @@ def _localisation(values: dict[str, np.ndarray], images: int) -> dict:
         # the lesion's area share: what a map with no information scores on both
         "localisation_chance": figure(values["lesion_share"][with_lesion]),
     }
+
+
+def _target_localisation(values: dict[str, np.ndarray]) -> dict:
+    with_lesion = ~np.isnan(values["pointing_game"])
+    return {"maps": int(values["empty"].size), "lesion_maps": int(with_lesion.sum()),
+            "pointing_game": figure(values["pointing_game"]),
+            "energy_in_lesion": figure(values["energy_in_lesion"]),
+            "localisation_chance": figure(values["lesion_share"][with_lesion])}
 
 
 def sample_figures(rows, steps: list[str], class_names: list[str] | None) -> dict:
@@ -153,6 +171,11 @@ def format_scorecard(scores: dict) -> str:
             lines.append(f"  localisation, every map with a lesion (n={score['lesion_maps']}): pointing game "
                          f"{cell(score['pointing_game'])}, energy in lesion {cell(score['energy_in_lesion'])}, "
                          f"chance {cell(value(score['localisation_chance']))}")
+        for name, figures in score.get("per_target", {}).items():
+            if figures["pointing_game"] is not None:
+                lines.append(f"    {name:<24} (n={figures['lesion_maps']:>4} maps with its lesion): pointing game "
+                             f"{cell(figures['pointing_game'])}, energy in lesion "
+                             f"{cell(figures['energy_in_lesion'])}")
         if not score.get("sample_maps"):
             continue
         lines.append(f"  faithfulness, sample (n={score['deletion_auc']['n']} maps of {score['sample_images']} "
