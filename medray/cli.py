@@ -74,7 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="dataset tools").add_subparsers(required=True, metavar="TOOL")
     synth = data.add_parser("synth", help="write the synthetic brain-MRI phantom dataset")
-    synth.add_argument("--out", required=True, help="folder to write parquet/, folders/ and masks/ into")
+    synth.add_argument("--out", required=True, help="folder to write parquet/, folders/ and masks/ "
+                                                    "(multi_label: parquet/ and npz/) into")
+    synth.add_argument("--task", choices=["single_label", "multi_label"], default="single_label",
+                       help="single_label: one class each (no lesion, bright or dark lesion); multi_label: "
+                            "a bright and a dark lesion, each independently present or absent, a mask each")
     synth.add_argument("--train", type=int, default=1200)
     synth.add_argument("--val", type=int, default=240)
     synth.add_argument("--test", type=int, default=360)
@@ -202,17 +206,28 @@ def command_explain(args: argparse.Namespace) -> None:
 
 
 def command_synth(args: argparse.Namespace) -> None:
-    from medray.data.synth import write_demo_dataset
+    from medray.data.synth import write_demo_dataset, write_multilabel_dataset
 
+    multi_label = args.task == "multi_label"
+    # Every class, or every combination of findings (none, either alone, both), in every split.
+    smallest, what = (4, "one per combination of findings") if multi_label else (3, "one per class")
     for name in ("train", "val", "test"):
-        if getattr(args, name) < 3:
-            raise MedrayError(f"--{name}={getattr(args, name)}: each split needs at least 3 images (one per class)")
+        if getattr(args, name) < smallest:
+            raise MedrayError(f"--{name}={getattr(args, name)}: each split needs at least {smallest} images ({what})")
     if not 28 <= args.size <= 256:
         raise MedrayError(f"--size={args.size}: phantoms are drawn at 28 to 256 pixels")
-    summary = write_demo_dataset(args.out, train=args.train, val=args.val, test=args.test,
-                                 size=args.size, seed=args.seed, second_scanner=args.second_scanner)
+    sizes = dict(train=args.train, val=args.val, test=args.test, size=args.size, seed=args.seed)
+    if multi_label:
+        if args.second_scanner is not None:
+            raise MedrayError("--second-scanner: only the single-label phantoms plant a second scanner; "
+                              "drop it or use --task single_label")
+        summary = write_multilabel_dataset(args.out, **sizes)
+    else:
+        summary = write_demo_dataset(args.out, **sizes, second_scanner=args.second_scanner)
     for split, counts in summary["counts"].items():
         print(f"{split:<6} " + ", ".join(f"{name} {count}" for name, count in counts.items()))
+        if multi_label:
+            print(" " * 7 + ", ".join(f"{name} {count}" for name, count in summary["combinations"][split].items()))
     print(f"wrote {summary['path']}")
 
 

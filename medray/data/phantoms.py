@@ -4,11 +4,15 @@ Anatomy is drawn in normalised coordinates (the image spans -1..1 on both axes),
 looks the same at 28 and at 256 pixels; only blur, noise and the smallest lesion are set in pixels.
 The lesion is blended in before the scanner (bias field, gain, Rician noise) is simulated, so the
 ground-truth mask marks tissue that changed, not noise.
+
+Two lesion kinds exist. The single-label demo draws at most one per slice (CLASS_NAMES, one class
+index each); the multi-label demo (`make_multilabel_phantoms`) draws each kind independently, so a
+slice may carry both, one or none (LABEL_NAMES, one 0/1 vector each), with one mask per kind.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -35,13 +39,42 @@ MIN_LESION_RADIUS_PX = 2.0
 
 
 @dataclass(frozen=True)
+class LesionKind:
+    irregular: bool  # a lobulated outline rather than a round one
+    level: tuple[float, float]  # the lesion core's intensity is drawn uniformly from this range
+
+
+# A bright lesion outshines white matter, as an enhancing one does; a dark one sits near CSF.
+LESION_KINDS = {
+    "bright_round_lesion": LesionKind(irregular=False, level=(0.9, 1.0)),
+    "dark_irregular_lesion": LesionKind(irregular=True, level=(0.16, 0.26)),
+}
+# The multi-label findings, in label-vector order; each single-label class with a lesion is one.
+LABEL_NAMES = tuple(LESION_KINDS)
+# Each finding occurs in this share of multi-label slices, independently of the other, so that
+# both, either alone and neither all occur (0.14, 0.23, 0.23 and 0.39 of the slices).
+LABEL_PREVALENCE = 0.375
+# Every subset of LABEL_NAMES as a 0/1 vector, "none" first; and its share of the slices.
+COMBINATIONS = tuple(tuple(int(bit) for bit in np.binary_repr(index, len(LABEL_NAMES))[::-1])
+                     for index in range(2 ** len(LABEL_NAMES)))
+COMBINATION_SHARES = tuple(float(np.prod([LABEL_PREVALENCE if bit else 1 - LABEL_PREVALENCE for bit in combination]))
+                           for combination in COMBINATIONS)
+# When a slice holds two lesions, the later one's faintest edge keeps this fraction of the image
+# side from the earlier one's: apart enough that a coarse Grad-CAM map can tell them apart.
+LESION_SEPARATION = 0.08
+
+
+@dataclass(frozen=True)
 class Phantom:
     image: np.ndarray  # (size, size) uint8, what the scanner shows
-    lesion: np.ndarray  # (size, size) bool, ground truth: where the lesion reaches half contrast
+    lesion: np.ndarray  # (size, size) bool, ground truth: where any lesion reaches half contrast
     # (size, size) bool: wholly inside the brain and off the ventricles and midline fissure, where a
     # lesion may grow. Sulci are included: a growing lesion effaces them, as real masses do.
     brain: np.ndarray
     head: np.ndarray  # (size, size) bool, everything inside the scalp's outer edge
+    # Each drawn lesion kind (a LESION_KINDS name) -> its (size, size) bool mask; absent kinds are
+    # missing. `lesion` is the union of these masks.
+    lesions: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def make_phantom(rng: np.random.Generator, label: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -68,6 +101,30 @@ def make_phantoms(n: int, size: int, seed: int, second_scanner: int | None = Non
         images[index], masks[index] = make_phantom(rng, int(label), size)
         if label == second_scanner:
             images[index] = as_second_scanner(scanner_rng, images[index])
+    return images, masks, labels
+
+
+def make_multilabel_phantoms(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """n slices, each with any subset of the lesion kinds, in shuffled order.
+
+    Returns images (n, size, size) uint8, masks (n, K, size, size) bool (mask k all False where
+    label k is absent) and labels (n, K) uint8 0/1, K = len(LABEL_NAMES) in that order. Each
+    combination of findings gets its COMBINATION_SHARES share of n exactly (largest remainder), so
+    from n = 4 on every combination occurs. Two lesions on one slice never touch (LESION_SEPARATION).
+    """
+    rng = np.random.default_rng(seed)
+    counts = proportional_class_counts(n, COMBINATION_SHARES)
+    combination_of_row = rng.permutation(np.repeat(np.arange(len(COMBINATIONS)), counts))
+    labels = np.array([COMBINATIONS[index] for index in combination_of_row], dtype=np.uint8).reshape(n, -1)
+    images = np.zeros((n, size, size), dtype=np.uint8)
+    masks = np.zeros((n, len(LABEL_NAMES), size, size), dtype=bool)
+    for index, present in enumerate(labels):
+        names = [name for name, bit in zip(LABEL_NAMES, present) if bit]
+        phantom = draw_lesions(rng, names, size)
+        images[index] = phantom.image
+        for k, name in enumerate(LABEL_NAMES):
+            if name in phantom.lesions:
+                masks[index, k] = phantom.lesions[name]
     return images, masks, labels
 
 
@@ -98,9 +155,19 @@ def proportional_class_counts(n: int, shares: tuple[float, ...] = CLASS_SHARES) 
 
 
 def draw_phantom(rng: np.random.Generator, label: int, size: int) -> Phantom:
-    """One slice with its lesion mask and the anatomy masks tests and plots can check it against."""
+    """One slice of single-label class `label` (a CLASS_NAMES index: no lesion or one lesion) with
+    its lesion mask and the anatomy masks tests and plots can check it against."""
     if label not in range(len(CLASS_NAMES)):
         raise ValueError(f"label must be 0..{len(CLASS_NAMES) - 1} ({', '.join(CLASS_NAMES)}), got {label}")
+    return draw_lesions(rng, [CLASS_NAMES[label]] if label else [], size)
+
+
+def draw_lesions(rng: np.random.Generator, kinds, size: int) -> Phantom:
+    """One slice holding one lesion of each LESION_KINDS name in `kinds` (none, one or several),
+    drawn in that order, each wholly in the brain and apart from those drawn before it."""
+    unknown = [kind for kind in kinds if kind not in LESION_KINDS]
+    if unknown or len(set(kinds)) != len(kinds):
+        raise ValueError(f"kinds must be distinct names of {', '.join(LESION_KINDS)}, got {list(kinds)}")
     if size < MIN_SIZE:
         raise ValueError(f"size must be at least {MIN_SIZE} pixels, got {size}")
     # Small images are drawn finer and averaged down, so a sulcus thinner than a pixel darkens it
@@ -109,12 +176,33 @@ def draw_phantom(rng: np.random.Generator, label: int, size: int) -> Phantom:
     intensity, brain, head = (_block_mean(fine, factor) for fine in _draw_anatomy(rng, size * factor))
     # Only pixels that are brain throughout may hold a lesion, none that is half ventricle.
     brain, head = brain == 1, head >= 0.5
-    lesion_weight = np.zeros((size, size))
-    if label:
-        lesion_weight = _draw_lesion(rng, brain, irregular=label == 2)
-        level = rng.uniform(0.9, 1.0) if label == 1 else rng.uniform(0.16, 0.26)
+    weights = {}
+    # Pixels a lesion already reaches, even faintly: the next lesion keeps its distance from them.
+    taken = np.zeros((size, size), dtype=bool)
+    for kind in kinds:
+        lesion_weight = _draw_lesion(rng, _room_apart(brain, taken), irregular=LESION_KINDS[kind].irregular)
+        level = rng.uniform(*LESION_KINDS[kind].level)
         intensity = intensity * (1 - lesion_weight) + level * lesion_weight
-    return Phantom(_scan(rng, intensity), lesion_weight >= 0.5, brain, head)
+        weights[kind] = lesion_weight
+        taken |= lesion_weight > 0
+    lesions = {kind: weight >= 0.5 for kind, weight in weights.items()}
+    union = np.zeros((size, size), dtype=bool)
+    for mask in lesions.values():
+        union |= mask
+    return Phantom(_scan(rng, intensity), union, brain, head, lesions)
+
+
+def _room_apart(brain: np.ndarray, taken: np.ndarray) -> np.ndarray:
+    """The brain without the pixels within LESION_SEPARATION of an earlier lesion (just without
+    the lesion itself when a small brain has no room for that)."""
+    if not taken.any():
+        return brain
+    gap_px = LESION_SEPARATION * brain.shape[0]
+    apart = brain & (ndimage.distance_transform_edt(~taken) > gap_px)
+    smallest_reach = MIN_LESION_RADIUS_PX * (1 + LESION_EDGE) + LESION_CLEARANCE_PX
+    if ndimage.distance_transform_edt(apart).max() >= smallest_reach:
+        return apart
+    return brain & ~ndimage.binary_dilation(taken)
 
 
 def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
