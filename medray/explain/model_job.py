@@ -15,10 +15,9 @@ from pathlib import Path
 
 from medray.cluster import connect
 from medray.config import to_yaml
-from medray.data.manifest import prepare_source
+from medray.data.manifest import prepare_source, usable_unlabelled
 from medray.data.pipeline import read_split
-from medray.data.sources import discover
-from medray.data.unlabelled import discover_unlabelled, has_labels, row_sources, usable_unlabelled
+from medray.data.sources import discover, discover_unlabelled, has_labels, row_sources
 from medray.errors import MedrayError
 from medray.evaluate import compute_metrics, predictions_from_maps
 from medray.explain.bulk import ExplainOutcome, explain_split
