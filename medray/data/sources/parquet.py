@@ -15,8 +15,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from medray import storage
-from medray.data.sources.base import (MISSING_FILE, NO_IMAGE, SPLITS, UNLABELLED, RawRow, Source, SourceKind, data_paths,
-                                      labelled_source, missing_path, path_type, piece_of_rows, split_of)
+from medray.data.sources.base import (MISSING_FILE, NO_IMAGE, SPLITS, UNLABELLED, RawRow, Source, SourceKind,
+                                      data_paths, labelled_source, missing_path, path_type, piece_of_rows, split_of)
 from medray.data.sources.registry import register
 from medray.errors import BadImage, MedrayError
 
