@@ -10,6 +10,7 @@ import contextlib
 import sys
 
 from medray import console
+from medray.data.sources import source_kind_names
 from medray.errors import MedrayError, user_error
 
 
@@ -95,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "or a folder of class folders of images (PNG, JPEG, DICOM)")
     inspect.add_argument("--config", help="run config YAML whose data section to inspect")
     inspect.add_argument("--path", help="the same as PATH")
-    inspect.add_argument("--source", choices=["parquet", "folders", "npz"],
+    inspect.add_argument("--source", choices=source_kind_names(),
                          help="what PATH holds (default: guessed from what is there)")
     inspect.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                          help="override one config key, e.g. --set data.class_names=[normal,pneumonia]")
@@ -236,7 +237,6 @@ def command_inspect(args: argparse.Namespace) -> None:
 
     from medray.config import apply_override, load_config, validate_config
     from medray.data.inspect import default_out_dir, format_inspection, inspect_data
-
     from medray.data.sources import guess_kind
 
     if args.data_path and args.path and args.data_path != args.path:

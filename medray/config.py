@@ -13,7 +13,9 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
+from medray.data.sources import describe_kinds, source_kind_names
 from medray.errors import MedrayError
 from medray.storage import is_uri
 
@@ -21,6 +23,13 @@ from medray.storage import is_uri
 # A local path or a URI (s3://bucket/prefix, gs://...), kept as text: pathlib would turn
 # s3://bucket into s3:/bucket. Path objects from Python callers are accepted.
 Location = Annotated[str, BeforeValidator(lambda value: str(value) if isinstance(value, PurePath) else value)]
+
+
+def _known_source_kind(name: Any) -> str:
+    # Checked against the registry, not a Literal: a new source kind registers itself.
+    if not isinstance(name, str) or name not in source_kind_names():
+        raise PydanticCustomError("source_kind", "Input should be " + describe_kinds(quote="'"))
+    return name
 
 
 class _Section(BaseModel):
@@ -68,7 +77,7 @@ class SplitConfig(_Section):
 
 
 class DataConfig(_Section):
-    source: Literal["parquet", "folders", "npz"] = "parquet"
+    source: Annotated[str, BeforeValidator(_known_source_kind)] = "parquet"
     # A folder, a file, a glob (`data/*.parquet`) or a list of them: local paths or URIs
     # (s3://bucket/prefix, gs://...), read by every worker through pyarrow.fs (see medray/storage.py).
     path: Location | list[Location]
@@ -90,7 +99,7 @@ class DataConfig(_Section):
     class_names: list[str] | None = None
     max_image_pixels: int = Field(50_000_000, gt=0)
     # gray: every image as gray; rgb: colour kept (gray images repeated over 3 channels); auto: rgb
-    # when at least half of a sample of train images carry colour (medray/data/color.py).
+    # when at least half of a sample of train images carry colour (medray/data/sources/color.py).
     color: Literal["auto", "gray", "rgb"] = "auto"
     # A class with fewer validation images than this gets a warning: its validation metrics are noise.
     min_val_per_class: int = Field(10, ge=0)

@@ -3,27 +3,25 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
 from medray import console, storage
-from medray.cluster import connect
 from medray.config import RunConfig, to_yaml
-from medray.data.manifest import describe_data_report, prepare_source
-from medray.data.pipeline import read_split, training_data
-from medray.data.sources import SPLITS, Source, discover
+from medray.data.manifest import describe_data_report
+from medray.data.sources import SPLITS, Source
 from medray.evaluate import compute_metrics, predict, predictions_from_maps
 from medray.explain.bulk import ExplainOutcome, explain_split
 from medray.explain.scorecard import format_scorecard
 from medray.errors import MedrayError
+from medray.job import prepare_job
 from medray.models.classifier import initial_model_bytes
-from medray.models.registry import get_backbone
 from medray.report import build_report
 from medray.report.plots import plot_confusion_matrix
-from medray.run_folder import create_run_folder, mark_finished, publish
-from medray.task import Head, Task, make_task
+from medray.run_folder import THRESHOLDS, create_run_folder, mark_finished, publish
+from medray.task import Head, Task
 from medray.tracking import log_run
 from medray.train.epoch_lines import epoch_lines
 from medray.train.trainer import TrainingOutcome, train_model
@@ -42,51 +40,46 @@ class RunOutcome:
 
 def run_job(config: RunConfig) -> RunOutcome:
     # Everything that can be checked without Ray is checked first, so mistakes cost seconds.
-    backbone = get_backbone(config.model.backbone)
-    image_size = config.model.input_size or backbone.input_size
-    source = discover(config.data)
-    task = make_task(config.task, source.class_names)
-    initial_model = pretrained_model(backbone, image_size, task.head, config.model)
+    job = prepare_job(config)
+    task = job.task
+    initial_model = pretrained_model(job.backbone, job.image_size, task.head, config.model)
     folder = create_run_folder(config)
     run_dir = folder.local
     # The saved config names its run, so `medray resume <run-dir>` continues this very run.
     config = config.model_copy(update={"output": config.output.model_copy(update={"run_id": run_dir.name})})
     (run_dir / "config.yaml").write_text(to_yaml(config))
     log = console.keep_log_in(run_dir / "logs")
-    console.say(f"medray run {run_dir.name}: {config.model.backbone} on {source.kind} {source.path}, "
+    console.say(f"medray run {run_dir.name}: {config.model.backbone} on {job.source.kind} {job.source.path}, "
                 f"{config.scaling.num_workers} Ray Train workers; Ray and TensorFlow log to {log}")
     publish(folder)  # the run folder exists in the bucket from the start, without _SUCCESS
 
-    connect(config.scaling)
     # The manifest (built once, reused on resume) decides the rows every stage sees.
-    source, data_report = prepare_source(source, config.data, run_dir)
+    job = replace(job, config=config).start(run_dir)
+    source, data_report = job.source, job.data_report
     (run_dir / "data.json").write_text(json.dumps(data_report, indent=2))
     console.say(describe_data_report(data_report))
     if data_report["rows_reported"]:
         console.warn(f"{data_report['rows_reported']} rows left out; each is listed in {run_dir / 'data.json'}")
     console.say(f"training for up to {config.train.epochs + config.train.fine_tune.epochs} epochs")
     with epoch_lines(config.train.epochs + config.train.fine_tune.epochs) as show_epochs:
-        training = train_model(config, source, training_data(source, backbone, image_size, config),
-                               image_size, run_dir, initial_model, task, callbacks=[show_epochs],
-                               checkpoints=folder.checkpoints)
+        training = train_model(config, source, job.training_data(), job.image_size, run_dir, initial_model, task,
+                               callbacks=[show_epochs], checkpoints=folder.checkpoints)
     pd.DataFrame(training.history).to_csv(run_dir / "history.csv", index=False)
 
     model_bytes = training.model_path.read_bytes()
     # Decision thresholds (multi-label) are chosen on the validation split, never on test.
-    chosen = task.choose_thresholds(lambda: predict(read_split(source, "val", image_size, config.data), model_bytes,
-                                                    backbone.name, task, config.explain.batch_size,
-                                                    config.explain.concurrency))
+    chosen = task.choose_thresholds(lambda: predict(job.read_split("val"), model_bytes, job.backbone.name, task,
+                                                    config.explain.batch_size, config.explain.concurrency))
     thresholds = None if chosen is None else chosen["thresholds"]
     if chosen is not None:
-        (run_dir / "thresholds.json").write_text(json.dumps(chosen, indent=2))
-    test = read_split(source, "test", image_size, config.data)
+        (run_dir / THRESHOLDS).write_text(json.dumps(chosen, indent=2))
+    test = job.read_split("test")
     explained = None
     if config.explain.enabled:
         # The explain job computes every test image's probabilities as well: one pass over the test split.
-        explained = explain_split(test, model_bytes, backbone.name, task, config.explain,
+        explained = explain_split(test, model_bytes, job.backbone.name, task, config.explain,
                                   run_dir / "explain", rows=source.num_rows("test"),
-                                  read_rows=lambda row_ids: read_split(source, "test", image_size, config.data,
-                                                                       row_ids), thresholds=thresholds)
+                                  read_rows=lambda row_ids: job.read_split("test", row_ids), thresholds=thresholds)
         predictions = predictions_from_maps(explained.maps_dir, task, thresholds)
         for method, score in explained.scores.items():
             if (score.get("verdict") or "").startswith("FAILED"):
@@ -94,7 +87,7 @@ def run_job(config: RunConfig) -> RunOutcome:
                              f"is randomised, so they may not show what the model learned; see "
                              f"{run_dir / 'explain' / 'checks.png'}")
     else:
-        predictions = predict(test, model_bytes, backbone.name, task, config.explain.batch_size,
+        predictions = predict(test, model_bytes, job.backbone.name, task, config.explain.batch_size,
                               config.explain.concurrency, thresholds)
     predictions.to_parquet(run_dir / "predictions.parquet", index=False)
     metrics = compute_metrics(predictions, task, thresholds)

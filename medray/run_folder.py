@@ -9,6 +9,7 @@ a run folder without it did not finish (it may still be running, or it failed).
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -115,3 +116,13 @@ def mark_finished(folder: RunFolder) -> None:
 
 def finished(location: str) -> bool:
     return storage.info(storage.join(location, SUCCESS), "run folder").type == pafs.FileType.File
+
+
+# The decision thresholds of a multi-label run, chosen on the validation split (medray.task).
+THRESHOLDS = "thresholds.json"
+
+
+def read_thresholds(run_dir: Path) -> list[float] | None:
+    """The run's per-label thresholds, or None where the run has none (single-label, binary)."""
+    path = Path(run_dir) / THRESHOLDS
+    return json.loads(path.read_text())["thresholds"] if path.is_file() else None

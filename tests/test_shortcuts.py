@@ -10,7 +10,7 @@ from medray.cli import main
 from medray.data.inspect import outliers
 from medray.data.manifest import acquisition_facts
 from medray.data.phantoms import CLASS_NAMES, make_phantoms
-from medray.data.readers import RawRow
+from medray.data.sources import RawRow
 from medray.data.shortcuts import shortcut_report
 from medray.data.synth import write_demo_dataset
 

@@ -41,7 +41,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from medray.task import SingleLabelTask
 from medray.config import ExplainConfig, ModelConfig, validate_config
 from medray.data.phantoms import make_phantoms
 from medray.data.synth import write_demo_dataset
@@ -222,19 +221,18 @@ def explain_settings(overlays: bool, batch: int = BATCH) -> ExplainConfig:
 def bulk_job_rate(parquet: Path, model_path: Path, backbone: str | UserModelSpec, size: int, batch: int,
                   overlays: bool,
                   out: Path) -> tuple[float, float]:
-    from medray.data.pipeline import read_split
-    from medray.data.sources import discover
     from medray.explain.bulk import explain_split
+    from medray.job import prepare_job
 
     config = validate_config({"data": {"path": str(parquet)}, "model": {"input_size": size}})
-    source = discover(config.data)
+    job = prepare_job(config)
     shutil.rmtree(out, ignore_errors=True)
     written = []
     started = time.perf_counter()
-    outcome = explain_split(read_split(source, "test", size, config.data), model_path.read_bytes(), backbone,
-                            SingleLabelTask(tuple(source.class_names)), explain_settings(overlays=overlays, batch=batch), out,
+    outcome = explain_split(job.read_split("test"), model_path.read_bytes(), backbone,
+                            job.task, explain_settings(overlays=overlays, batch=batch), out,
                             on_shard=lambda shard: written.append((time.perf_counter(), shard)),
-                            read_rows=lambda row_ids: read_split(source, "test", size, config.data, row_ids))
+                            read_rows=lambda row_ids: job.read_split("test", row_ids))
     total = time.perf_counter() - started
     first_time, first_shard = written[0]
     first_rows = pq.read_metadata(first_shard).num_rows
@@ -275,14 +273,11 @@ def memory(sizes: list[int], work: Path, overlays: bool) -> None:
 
 
 def memory_child(parquet: Path, model_path: Path, out: Path, overlays: bool) -> None:
-    from medray.cluster import connect
-    from medray.data.pipeline import read_split
-    from medray.data.sources import discover
     from medray.explain.bulk import explain_split
+    from medray.job import prepare_job
 
     config = validate_config({"data": {"path": str(parquet)}, "model": {"input_size": SIZES["baseline_cnn"]}})
-    connect(config.scaling)
-    source = discover(config.data)
+    job = prepare_job(config).connect()
     before = rss_bytes()
     peak = dict(before)
     running = threading.Event()
@@ -297,10 +292,8 @@ def memory_child(parquet: Path, model_path: Path, out: Path, overlays: bool) -> 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     started = time.perf_counter()
-    outcome = explain_split(read_split(source, "test", SIZES["baseline_cnn"], config.data), model_path.read_bytes(),
-                            "baseline_cnn", SingleLabelTask(tuple(source.class_names)), explain_settings(overlays), out,
-                            read_rows=lambda row_ids: read_split(source, "test", SIZES["baseline_cnn"], config.data,
-                                                                 row_ids))
+    outcome = explain_split(job.read_split("test"), model_path.read_bytes(), "baseline_cnn", job.task,
+                            explain_settings(overlays), out, read_rows=lambda row_ids: job.read_split("test", row_ids))
     elapsed = time.perf_counter() - started
     running.clear()
     sampler.join()

@@ -43,9 +43,9 @@ from medray.config import validate_config
 from medray.data.augment import adjust_intensity, draw_transforms, inverse_affine
 from medray.data.phantoms import make_phantoms
 from medray.data.augment import SEED_COLUMN
-from medray.data.pipeline import augment_and_prepare, read_split, training_data
-from medray.data.sources import discover
+from medray.data.pipeline import augment_and_prepare
 from medray.data.synth import IMAGE_STRUCT, ROW_GROUP_ROWS, encode_png
+from medray.job import prepare_job
 from medray.models.preprocessing import to_model_input
 from medray.models.registry import get_backbone
 
@@ -141,17 +141,16 @@ SHUFFLE_NAMES = {"none": "without shuffling:", "blocks": 'data.shuffle "blocks" 
 def medray_epoch(config, rounds: int, shuffle: str = "full") -> tuple[float, int]:
     """Images/s of the best pass after the first over the train rows, and the driver's peak RSS
     growth over all passes. `shuffle`: data.shuffle, or "none" for the pipeline without it."""
-    source = discover(config.data)
-    backbone = get_backbone(config.model.backbone)
+    if shuffle != "none":
+        config = config.model_copy(update={"data": config.data.model_copy(update={"shuffle": shuffle})})
+    job = prepare_job(config)
     buffer = {}
     if shuffle == "none":
-        train = read_split(source, "train", config.model.input_size, config.data).with_column(
-            SEED_COLUMN, random(seed=config.seed)).map_batches(
-            augment_and_prepare, fn_kwargs={"model_input": backbone.model_input, "augment": config.data.augment})
-        rows = source.num_rows("train")
+        train = job.read_split("train").with_column(SEED_COLUMN, random(seed=config.seed)).map_batches(
+            augment_and_prepare, fn_kwargs={"model_input": job.backbone.model_input, "augment": config.data.augment})
+        rows = job.source.num_rows("train")
     else:
-        config = config.model_copy(update={"data": config.data.model_copy(update={"shuffle": shuffle})})
-        data = training_data(source, backbone, config.model.input_size, config)
+        data = job.training_data()
         train, rows = data.train, data.train_rows
         # as a training worker reads them (medray.train.worker_data)
         buffer = {"local_shuffle_buffer_size": config.data.shuffle_buffer_rows} if shuffle == "blocks" else {}

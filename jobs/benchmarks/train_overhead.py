@@ -26,11 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medray.cluster import connect
 from medray.config import validate_config
-from medray.data.pipeline import read_split, training_data
-from medray.data.sources import discover
 from medray.data.synth import write_demo_dataset
+from medray.job import prepare_job
 from medray.keras_setup import keras, tf
 from medray.models.classifier import build_classifier
 from medray.models.preprocessing import to_model_input
@@ -89,21 +87,17 @@ def overall(rates: list[float]) -> float:
 
 def decoded_train_rows(config) -> tuple[np.ndarray, np.ndarray]:
     """The train split decoded once by Ray Data (images, one-hot labels) for the plain runs."""
-    connect(config.scaling)
-    source = discover(config.data)
-    rows = read_split(source, "train", config.model.input_size, config.data).take_all()
-    images = to_model_input(np.stack([row["pixels"] for row in rows]),
-                            get_backbone(config.model.backbone).model_input)
-    labels = keras.utils.to_categorical([row["label"] for row in rows], len(source.class_names))
+    job = prepare_job(config).connect()
+    rows = job.read_split("train").take_all()
+    images = to_model_input(np.stack([row["pixels"] for row in rows]), job.backbone.model_input)
+    labels = keras.utils.to_categorical([row["label"] for row in rows], len(job.source.class_names))
     return images, labels
 
 
 def medray_epoch_rates(config, run_dir: Path) -> list[float]:
-    connect(config.scaling)
-    source = discover(config.data)
-    data = training_data(source, get_backbone(config.model.backbone), config.model.input_size, config)
+    job = prepare_job(config).connect()
     run_dir.mkdir(parents=True)
-    outcome = train_model(config, source, data, config.model.input_size, run_dir, initial_model=None)
+    outcome = train_model(config, job.source, job.training_data(), job.image_size, run_dir, initial_model=None)
     return [epoch["images_per_second"] for epoch in outcome.history[1:]]
 
 

@@ -176,3 +176,12 @@ def _to_gray(image: Image.Image) -> Image.Image:
     if image.mode in ("LA", "RGBA", "PA"):  # transparent pixels count as black, not as their hidden colour
         return Image.alpha_composite(Image.new("RGBA", image.size, "black"), image.convert("RGBA")).convert("L")
     return image.convert("L")
+
+
+def decode_row(row, max_pixels: int, warnings: list[str] | None = None,
+               color: str = "gray") -> tuple[np.ndarray, str]:
+    """A source's RawRow as its image at its own size and stored mode; BadImage if it cannot be
+    used; what was usable but odd (an EXIF orientation ignored) is appended to `warnings`."""
+    if isinstance(row.content, BadImage):
+        raise row.content
+    return decode_native(row.content, max_pixels, row.where, warnings=warnings, color=color)

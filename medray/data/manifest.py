@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections import Counter
 from dataclasses import replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,10 +23,11 @@ import pyarrow.parquet as pq
 
 from medray import storage
 from medray.console import ProgressBar
-from medray.data.decode import content_hash
+from medray.data.decode import content_hash, decode_row
 from medray.data.dicom import is_dicom
-from medray.data.readers import RawRow, decode_row, pieces_of, read_tasks, reader_settings, rows_of
-from medray.data.sources import SPLIT_ALIASES, SPLITS, Source, check_usable, count_labels
+from medray.data.readers import pieces_of, read_tasks, rows_of
+from medray.data.sources import SPLITS, RawRow, Source, check_usable, count_labels, get_source_kind
+from medray.data.sources.base import reader_settings
 from medray.data.validation import small_validation_warnings
 from medray.errors import BadImage, MedrayError
 
@@ -113,12 +113,7 @@ def acquisition_facts(row: RawRow, kind: str) -> dict:
     else:
         file_format = next((name for magic, name in FILE_FORMATS
                             if isinstance(content, bytes) and content.startswith(magic)), "other")
-    prefix, folder = "", ""
-    if kind == "folders":
-        parts = PurePosixPath(row.row_id).parts
-        skip = 2 if parts[0].lower() in SPLIT_ALIASES else 1  # <split>/<class>/ or <class>/
-        prefix_match = re.match(r"[A-Za-z]+", PurePosixPath(parts[-1]).stem)
-        prefix, folder = (prefix_match.group(0).lower() if prefix_match else ""), "/".join(parts[skip:-1])
+    prefix, folder = get_source_kind(kind).file_facts(row.row_id)
     return {"format": file_format, "name_prefix": prefix, "source_folder": folder, "bit_depth": 0}
 
 
@@ -221,6 +216,19 @@ def prepare_source(source: Source, data_config, run_dir: Path) -> tuple[Source, 
     report = data_report(usable, frame, run_dir / "manifest.parquet")
     report["validation_warnings"] = small_validation_warnings(usable, data_config.min_val_per_class)
     return usable, report
+
+
+def usable_unlabelled(source: Source, data_config, manifest_path: Path) -> tuple[Source, int]:
+    """The rows of images without labels that decode, after one pass over all of them (the job's
+    manifest); unusable rows stop the job in one line naming the first, or with data.on_bad_image:
+    skip are left out and counted. Returns the usable source and the number of rows left out."""
+    frame = load_or_build_manifest(source, data_config, manifest_path)
+    enforce_policy(frame, data_config.on_bad_image)
+    pieces = usable_pieces(frame)
+    if not pieces["test"]:
+        raise MedrayError(f"data.path {data_config.path}: none of the {len(frame)} images can be decoded "
+                          f"(see {manifest_path})")
+    return replace(source, pieces=pieces), int((frame["status"] != OK).sum())
 
 
 def data_report(source: Source, frame: pd.DataFrame, manifest_path: Path) -> dict:

@@ -16,10 +16,10 @@ from ray.data import RandomSeedConfig
 from ray.data.expressions import random
 
 from medray.data.augment import SEED_COLUMN, augment_pixels
-from medray.data.decode import decode_mask, resize_pixels
+from medray.data.decode import decode_mask, decode_row, resize_pixels
 from medray.data.oversample import plan_oversampling, repeat_rows
-from medray.data.readers import decode_row, pieces_of, read_tasks, reader_settings, rows_of
-from medray.data.sources import Source
+from medray.data.readers import pieces_of, read_tasks, rows_of
+from medray.data.sources.base import Source, reader_settings
 from medray.models.preprocessing import ModelInput, to_model_input
 from medray.models.registry import Backbone
 

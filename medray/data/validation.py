@@ -1,40 +1,9 @@
-"""The validation split a model is picked by: warned about when a class has too few images in it,
-and, on request (data.split.val_from_train), carved out of train instead, stratified and seeded."""
+"""The validation split a model is picked by: warned about when a class has too few images in it.
+(data.split.val_from_train carves one out of train instead: medray.data.sources.splits.)"""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-import numpy as np
-
-from medray.data.sources import SPLITS, Source, count_labels
-
-
-def carve_validation(source: Source, share: float, seed: int) -> Source:
-    """`share` of every class's train rows become the validation split; the dataset's own validation
-    rows are left out. Each class is drawn by its own generator ([seed, class]) so adding a class
-    does not move the rows of the others; read tasks keep their files and row order."""
-    train = source.pieces["train"]
-    labels = np.asarray([label for piece in train for label in piece["labels"]], dtype=np.int64)
-    chosen = np.zeros(len(labels), dtype=bool)
-    for index in range(len(source.class_names)):
-        members = np.flatnonzero(labels == index)
-        take = round(len(members) * share) if len(members) > 1 else 0  # a lone row stays in train
-        picked = np.random.default_rng([seed, index]).choice(members, size=take, replace=False)
-        chosen[picked] = True
-    pieces = {split: [] for split in SPLITS} | {"test": source.pieces["test"]}
-    start = 0
-    for piece in train:
-        mask = chosen[start:start + len(piece["labels"])]
-        start += len(piece["labels"])
-        for split, keep in (("train", ~mask), ("val", mask)):
-            if keep.any():
-                subset = {key: [value for value, kept in zip(piece[key], keep) if kept]
-                          for key in ("rows", "row_ids", "labels")}
-                pieces[split].append(piece | subset | {"split": split})
-    counts = {split: count_labels(pieces[split], len(source.class_names)) for split in SPLITS}
-    rejected = [row for row in source.rejected if row["split"] != "val"]
-    return replace(source, pieces=pieces, class_counts=counts, rejected=rejected)
+from medray.data.sources.base import Source
 
 
 def small_validation_warnings(source: Source, minimum: int) -> list[str]:

@@ -5,17 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medray.task import make_task
 from medray import console, storage
-from medray.cluster import connect
-from medray.data.manifest import prepare_source
-from medray.data.pipeline import read_split
-from medray.data.sources import discover
 from medray.errors import MedrayError
 from medray.explain.bulk import ExplainOutcome, explain_split
 from medray.explain.scorecard import format_scorecard
-from medray.models.registry import get_backbone
-from medray.run_folder import open_run_folder, publish
+from medray.job import prepare_job
+from medray.run_folder import open_run_folder, publish, read_thresholds
 
 
 def explain_run(config, run_location: str | Path) -> ExplainOutcome:
@@ -27,18 +22,14 @@ def explain_run(config, run_location: str | Path) -> ExplainOutcome:
     if not model_path.is_file():
         raise MedrayError(f"{storage.join(folder.location, 'model.keras')} does not exist; pass --run with the "
                           "folder of a finished `medray run` (it holds model.keras)")
-    backbone = get_backbone(config.model.backbone)
-    image_size = config.model.input_size or backbone.input_size
-    source = discover(config.data)
+    job = prepare_job(config)
     console.keep_log_in(run_dir / "logs")
-    connect(config.scaling)
     # The run's own manifest: the same rows as at training time, bad ones skipped or refused alike.
-    source, _ = prepare_source(source, config.data, run_dir)
-    test = read_split(source, "test", image_size, config.data)
-    task = make_task(config.task, source.class_names)
-    outcome = explain_split(test, model_path.read_bytes(), backbone.name, task, config.explain,
-                            run_dir / "explain", on_shard=None, rows=source.num_rows("test"),
-                            read_rows=lambda row_ids: read_split(source, "test", image_size, config.data, row_ids))
+    job = job.start(run_dir)
+    outcome = explain_split(job.read_split("test"), model_path.read_bytes(), job.backbone.name, job.task,
+                            config.explain, run_dir / "explain", on_shard=None, rows=job.source.num_rows("test"),
+                            read_rows=lambda row_ids: job.read_split("test", row_ids),
+                            thresholds=read_thresholds(run_dir))
     (run_dir / "explain" / "summary.txt").write_text(describe(outcome))
     publish(folder, "explain")
     return outcome

@@ -13,18 +13,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from medray.task import SingleLabelTask
-from medray.cluster import connect
 from medray.config import to_yaml
-from medray.data.manifest import prepare_source
-from medray.data.pipeline import read_split
-from medray.data.sources import discover
-from medray.data.unlabelled import discover_unlabelled, has_labels, row_sources, usable_unlabelled
+from medray.data.sources import has_labels, row_sources
 from medray.errors import MedrayError
 from medray.evaluate import compute_metrics, predictions_from_maps
 from medray.explain.bulk import ExplainOutcome, explain_split
 from medray.explain.graph import CamGraph
 from medray.explain.job import describe
+from medray.job import prepare_job
 from medray.models.actor import UserModelSpec
 from medray.models.preprocessing import DECLARED_PREPROCESSING, ModelInput
 from medray.models.registry import get_backbone
@@ -64,40 +60,33 @@ def explain_model(config, model_path: str | Path | None = None,
         raise MedrayError(f"explain.target=true: the images in {config.data.path} have no labels; use predicted or all")
     cam_layers = CamGraph(model, config.explain.cam_layer).layers
     if labelled:
-        source = discover(config.data)
-        class_names = source.class_names
+        job = prepare_job(config, input_size=shape.input_size)
+        class_names = job.source.class_names
     else:
         class_names = config.data.class_names or run_class_names(class_names_from, path)
-        source = discover_unlabelled(config.data, class_names)
+        job = prepare_job(config, input_size=shape.input_size, unlabelled_classes=class_names)
     check_class_names(class_names, shape, path)
     folder = create_run_folder(config)  # in object storage too: written here, uploaded at the end
     out_dir = folder.local
     (out_dir / "config.yaml").write_text(to_yaml(config))
-    connect(config.scaling)
-    skipped = 0
-    if labelled:  # bad rows refused or skipped and counted, as in a run
-        source, data_report = prepare_source(source, config.data, out_dir)
-        (out_dir / "data.json").write_text(json.dumps(data_report, indent=2))
-    else:
-        source, skipped = usable_unlabelled(source, config.data, out_dir / "manifest.parquet")
+    # Bad rows refused or skipped and counted, as in a run.
+    job = job.start(out_dir)
+    if labelled:
+        (out_dir / "data.json").write_text(json.dumps(job.data_report, indent=2))
     spec = UserModelSpec(path.suffix.lower(), ModelInput(shape.channels, preprocessing(config.explain.preprocess)),
                          cam_layers, config.explain.trust_model_code)
-    # A model trained elsewhere: one class per image; what its maps differentiate is read from its head.
-    task = SingleLabelTask(tuple(class_names))
-    explained = explain_split(read_split(source, "test", shape.input_size, config.data), path.read_bytes(), spec,
-                              task, config.explain, out_dir / "explain",
-                              read_rows=lambda row_ids: read_split(source, "test", shape.input_size, config.data,
-                                                                   row_ids))
-    predictions = predictions_from_maps(explained.maps_dir, task)
-    predictions.insert(1, "source", predictions["row_id"].map(row_sources(source)))
+    explained = explain_split(job.read_split("test"), path.read_bytes(), spec, job.task, config.explain,
+                              out_dir / "explain", read_rows=lambda row_ids: job.read_split("test", row_ids))
+    predictions = predictions_from_maps(explained.maps_dir, job.task)
+    predictions.insert(1, "source", predictions["row_id"].map(row_sources(job.source)))
     predictions.to_parquet(out_dir / "predictions.parquet", index=False)
     lines = [describe(explained).rstrip("\n")]
     if labelled:
-        (out_dir / "metrics.json").write_text(json.dumps(compute_metrics(predictions, task), indent=2))
+        (out_dir / "metrics.json").write_text(json.dumps(compute_metrics(predictions, job.task), indent=2))
     else:
         lines.append(NO_LABELS)
-        if skipped:
-            lines.append(f"images left out as unreadable: {skipped} (data.on_bad_image: skip; "
+        if job.skipped:
+            lines.append(f"images left out as unreadable: {job.skipped} (data.on_bad_image: skip; "
                          f"see {out_dir / 'manifest.parquet'})")
     facts = {"model": str(path.resolve()), "input_size": shape.input_size, "channels": shape.channels,
              "class_names": class_names, "preprocess": config.explain.preprocess, "cam_layers": list(cam_layers),

@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from medray.config import RunConfig
-from medray.data.readers import decode_row, rows_of
+from medray.data.decode import decode_row
+from medray.data.readers import rows_of
 from medray.errors import BadImage
 from medray.filenames import safe_filename
 

@@ -29,13 +29,11 @@ from ray import tune
 from medray import console, storage
 from medray.cluster import check_cpus_for_data, connect, remove_leftover_worker_groups
 from medray.config import RunConfig, ScalingConfig, load_config, to_yaml
-from medray.data.pipeline import read_split
 from medray.data.sources import Source, discover
 from medray.errors import MedrayError
 from medray.evaluate import compute_metrics, predict
-from medray.models.registry import get_backbone
+from medray.job import prepare_job
 from medray.run_folder import RunFolder, download, mark_finished, publish, scratch_folder
-from medray.task import make_task
 from medray.train.loop import CHECKPOINT_MODEL
 from medray.tune.leaderboard import (SWEEP_FILE, build_leaderboard, epoch_history, exported_row, trial_dirs,
                                      write_leaderboard)
@@ -269,14 +267,11 @@ def evaluate_on_test(trial_dir: Path, sweep: SweepConfig, source: Source, sweep_
     config = load_config(trial_dir / TRIAL_CONFIG)
     checkpoint = exported_checkpoint(trial_dir, sweep.metric, sweep.mode, sweep_location)
     (trial_dir / "model.keras").write_bytes(storage.read_bytes(storage.join(checkpoint, CHECKPOINT_MODEL)))
-    backbone = get_backbone(config.model.backbone)
-    image_size = config.model.input_size or backbone.input_size
-    test = read_split(source, "test", image_size, config.data)
-    task = make_task(config.task, source.class_names)
-    predictions = predict(test, (trial_dir / "model.keras").read_bytes(), backbone.name, task,
-                          config.explain.batch_size, config.explain.concurrency)
+    job = prepare_job(config, source=source)
+    predictions = predict(job.read_split("test"), (trial_dir / "model.keras").read_bytes(), job.backbone.name,
+                          job.task, config.explain.batch_size, config.explain.concurrency)
     predictions.to_parquet(trial_dir / "predictions.parquet", index=False)
-    metrics = compute_metrics(predictions, task)
+    metrics = compute_metrics(predictions, job.task)
     (trial_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 

@@ -16,11 +16,9 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from medray import storage
 from medray.config import RunConfig, to_yaml
-from medray.data.pipeline import training_data
 from medray.data.sources import Source
-from medray.models.registry import get_backbone
+from medray.job import prepare_job
 from medray.run_folder import publish, scratch_folder
-from medray.task import make_task
 from medray.tune.space import trial_config
 
 TRIAL_CONFIG = "config.yaml"
@@ -43,14 +41,11 @@ def run_trial(params: dict, base: dict, source: Source, sweep_dir: str) -> None:
     (trial_dir / TRIAL_CONFIG).write_text(to_yaml(config))
     publish(folder)  # a trial that ASHA stops never reaches the end of this function
 
-    backbone = get_backbone(config.model.backbone)
-    image_size = config.model.input_size or backbone.input_size
-    task = make_task(config.task, source.class_names)
-    initial_model = pretrained_model(backbone, image_size, task.head, config.model)
+    job = prepare_job(config, source=source)  # discovered once by the sweep, for every trial
+    initial_model = pretrained_model(job.backbone, job.image_size, job.task.head, config.model)
     # A resumed trial finds its Ray Train run under the same storage path and continues it.
-    outcome = train_model(config, source, training_data(source, backbone, image_size, config), image_size,
-                          trial_dir, initial_model, task, callbacks=[TuneReportCallback()],
-                          checkpoints=folder.checkpoints)
+    outcome = train_model(config, source, job.training_data(), job.image_size, trial_dir, initial_model, job.task,
+                          callbacks=[TuneReportCallback()], checkpoints=folder.checkpoints)
     (trial_dir / OUTCOME).write_text(json.dumps({
         "epochs": len(outcome.history), "exported_epoch": outcome.exported_epoch, "stop_reasons": outcome.stop_reasons,
     }, indent=2))

@@ -12,20 +12,21 @@ from dataclasses import replace
 
 import numpy as np
 
-from medray.data.decode import BadImage, is_colour
-from medray.data.readers import decode_row, reader_settings, rows_of
+from medray.data.decode import BadImage, decode_row, is_colour
+from medray.data.sources.base import Source, reader_settings
+from medray.data.sources.registry import get_source_kind
 
 # Train images decoded to decide "auto": enough to see a colour dataset, cheap on the driver.
 SAMPLE_IMAGES = 32
 
 
-def with_color(source, data_config):
+def with_color(source: Source, data_config) -> Source:
     """The source with its colour decided: data.color as given, or "auto" resolved from a sample."""
     color = data_config.color if data_config.color != "auto" else detect_color(source, data_config)
     return replace(source, color=color)
 
 
-def detect_color(source, data_config) -> str:
+def detect_color(source: Source, data_config) -> str:
     pieces = source.pieces["train"]
     if not pieces:
         return "gray"
@@ -33,11 +34,11 @@ def detect_color(source, data_config) -> str:
     chosen = [pieces[i] for i in np.unique(spread)]
     per_piece = max(1, SAMPLE_IMAGES // len(chosen))
     settings = reader_settings(source, data_config.model_copy(update={"mask_column": None})) | {"mask_column": None}
-    votes = []
+    kind, votes = get_source_kind(source.kind), []
     for piece in chosen:
         step = max(1, len(piece["rows"]) // per_piece)
         sample = {key: value[::step][:per_piece] if isinstance(value, list) else value for key, value in piece.items()}
-        for row in rows_of(source.kind, sample, settings):
+        for row in kind.rows(sample, settings):
             try:
                 votes.append(is_colour(decode_row(row, settings["max_pixels"], color="rgb")[0]))
             except BadImage:  # reported by the manifest pass, not here

@@ -1,0 +1,216 @@
+"""What every source kind shares: the `Source` it discovers, the `RawRow`s it reads, the
+`SourceKind` base whose hooks a kind overrides, and the helpers several kinds use.
+
+Each split becomes a list of read tasks ("pieces"), one shape for every source:
+`{file, part, offset, rows, row_ids, labels, split}` - a parquet row group (starting at row `offset`
+of its file), a chunk of an .npz split or one image file, with the positions of its rows in that part
+and their labels as class indices. Labels become indices in one place, `Labeller`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow.fs as pafs
+
+from medray import storage
+from medray.errors import BadImage, MedrayError
+
+SPLITS = ("train", "val", "test")
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                 "validation": "val", "test": "test", "testing": "test"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm"}
+UNKNOWN_LABEL = "unknown label"
+# The label of a row without one (images to explain with a model trained elsewhere).
+UNLABELLED = -1
+# Reasons a row is reported under, besides decode.py's.
+MISSING_FILE = "missing file"
+NO_IMAGE = "no image"
+
+
+@dataclass(frozen=True)
+class Source:
+    # the name its SourceKind is registered under (data.source)
+    kind: str
+    # a local path or a URI (s3://bucket/prefix): the pieces' files are locations of the same kind
+    path: str
+    class_names: list[str]
+    # split -> read tasks; a task is a small dict that Ray Data ships to a reader
+    pieces: dict[str, list[dict]]
+    # split -> rows per class, in class_names order
+    class_counts: dict[str, list[int]] = field(default_factory=dict)
+    # whether rows carry ground-truth lesion masks (the parquet has data.mask_column)
+    has_masks: bool = False
+    # rows refused before decoding (unknown labels, with on_bad_image: skip): row_id, split, source, ...
+    rejected: list[dict] = field(default_factory=list)
+    # files in class folders that are not images (.DS_Store, notes.txt): ignored, but counted
+    ignored_files: list[str] = field(default_factory=list)
+    # how images are read: "gray" (H x W) or "rgb" (H x W x 3); data.color "auto" is decided in discover
+    color: str = "gray"
+    # whether a row's label is a vector of K labels (1, 0, -1) rather than one class index
+    multi_label: bool = False
+
+    def num_rows(self, split: str) -> int:
+        return sum(self.class_counts[split])
+
+
+@dataclass(frozen=True)
+class RawRow:
+    row_id: str
+    label: int
+    # where the row lives, for messages: "<file> row 7" or the image file's path
+    where: str
+    # the stored image, or why it could not be read (raised when the row is decoded)
+    content: bytes | np.ndarray | BadImage
+    mask: bytes | None = None
+    # the image's own file name, for people: the HF struct's `path`, the linked or folder file; None for arrays
+    name: str | None = None
+
+
+class SourceKind:
+    """One way of storing a labelled dataset (data.source). A kind overrides `discover` and `rows`,
+    and the other hooks where its layout needs it; `registry.register` makes it known by `name`."""
+
+    name: str = ""
+    # what check_usable says medray expects when a split is empty
+    layout: str = ""
+    # a file with one of these suffixes holds this kind (`medray data inspect PATH` guesses by it)
+    suffixes: tuple[str, ...] = ()
+    # pieces one Ray Data read task takes: parquet and .npz pieces hold hundreds of rows
+    pieces_per_read_task: int = 1
+
+    def discover(self, data_config) -> Source:
+        """The splits, classes and read tasks of data.path, from listings and metadata only."""
+        raise NotImplementedError
+
+    def rows(self, piece: dict, settings: dict) -> Iterator[RawRow]:
+        """The rows of one read task as stored content (in a Ray Data worker); `settings` is
+        `reader_settings`'s dict. Bad content is not judged here, only when it is decoded."""
+        raise NotImplementedError
+
+    def labeller(self, class_names: list[str], data_config) -> Labeller:
+        return Labeller(class_names, data_config.on_bad_image == "skip")
+
+    def holds(self, folder: Path) -> bool:
+        """Whether the local folder holds a dataset of this kind (for guessing data.source)."""
+        return False
+
+    def has_labels(self, data_config) -> bool:
+        """Whether data.path carries labels, when data.labelled does not say."""
+        return True
+
+    def unlabelled_pieces(self, data_config) -> tuple[str | Path, list[dict]]:
+        """The root and the read tasks of every row of data.path, all of split "test", label UNLABELLED."""
+        raise MedrayError(f"data.source={data_config.source}: images without labels come as a folder "
+                          "(data.source: folders) or parquet files (data.source: parquet)")
+
+    def row_source(self, piece: dict, row: int) -> str:
+        """Where row `row` of a piece (one of its `rows`) was read from, for predictions.parquet."""
+        return f"{piece['file']} row {piece['offset'] + row}"
+
+    def file_facts(self, row_id: str) -> tuple[str, str]:
+        """The letters a row's file name starts with and the folder it sits in below its class,
+        for the shortcut detector; empty where rows have no file of their own."""
+        return "", ""
+
+
+def split_of(name: str) -> str | None:
+    """`train-00000-of-00001.parquet` -> train; `validation` -> val; unknown -> None."""
+    stem = name.split(".")[0]
+    for separator in ("-", "_"):
+        stem = stem.split(separator)[0]
+    return SPLIT_ALIASES.get(stem.lower())
+
+
+def count_labels(pieces: list[dict], num_classes: int) -> list[int]:
+    labels = [label for piece in pieces for label in piece["labels"]]
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).tolist()
+
+
+def missing_path(path: str) -> MedrayError:
+    if storage.is_uri(path):
+        return storage.missing(path, "data.path", "upload the dataset there or point data.path at it")
+    if storage.name(path) in ("parquet", "folders"):  # where `medray data synth --out DIR` writes
+        return storage.missing(path, "data.path", "create the demo data with `medray data synth --out "
+                                                  f"{storage.parent(path)}` or point data.path at your dataset")
+    return storage.missing(path, "data.path", "point data.path at your dataset (--set data.path=...)")
+
+
+def data_paths(data_config) -> list[str]:
+    paths = data_config.path if isinstance(data_config.path, list) else [data_config.path]
+    return [storage.normalise(path) for path in paths]
+
+
+def local_paths(data_config) -> list[Path]:
+    """data.path as local paths: images without labels are read from a local or mounted folder."""
+    paths = data_paths(data_config)
+    remote = [path for path in paths if storage.is_uri(path)]
+    if remote:
+        raise MedrayError(f"data.path {remote[0]}: images without labels are read from a local or mounted "
+                          "folder for now; copy them there (labelled data can stay in object storage)")
+    return [Path(path) for path in paths]
+
+
+def path_type(path: str) -> pafs.FileType:
+    return storage.info(path, "data.path").type
+
+
+def is_image_name(file: str) -> bool:
+    name = storage.name(file)
+    return "." in name and "." + name.rsplit(".", 1)[1].lower() in IMAGE_SUFFIXES and not name.startswith(".")
+
+
+class Labeller:
+    """Turns raw labels into class indices; unknown ones stop discovery or become rejected rows."""
+
+    def __init__(self, class_names: list[str], skip: bool):
+        self.class_names, self.skip, self.rejected = class_names, skip, []
+
+    def rows(self, values: list, row_ids: list[str], where: list[str], split: str) -> list[int | None]:
+        indices = []
+        for value, row_id, place in zip(values, row_ids, where):
+            index = self.index(value)
+            if index is None:
+                message = (f"{place}: label {value!r} is not a known class ({', '.join(self.class_names)}); "
+                           "fix the label, list every class in data.class_names, or set "
+                           "data.on_bad_image: skip to leave such rows out")
+                if not self.skip:
+                    raise MedrayError(message)
+                self.rejected.append({"row_id": row_id, "split": split, "source": place,
+                                      "status": UNKNOWN_LABEL, "message": message})
+            indices.append(index)
+        return indices
+
+    def index(self, value) -> int | None:
+        if isinstance(value, str):
+            return self.class_names.index(value) if value in self.class_names else None
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            return int(value) if 0 <= value < len(self.class_names) else None
+        return None
+
+
+def piece_of_rows(file: str, part: int, positions: list[int], row_ids: list[str],
+                  labels: list[int | None], split: str, offset: int = 0) -> dict | None:
+    """One read task of the rows that have a class; None if it has none."""
+    kept = [i for i, label in enumerate(labels) if label is not None]
+    if not kept:
+        return None
+    return {"file": file, "part": part, "offset": offset, "rows": [positions[i] for i in kept],
+            "row_ids": [row_ids[i] for i in kept], "labels": [labels[i] for i in kept], "split": split}
+
+
+def labelled_source(kind: SourceKind, path: str, class_names: list[str], pieces: dict[str, list[dict]],
+                    labeller: Labeller, **extra) -> Source:
+    counts = {split: count_labels(pieces[split], len(class_names)) for split in SPLITS}
+    return Source(kind.name, path, list(class_names), pieces, counts, rejected=labeller.rejected, **extra)
+
+
+def reader_settings(source: Source, data_config) -> dict:
+    """What `SourceKind.rows` and the decoders of a Ray Data worker need from the config."""
+    return {"kind": source.kind, "image_column": data_config.image_column,
+            "path_column": data_config.path_column, "label_column": data_config.label_column,
+            "mask_column": data_config.mask_column if source.has_masks else None,
+            "max_pixels": data_config.max_image_pixels, "color": source.color}
