@@ -58,7 +58,8 @@ class AugmentConfig(_Section):
 
 
 class SplitConfig(_Section):
-    """The stratified split medray makes when a dataset has none (folders of root/<class>/*)."""
+    """The split medray makes when a dataset has none: stratified by class for folders of
+    root/<class>/*; by patient (data.patient_column), else image by image, for a CSV listing."""
 
     train: float = Field(0.7, gt=0, lt=1)
     val: float = Field(0.15, gt=0, lt=1)
