@@ -341,7 +341,8 @@ CSV_KEYS = ("image_folder", "label_separator", "no_finding", "label_columns", "s
 def _check_data_keys(data: DataConfig) -> None:
     set_keys = data.model_fields_set
     if data.source != "csv":
-        stray = [key for key in CSV_KEYS if key in set_keys and getattr(data, key) != DataConfig.model_fields[key].default]
+        stray = [key for key in CSV_KEYS
+                 if key in set_keys and getattr(data, key) != DataConfig.model_fields[key].default]
         if stray:
             raise ValueError(f"data.{stray[0]} applies to data.source csv only (data.source is {data.source}); "
                              "remove it")

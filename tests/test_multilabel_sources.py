@@ -83,7 +83,8 @@ def write_labels_parquet(folder, labels_per_split: dict[str, list], arrow_type, 
                          extra_columns: dict | None = None):
     """One <split>-00000-of-00001.parquet per split: image struct, `labels` column, extra columns."""
     for index, (split, labels) in enumerate(labels_per_split.items()):
-        images = [{"bytes": image_bytes(scan(index * 100 + n)), "path": f"{split}_{n}.png"} for n in range(len(labels))]
+        images = [{"bytes": image_bytes(scan(index * 100 + n)), "path": f"{split}_{n}.png"}
+                  for n in range(len(labels))]
         columns = {"image": images, "labels": pa.array(labels, arrow_type)}
         columns |= {name: values(split, len(labels)) for name, values in (extra_columns or {}).items()}
         table = pa.table(columns)

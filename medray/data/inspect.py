@@ -1,9 +1,10 @@
 """`medray data inspect`: a dataset's quality report, from one Ray Data pass over every row.
 
-Per split: class counts (multi-label: images with each label present) and imbalance; image sizes and stored modes; rows that cannot be used and
-why; exact duplicates (same decoded pixels) within a split and across splits (train/test leakage);
-a short ranked list of brightness and contrast outliers (robust z-score within split and class); and
-acquisition shortcuts (shortcuts.py). Written as inspect.json and inspect.png.
+Per split: class counts (multi-label: images with each label present) and imbalance; image sizes
+and stored modes; rows that cannot be used and why; exact duplicates (same decoded pixels) within a
+split and across splits (train/test leakage); a short ranked list of brightness and contrast
+outliers (robust z-score within split and class, or label combination); and acquisition shortcuts
+(shortcuts.py; single-label data only). Written as inspect.json and inspect.png.
 With dedupe, a manifest without duplicates and leaked rows is written for `data.manifest`.
 """
 

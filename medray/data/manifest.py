@@ -127,8 +127,8 @@ def acquisition_facts(row: RawRow, kind: str) -> dict:
 
 def fingerprint(data_config) -> str:
     settings = data_config.model_dump(mode="json", include=set(ROW_SETTINGS))
-    settings |= {key: value for key, value in data_config.model_dump(mode="json", include=set(LATER_ROW_SETTINGS)).items()
-                 if value != type(data_config).model_fields[key].default}
+    later = data_config.model_dump(mode="json", include=set(LATER_ROW_SETTINGS))
+    settings |= {key: value for key, value in later.items() if value != type(data_config).model_fields[key].default}
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
