@@ -58,7 +58,8 @@ class AugmentConfig(_Section):
 
 
 class SplitConfig(_Section):
-    """The stratified split medray makes when a dataset has none (folders of root/<class>/*)."""
+    """The split medray makes when a dataset has none: stratified by class for folders of
+    root/<class>/*; by patient (data.patient_column), else image by image, for a CSV listing."""
 
     train: float = Field(0.7, gt=0, lt=1)
     val: float = Field(0.15, gt=0, lt=1)
@@ -97,6 +98,25 @@ class DataConfig(_Section):
     uncertain: Literal["ignore", "ones", "zeros"] = "ignore"
     # Overrides the class names found in the data (Hugging Face metadata or folder names).
     class_names: list[str] | None = None
+    # data.source csv: a CSV file listing one image per row (ChestX-ray14's Data_Entry_2017.csv,
+    # CheXpert's train.csv), its paths in image_column relative to image_folder: a folder, absolute
+    # or relative to the CSV's folder; None: the CSV's own folder.
+    image_folder: Location | None = None
+    # csv: the label column lists an image's labels joined by this ("Effusion|Mass", ChestX-ray14);
+    # None: one class per row (single-label).
+    label_separator: str | None = Field("|", min_length=1)
+    # csv: the label column's value for an image without findings (no label present).
+    no_finding: str = "No Finding"
+    # csv, CheXpert style, instead of label_column: one column per label, each holding 1 (present),
+    # 0 (absent), -1 (uncertain, see `uncertain`) or blank. Blank (not mentioned in the report) counts
+    # as 0, as in the CheXpert paper's training.
+    label_columns: list[str] | None = Field(None, min_length=1)
+    # csv: a column naming each row's split (train, val, test or validation, ...). Without it medray
+    # splits by data.split: by patient when patient_column is set, else image by image.
+    split_column: str | None = None
+    # csv: a column naming each image's patient (ChestX-ray14: "Patient ID"): all images of a patient
+    # go to one split, so that no test patient was seen in training.
+    patient_column: str | None = None
     max_image_pixels: int = Field(50_000_000, gt=0)
     # gray: every image as gray; rgb: colour kept (gray images repeated over 3 channels); auto: rgb
     # when at least half of a sample of train images carry colour (medray/data/sources/color.py).
@@ -308,9 +328,31 @@ class RunConfig(_Section):
             raise ValueError("train.class_balance=oversample: oversampling repeats the rows of a class, and a "
                              "multi-label image belongs to several or none; multi-label runs balance each label "
                              "by weighting its positives (train.class_balance: weights)")
+        _check_data_keys(self.data)
         if self.model.weights != "none" and self.model.backbone == "baseline_cnn":
             raise ValueError("model.weights: baseline_cnn has no pretrained weights; use weights: none")
         return self
+
+
+# Keys that only a CSV listing reads; set for another data.source they would be silently ignored.
+CSV_KEYS = ("image_folder", "label_separator", "no_finding", "label_columns", "split_column", "patient_column")
+
+
+def _check_data_keys(data: DataConfig) -> None:
+    set_keys = data.model_fields_set
+    if data.source != "csv":
+        stray = [key for key in CSV_KEYS
+                 if key in set_keys and getattr(data, key) != DataConfig.model_fields[key].default]
+        if stray:
+            raise ValueError(f"data.{stray[0]} applies to data.source csv only (data.source is {data.source}); "
+                             "remove it")
+    if data.label_columns is not None:
+        if "label_column" in set_keys:
+            raise ValueError("data.label_column and data.label_columns: give one, the column of label names "
+                             "(ChestX-ray14) or one column per label (CheXpert)")
+        repeated = next((name for name in data.label_columns if data.label_columns.count(name) > 1), None)
+        if repeated is not None:
+            raise ValueError(f"data.label_columns lists {repeated!r} twice; list each label once")
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:

@@ -19,7 +19,7 @@ def test_demo_config_is_valid_and_trains_on_two_workers():
     ({**MINIMAL, "train": {"epoks": 3}}, "unknown key train.epoks (did you mean epochs?"),
     ({**MINIMAL, "train": {"lr": -0.1}}, "train.lr=-0.1 is not allowed"),
     ({**MINIMAL, "train": {"epochs": "many"}}, "train.epochs='many' is not allowed"),
-    ({**MINIMAL, "data": {"path": "x", "source": "csv"}}, "data.source='csv' is not allowed"),
+    ({**MINIMAL, "data": {"path": "x", "source": "excel"}}, "data.source='excel' is not allowed"),
     ({**MINIMAL, "scaling": {"cpus_per_worker": 0}}, "scaling.cpus_per_worker=0 is not allowed"),
     ({**MINIMAL, "output": {"run_id": "../escape"}}, "output.run_id='../escape' is not allowed"),
     ({}, "missing key data"),

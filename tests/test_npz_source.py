@@ -49,11 +49,12 @@ def test_missing_split_array_is_named(tmp_path):
         discover(DataConfig(path=path, source="npz"))
 
 
-def test_multi_label_arrays_are_refused_with_a_reason(tmp_path):
+def test_label_arrays_of_different_widths_across_splits_are_refused(tmp_path):
+    # Multi-label train labels (N x 14, as ChestMNIST) beside class indices in val and test.
     arrays = medmnist_arrays()
     arrays["train_labels"] = np.zeros((5, 14), np.int64)
     path = write_npz(tmp_path / "chest.npz", **arrays)
-    with pytest.raises(MedrayError, match="single-label"):
+    with pytest.raises(MedrayError, match="1 and 14 columns; every split needs the same labels"):
         discover(DataConfig(path=path, source="npz"))
 
 
@@ -69,7 +70,7 @@ def test_pickled_object_arrays_are_never_loaded(tmp_path):
     ("train_images", np.zeros((5, 28, 28, 28), np.uint8), "train_images has shape (5, 28, 28, 28) and looks like 3-D volumes"),
     ("val_images", np.zeros((5, 28, 28, 4), np.uint8), "val_images has shape (5, 28, 28, 4) and has 4 channels"),
     ("test_images", np.zeros((5, 28, 28), np.float32), "test_images has shape (5, 28, 28) and is float32"),
-    ("train_labels", np.zeros((5, 14), np.int64), "train_labels has shape (5, 14): 14 labels per image"),
+    ("train_labels", np.zeros((5, 2, 2), np.int64), "train_labels has shape (5, 2, 2) and dtype int64"),
     ("val_labels", np.zeros(5, np.float64), "val_labels has shape (5,) and dtype float64"),
 ])
 def test_arrays_medray_cannot_use_are_refused_before_ray_naming_file_key_and_shape(tmp_path, key, array, words):

@@ -1,9 +1,10 @@
 """`medray data inspect`: a dataset's quality report, from one Ray Data pass over every row.
 
-Per split: class counts and imbalance; image sizes and stored modes; rows that cannot be used and
-why; exact duplicates (same decoded pixels) within a split and across splits (train/test leakage);
-a short ranked list of brightness and contrast outliers (robust z-score within split and class); and
-acquisition shortcuts (shortcuts.py). Written as inspect.json and inspect.png.
+Per split: class counts (multi-label: images with each label present) and imbalance; image sizes
+and stored modes; rows that cannot be used and why; exact duplicates (same decoded pixels) within a
+split and across splits (train/test leakage); a short ranked list of brightness and contrast
+outliers (robust z-score within split and class, or label combination); and acquisition shortcuts
+(shortcuts.py; single-label data only). Written as inspect.json and inspect.png.
 With dedupe, a manifest without duplicates and leaked rows is written for `data.manifest`.
 """
 
@@ -15,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medray.data.manifest import OK, row_warnings, scan_rows, write_manifest
+from medray.data.manifest import OK, manifest_labels, row_warnings, scan_rows, write_manifest
 from medray.data.shortcuts import format_shortcuts, shortcut_report
-from medray.data.sources import SPLITS, discover
+from medray.data.sources import SPLITS, count_labels, discover
+from medray.data.sources.base import row_label
 from medray.data.validation import small_validation_warnings
 from medray.filenames import safe_filename
 
@@ -38,7 +40,7 @@ def inspect_data(config, out_dir: Path, dedupe: bool = False) -> dict:
     source = discover(data_config)
     connect(config.scaling)
     frame = scan_rows(source, data_config)
-    report = quality_report(frame, source.class_names)
+    report = quality_report(frame, source.class_names, source.multi_label)
     report["ignored_files"] = {"count": len(source.ignored_files), "files": source.ignored_files[:EXAMPLES]}
     report["validation_warnings"] = small_validation_warnings(source, data_config.min_val_per_class)
     report["color"] = {"setting": data_config.color, "used": source.color}
@@ -57,10 +59,11 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else str(value)
 
 
-def quality_report(frame: pd.DataFrame, class_names: list[str]) -> dict:
+def quality_report(frame: pd.DataFrame, class_names: list[str], multi_label: bool = False) -> dict:
     used = frame[frame["status"] == OK]
     return {
         "class_names": class_names,
+        "multi_label": multi_label,
         "rows": len(frame),
         "splits": {split: split_summary(frame[frame["split"] == split], class_names) for split in SPLITS},
         "sizes": _counts(used["width"].astype(str) + "x" + used["height"].astype(str)),
@@ -77,7 +80,7 @@ def quality_report(frame: pd.DataFrame, class_names: list[str]) -> dict:
 
 def split_summary(rows: pd.DataFrame, class_names: list[str]) -> dict:
     used = rows[rows["status"] == OK]
-    counts = np.bincount(used["label"].astype(int), minlength=len(class_names))
+    counts = np.asarray(count_labels([{"labels": manifest_labels(used["label"])}], len(class_names)))
     present = counts[counts > 0]
     return {
         "rows": len(rows),
@@ -129,7 +132,9 @@ def outliers(used: pd.DataFrame) -> dict:
     (a sixth of a real MRI set was): that is a shortcut, which the shortcut section reports, and
     the list drowned the few images that are odd within their class."""
     found = []
-    for _, rows in used.groupby(["split", "label"], sort=False):
+    # Multi-label rows are grouped by their combination of labels.
+    groups = used["label"].map(lambda label: str(row_label(label)))
+    for _, rows in used.groupby([used["split"], groups], sort=False):
         scores = rows.assign(z_mean=robust_z(rows["mean"]), z_std=robust_z(rows["std"]))
         found.append(scores[(scores["z_mean"].abs() > OUTLIER_Z) | (scores["z_std"].abs() > OUTLIER_Z)])
     columns = ["row_id", "split", "label", "mean", "std", "z_mean", "z_std"]

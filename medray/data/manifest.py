@@ -27,7 +27,7 @@ from medray.data.decode import content_hash, decode_row
 from medray.data.dicom import is_dicom
 from medray.data.readers import pieces_of, read_tasks, rows_of
 from medray.data.sources import SPLITS, RawRow, Source, check_usable, count_labels, get_source_kind
-from medray.data.sources.base import reader_settings
+from medray.data.sources.base import UNLABELLED, reader_settings, row_label
 from medray.data.validation import small_validation_warnings
 from medray.errors import BadImage, MedrayError
 
@@ -37,6 +37,9 @@ DEDUPLICATED = ("duplicate", "leak")
 # The data settings that decide which rows exist and how they decode: a manifest is reused only for these.
 ROW_SETTINGS = ("source", "path", "image_column", "path_column", "label_column", "class_names",
                 "max_image_pixels", "split")
+# Row settings added later: in the fingerprint only when set, so manifests written before them stay valid.
+LATER_ROW_SETTINGS = ("label_columns", "label_separator", "no_finding", "uncertain", "image_folder",
+                      "split_column", "patient_column")
 FINGERPRINT_KEY = b"medray.data"
 COLOR_KEY = b"medray.color"
 REPORTED_EXAMPLES = 200
@@ -54,8 +57,13 @@ def scan_rows(source: Source, data_config) -> pd.DataFrame:
             progress.advance(len(batch))
     records = pd.concat(batches, ignore_index=True) if batches else described.to_pandas()
     rejected = pd.DataFrame(source.rejected, columns=["row_id", "split", "source", "status", "message"])
-    rejected = rejected.assign(label=-1, order=len(pieces), position=np.arange(len(rejected)))
+    # A rejected row's label is unknown: -1, or K unknown values for multi-label data.
+    unknown = (pd.Series([[UNLABELLED] * len(source.class_names)] * len(rejected), index=rejected.index, dtype=object)
+               if source.multi_label else UNLABELLED)
+    rejected = rejected.assign(label=unknown, order=len(pieces), position=np.arange(len(rejected)))
     frame = pd.concat([records, rejected], ignore_index=True) if len(rejected) else records
+    if source.multi_label:  # lists, stored as list<int64> in manifest.parquet
+        frame["label"] = [[int(value) for value in label] for label in frame["label"]]
     return frame.sort_values(["order", "position"], kind="stable").reset_index(drop=True)[_columns(frame)]
 
 
@@ -119,6 +127,8 @@ def acquisition_facts(row: RawRow, kind: str) -> dict:
 
 def fingerprint(data_config) -> str:
     settings = data_config.model_dump(mode="json", include=set(ROW_SETTINGS))
+    later = data_config.model_dump(mode="json", include=set(LATER_ROW_SETTINGS))
+    settings |= {key: value for key, value in later.items() if value != type(data_config).model_fields[key].default}
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
@@ -204,8 +214,13 @@ def usable_pieces(frame: pd.DataFrame) -> dict[str, list[dict]]:
         first = rows.iloc[0]
         pieces[split].append({"file": first["file"], "part": int(first["part"]), "offset": int(first["offset"]),
                               "rows": rows["row"].astype(int).tolist(), "row_ids": rows["row_id"].tolist(),
-                              "labels": rows["label"].astype(int).tolist(), "split": split})
+                              "labels": manifest_labels(rows["label"]), "split": split})
     return pieces
+
+
+def manifest_labels(labels: pd.Series) -> list:
+    """A manifest's label column as pieces hold it: class indices, or lists of K values (multi-label)."""
+    return [row_label(label) for label in labels]
 
 
 def prepare_source(source: Source, data_config, run_dir: Path) -> tuple[Source, dict]:
@@ -237,6 +252,8 @@ def data_report(source: Source, frame: pd.DataFrame, manifest_path: Path) -> dic
         "kind": source.kind,
         "path": str(source.path),
         "class_names": source.class_names,
+        # several labels per image: class_counts then count the images with each label present
+        "multi_label": source.multi_label,
         # how images were read (gray or rgb), after data.color "auto" was decided
         "color": source.color,
         "class_counts": {split: dict(zip(source.class_names, source.class_counts[split])) for split in SPLITS},

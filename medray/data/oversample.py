@@ -36,6 +36,9 @@ class OversamplePlan:
 def plan_oversampling(row_ids: np.ndarray, labels: np.ndarray, target: int | str, seed: int) -> OversamplePlan:
     """target: rows per class and epoch, or "max" for the largest class's count."""
     row_ids, labels = np.asarray(row_ids).astype(str), np.asarray(labels, dtype=np.int64)
+    if labels.ndim > 1:
+        raise MedrayError("train.class_balance=oversample: the rows carry several labels each (multi-label), "
+                          "and oversampling repeats the rows of one class; use train.class_balance: weights")
     if len(set(row_ids.tolist())) != len(row_ids):
         raise MedrayError("oversampling needs unique row ids in the train split; found duplicates")
     classes, counts = np.unique(labels, return_counts=True)

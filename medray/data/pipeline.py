@@ -1,8 +1,10 @@
 """Ray Datasets for a run: read -> decode -> (augment) -> preprocess, all streamed in map_batches.
 
 A split's rows after decoding: `row_id` (str), `pixels` (uint8 H x W, or H x W x 3 when the source's
-colour is rgb) and `label` (int64), plus
-`mask` (uint8 H x W, 255 = lesion) when the parquet has the configured mask column.
+colour is rgb) and `label` (int64: a class index, or K values 1/0/-1 for multi-label data), plus
+`mask` (uint8 H x W, 255 = lesion) when the parquet has the configured mask column, or K x H x W
+(one mask per label, in class_names order; all zero for a label without a mask column) with
+data.mask_columns.
 Training and validation rows then become `image` (float32, the backbone's input) and `label`.
 """
 
@@ -19,7 +21,7 @@ from medray.data.augment import SEED_COLUMN, augment_pixels
 from medray.data.decode import decode_mask, decode_row, resize_pixels
 from medray.data.oversample import plan_oversampling, repeat_rows
 from medray.data.readers import pieces_of, read_tasks, rows_of
-from medray.data.sources.base import Source, reader_settings
+from medray.data.sources.base import Source, label_array, reader_settings
 from medray.models.preprocessing import ModelInput, to_model_input
 from medray.models.registry import Backbone
 
@@ -54,23 +56,34 @@ def pieces_with_rows(pieces: list[dict], row_ids: frozenset[str]) -> list[dict]:
 
 def read_pieces(batch: dict, settings: dict, image_size: int) -> dict:
     row_ids, pixels, labels, masks = [], [], [], []
+    per_label = settings.get("mask_columns")
     for piece in pieces_of(batch):
         for row in rows_of(settings["kind"], piece, settings):
             row_ids.append(row.row_id)
             pixels.append(resize_pixels(decode_row(row, settings["max_pixels"], color=settings["color"])[0],
                                         image_size))
             labels.append(row.label)
-            if settings["mask_column"]:
+            if per_label:
+                masks.append(np.stack([label_mask(mask, image_size, settings["max_pixels"], f"{row.where} ({column})")
+                                       for mask, column in zip(row.mask, per_label)]))
+            elif settings["mask_column"]:
                 masks.append(decode_mask(row.mask, image_size, settings["max_pixels"], f"{row.where} (mask)"))
+    label_shape = tuple(settings.get("label_shape", ()))
     rows = {
         "row_id": np.asarray(row_ids, dtype=object),
         "pixels": np.stack(pixels) if pixels else np.zeros(
             (0, image_size, image_size, *((3,) if settings["color"] == "rgb" else ())), np.uint8),
-        "label": np.asarray(labels, dtype=np.int64),
+        "label": np.asarray(labels, dtype=np.int64) if labels else np.zeros((0, *label_shape), np.int64),
     }
-    if settings["mask_column"]:
-        rows["mask"] = np.stack(masks) if masks else np.zeros((0, image_size, image_size), np.uint8)
+    if per_label or settings["mask_column"]:
+        mask_shape = (len(per_label),) if per_label else ()
+        rows["mask"] = np.stack(masks) if masks else np.zeros((0, *mask_shape, image_size, image_size), np.uint8)
     return rows
+
+
+def label_mask(data: bytes | None, size: int, max_pixels: int, where: str) -> np.ndarray:
+    """One label's mask of a row; a label without a mask column has no lesion to localise (all zero)."""
+    return np.zeros((size, size), np.uint8) if data is None else decode_mask(data, size, max_pixels, where)
 
 
 def select_rows(batch: dict, row_ids: frozenset[str], keep: bool = True) -> dict:
@@ -93,7 +106,7 @@ def one_batch_per_block(decoded: ray.data.Dataset, batch_size: int) -> ray.data.
 def training_data(source: Source, backbone: Backbone, image_size: int, config) -> TrainingData:
     """Train rows (oversampled if configured) augmented afresh every epoch, validation rows as they
     are; both preprocessed. Training never reads lesion masks."""
-    data_config = config.data.model_copy(update={"mask_column": None})
+    data_config = config.data.model_copy(update={"mask_column": None, "mask_columns": None})
     train_rows = source.num_rows("train")
     train = cached(read_split(source, "train", image_size, data_config), train_rows, image_size, config.data.cache)
     if config.train.class_balance == "oversample":
@@ -165,8 +178,8 @@ def oversampling_plan(source: Source, config):
     dropped unusable rows) list every row id and label, so no image is read for it."""
     pieces = source.pieces["train"]
     row_ids = [row_id for piece in pieces for row_id in piece["row_ids"]]
-    labels = [label for piece in pieces for label in piece["labels"]]
-    return plan_oversampling(np.asarray(row_ids), np.asarray(labels), config.train.oversample_to, config.seed)
+    labels = label_array(label for piece in pieces for label in piece["labels"])
+    return plan_oversampling(np.asarray(row_ids), labels, config.train.oversample_to, config.seed)
 
 
 def augment_and_prepare(batch: dict, model_input: ModelInput, augment) -> dict:

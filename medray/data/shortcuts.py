@@ -31,7 +31,11 @@ FOLDS = 5
 
 def shortcut_report(used: pd.DataFrame, class_names: list[str], seed: int = 0) -> dict:
     """used: the manifest's usable rows (all splits). Returns the classifier's cross-validated
-    accuracy against chance, per-class distributions of every statistic, and warnings."""
+    accuracy against chance, per-class distributions of every statistic, and warnings.
+    Not run on multi-label rows (a label vector each): it tells single classes apart."""
+    if len(used) and np.ndim(used["label"].iloc[0]) == 1:
+        return {"statistics": [], "rows": len(used), "warnings": [], "per_class": {},
+                "skipped": "multi-label data (the detector tells one class per image apart)"}
     labels = used["label"].to_numpy().astype(int)
     present = np.unique(labels)
     varying = [name for name, column in STATISTICS.items() if column in used and used[column].nunique() > 1]

@@ -23,6 +23,7 @@ from medray.errors import MedrayError
 from medray.data.sources import parquet  # noqa: E402,F401,I001
 from medray.data.sources import folders  # noqa: E402,F401,I001
 from medray.data.sources import npz  # noqa: E402,F401,I001
+from medray.data.sources import csv  # noqa: E402,F401,I001
 
 __all__ = ["SPLITS", "RawRow", "Source", "SourceKind", "check_usable", "count_labels", "describe_kinds", "discover",
            "discover_unlabelled", "get_source_kind", "guess_kind", "has_labels", "register", "row_sources",
@@ -40,10 +41,21 @@ def discover(data_config) -> Source:
 
 
 def check_usable(source: Source) -> None:
+    """Every split has images; the train split has two classes, or for multi-label data a positive
+    image of every label (a label never present in train cannot be learned, and its positive weight
+    and validation threshold would be made up)."""
     for split in SPLITS:
         if source.num_rows(split) == 0:
             raise MedrayError(f"{source.path}: the {split} split has no images; medray expects "
                               f"{get_source_kind(source.kind).layout}")
+    if source.multi_label:
+        absent = [name for name, count in zip(source.class_names, source.class_counts["train"]) if not count]
+        if absent:
+            raise MedrayError(f"{source.path}: no train image has label {absent[0]}"
+                              + (f" (nor {', '.join(absent[1:])})" if absent[1:] else "")
+                              + "; a label without positive examples cannot be learned: add images with it "
+                              "or leave it out of data.class_names (data.label_columns for a CSV)")
+        return
     present = [name for name, count in zip(source.class_names, source.class_counts["train"]) if count]
     if len(present) < 2:
         raise MedrayError(

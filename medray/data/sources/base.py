@@ -4,7 +4,9 @@
 Each split becomes a list of read tasks ("pieces"), one shape for every source:
 `{file, part, offset, rows, row_ids, labels, split}` - a parquet row group (starting at row `offset`
 of its file), a chunk of an .npz split or one image file, with the positions of its rows in that part
-and their labels as class indices. Labels become indices in one place, `Labeller`.
+and their labels: class indices, or for multi-label data one list of K values per row (1 present,
+0 absent, -1 unknown). Labels are resolved in one place, `Labeller` (`MultiLabeller` for several
+labels per image), which a kind asks for through `SourceKind.labeller`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "
                  "validation": "val", "test": "test", "testing": "test"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm"}
 UNKNOWN_LABEL = "unknown label"
+# A multi-label row whose values are not 1, 0 or -1, or not one per label.
+BAD_LABEL = "bad label"
+# A multi-label entry neither present nor absent (CheXpert's uncertain), kept under data.uncertain: ignore.
+UNCERTAIN = -1
 # The label of a row without one (images to explain with a model trained elsewhere).
 UNLABELLED = -1
 # Reasons a row is reported under, besides decode.py's.
@@ -40,9 +46,10 @@ class Source:
     class_names: list[str]
     # split -> read tasks; a task is a small dict that Ray Data ships to a reader
     pieces: dict[str, list[dict]]
-    # split -> rows per class, in class_names order
+    # split -> rows per class, in class_names order (multi-label: images with each label present)
     class_counts: dict[str, list[int]] = field(default_factory=dict)
-    # whether rows carry ground-truth lesion masks (the parquet has data.mask_column)
+    # whether rows carry ground-truth lesion masks (the parquet has data.mask_column, or the
+    # data.mask_columns of a multi-label source: one mask per label)
     has_masks: bool = False
     # rows refused before decoding (unknown labels, with on_bad_image: skip): row_id, split, source, ...
     rejected: list[dict] = field(default_factory=list)
@@ -54,18 +61,21 @@ class Source:
     multi_label: bool = False
 
     def num_rows(self, split: str) -> int:
-        return sum(self.class_counts[split])
+        # Counted from the read tasks: a multi-label image adds to several label counts or to none.
+        return sum(len(piece["rows"]) for piece in self.pieces[split])
 
 
 @dataclass(frozen=True)
 class RawRow:
     row_id: str
-    label: int
+    # a class index, or a multi-label row's K values (1, 0, -1)
+    label: int | list[int]
     # where the row lives, for messages: "<file> row 7" or the image file's path
     where: str
     # the stored image, or why it could not be read (raised when the row is decoded)
     content: bytes | np.ndarray | BadImage
-    mask: bytes | None = None
+    # the lesion mask; for data.mask_columns one per label in class_names order (None: no column)
+    mask: bytes | list[bytes | None] | None = None
     # the image's own file name, for people: the HF struct's `path`, the linked or folder file; None for arrays
     name: str | None = None
 
@@ -91,8 +101,11 @@ class SourceKind:
         `reader_settings`'s dict. Bad content is not judged here, only when it is decoded."""
         raise NotImplementedError
 
-    def labeller(self, class_names: list[str], data_config) -> Labeller:
-        return Labeller(class_names, data_config.on_bad_image == "skip")
+    def labeller(self, class_names: list[str], data_config, multi_label: bool = False) -> Labeller:
+        """The labeller of this kind's rows; `multi_label` when discovery finds several labels per
+        image (lists of names, multi-hot vectors, one column per label)."""
+        skip = data_config.on_bad_image == "skip"
+        return MultiLabeller(class_names, skip, data_config.uncertain) if multi_label else Labeller(class_names, skip)
 
     def holds(self, folder: Path) -> bool:
         """Whether the local folder holds a dataset of this kind (for guessing data.source)."""
@@ -126,8 +139,26 @@ def split_of(name: str) -> str | None:
 
 
 def count_labels(pieces: list[dict], num_classes: int) -> list[int]:
-    labels = [label for piece in pieces for label in piece["labels"]]
-    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).tolist()
+    """Rows per class; for multi-label pieces (a K-vector per row) the rows with each label present."""
+    labels = label_array([label for piece in pieces for label in piece["labels"]])
+    if labels.ndim == 2:
+        return (labels == 1).sum(axis=0).astype(int).tolist() if len(labels) else [0] * num_classes
+    return np.bincount(labels, minlength=num_classes).tolist()
+
+
+def label_array(labels) -> np.ndarray:
+    """Labels as int64: (N,) class indices, or (N, K) for multi-label rows (each a sequence of K values)."""
+    labels = list(labels)
+    if labels and np.ndim(labels[0]) == 1:
+        return np.asarray([np.asarray(label, dtype=np.int64) for label in labels], dtype=np.int64)
+    return np.asarray(labels, dtype=np.int64)
+
+
+def row_label(label) -> int | list[int]:
+    """One row's label as a kind's `rows` yields it, however Ray Data handed the piece over (a
+    number, a list, an array): an int, or a list of K ints for a multi-label row."""
+    values = np.asarray(label)
+    return int(values) if values.ndim == 0 else [int(value) for value in values]
 
 
 def missing_path(path: str) -> MedrayError:
@@ -166,6 +197,8 @@ def is_image_name(file: str) -> bool:
 class Labeller:
     """Turns raw labels into class indices; unknown ones stop discovery or become rejected rows."""
 
+    multi_label = False
+
     def __init__(self, class_names: list[str], skip: bool):
         self.class_names, self.skip, self.rejected = class_names, skip, []
 
@@ -192,8 +225,73 @@ class Labeller:
         return None
 
 
+class MultiLabeller(Labeller):
+    """Turns a multi-label row into K values in class_names order (1 present, 0 absent, -1 unknown).
+
+    A row's raw label is a list of label names (an empty list: no finding) or a multi-hot list of K
+    values 1/0/-1. data.uncertain applies CheXpert's policies (Irvin et al., "CheXpert", AAAI 2019):
+    "ones" (U-Ones) and "zeros" (U-Zeros) turn -1 into 1 or 0; "ignore" (U-Ignore) keeps -1, which
+    the loss and the metrics mask out. Anything else (another value, an unknown name, another
+    length, no label at all) stops discovery naming the row, or with skip becomes a rejected row.
+    """
+
+    multi_label = True
+
+    def __init__(self, class_names: list[str], skip: bool, uncertain: str = "ignore"):
+        super().__init__(class_names, skip)
+        self.uncertain = {"ignore": UNCERTAIN, "ones": 1, "zeros": 0}[uncertain]
+
+    def rows(self, values: list, row_ids: list[str], where: list[str], split: str) -> list[list[int] | None]:
+        vectors = []
+        for value, row_id, place in zip(values, row_ids, where):
+            vector, problem = self.vector(value)
+            if problem is not None:
+                message = (f"{place}: {problem}; fix the row, or set data.on_bad_image: skip to leave "
+                           "such rows out")
+                if not self.skip:
+                    raise MedrayError(message)
+                status = UNKNOWN_LABEL if problem.startswith("label name") else BAD_LABEL
+                self.rejected.append({"row_id": row_id, "split": split, "source": place,
+                                      "status": status, "message": message})
+            vectors.append(vector)
+        return vectors
+
+    def vector(self, value) -> tuple[list[int] | None, str | None]:
+        """(the K values, None) or (None, what is wrong with `value`)."""
+        if value is None:
+            return None, "the row has no label (write an empty list for an image without findings)"
+        values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
+        if all(isinstance(item, str) for item in values) and values:
+            unknown = [item for item in values if item not in self.class_names]
+            if unknown:
+                return None, (f"label name {unknown[0]!r} is not one of the labels "
+                              f"({', '.join(self.class_names)}); fix it or list it in data.class_names")
+            return [int(name in values) for name in self.class_names], None
+        if not values:
+            return [0] * len(self.class_names), None
+        numbers = [item for item in values if _is_integral(item)]
+        if len(numbers) != len(values):
+            bad = next(item for item in values if not _is_integral(item))
+            return None, f"label value {bad!r} is neither 1, 0 nor -1 (unknown) nor a label name"
+        bad = next((int(item) for item in numbers if int(item) not in (1, 0, UNCERTAIN)), None)
+        if bad is not None:
+            return None, f"label value {bad} is not 1 (present), 0 (absent) or -1 (unknown)"
+        if len(values) != len(self.class_names):
+            return None, (f"{len(values)} label values, expected {len(self.class_names)} (one per label: "
+                          f"{', '.join(self.class_names)})")
+        return [self.uncertain if int(item) == UNCERTAIN else int(item) for item in numbers], None
+
+
+def _is_integral(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, np.integer)):
+        return True
+    return isinstance(value, (float, np.floating)) and float(value).is_integer()
+
+
 def piece_of_rows(file: str, part: int, positions: list[int], row_ids: list[str],
-                  labels: list[int | None], split: str, offset: int = 0) -> dict | None:
+                  labels: list, split: str, offset: int = 0) -> dict | None:
     """One read task of the rows that have a class; None if it has none."""
     kept = [i for i, label in enumerate(labels) if label is not None]
     if not kept:
@@ -205,12 +303,21 @@ def piece_of_rows(file: str, part: int, positions: list[int], row_ids: list[str]
 def labelled_source(kind: SourceKind, path: str, class_names: list[str], pieces: dict[str, list[dict]],
                     labeller: Labeller, **extra) -> Source:
     counts = {split: count_labels(pieces[split], len(class_names)) for split in SPLITS}
-    return Source(kind.name, path, list(class_names), pieces, counts, rejected=labeller.rejected, **extra)
+    return Source(kind.name, path, list(class_names), pieces, counts, rejected=labeller.rejected,
+                  multi_label=labeller.multi_label, **extra)
 
 
 def reader_settings(source: Source, data_config) -> dict:
-    """What `SourceKind.rows` and the decoders of a Ray Data worker need from the config."""
-    return {"kind": source.kind, "image_column": data_config.image_column,
+    """What `SourceKind.rows` and the decoders of a Ray Data worker need from the config.
+
+    Masks: "mask_column" (one mask per image) or "mask_columns" (data.mask_columns: one column per
+    label in class_names order, None for a label without one); neither when the source has none.
+    "label_shape" is one row's label: () a class index, (K,) a multi-label vector."""
+    per_label = bool(source.has_masks and data_config.mask_columns)
+    return {"kind": source.kind, "source_path": str(source.path), "image_column": data_config.image_column,
             "path_column": data_config.path_column, "label_column": data_config.label_column,
-            "mask_column": data_config.mask_column if source.has_masks else None,
+            "mask_column": data_config.mask_column if source.has_masks and not per_label else None,
+            "mask_columns": ([data_config.mask_columns.get(name) for name in source.class_names]
+                             if per_label else None),
+            "label_shape": (len(source.class_names),) if source.multi_label else (),
             "max_pixels": data_config.max_image_pixels, "color": source.color}

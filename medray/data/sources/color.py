@@ -33,7 +33,7 @@ def detect_color(source: Source, data_config) -> str:
     spread = np.linspace(0, len(pieces) - 1, min(len(pieces), SAMPLE_IMAGES)).astype(int)
     chosen = [pieces[i] for i in np.unique(spread)]
     per_piece = max(1, SAMPLE_IMAGES // len(chosen))
-    settings = reader_settings(source, data_config.model_copy(update={"mask_column": None})) | {"mask_column": None}
+    settings = reader_settings(source, data_config) | {"mask_column": None, "mask_columns": None}
     kind, votes = get_source_kind(source.kind), []
     for piece in chosen:
         step = max(1, len(piece["rows"]) // per_piece)

@@ -12,7 +12,7 @@ import pyarrow.fs as pafs
 from medray import storage
 from medray.data.sources.base import (MISSING_FILE, SPLIT_ALIASES, SPLITS, UNLABELLED, RawRow, Source, SourceKind,
                                       data_paths, is_image_name, labelled_source, local_paths, missing_path,
-                                      path_type, piece_of_rows)
+                                      path_type, piece_of_rows, row_label)
 from medray.data.sources.registry import register
 from medray.data.sources.splits import folder_order, stratified_split
 from medray.errors import BadImage, MedrayError
@@ -64,7 +64,7 @@ class FolderSource(SourceKind):
         except OSError as error:
             reason = error.strerror or storage.first_line(error)
             content = BadImage(f"{path}: cannot read the file ({reason})", MISSING_FILE)
-        yield RawRow(str(piece["row_ids"][0]), int(piece["labels"][0]), path, content, name=Path(path).name)
+        yield RawRow(str(piece["row_ids"][0]), row_label(piece["labels"][0]), path, content, name=Path(path).name)
 
     def holds(self, folder: Path) -> bool:
         return any(is_image_name(file) for file in folder.rglob("*"))

@@ -1,5 +1,9 @@
 """MedMNIST's layout: train_images / train_labels, val_*, test_* arrays in one .npz file, read in
-chunks of NPZ_ROWS_PER_PIECE rows (one read task each). Never unpickled."""
+chunks of NPZ_ROWS_PER_PIECE rows (one read task each). Never unpickled.
+
+Labels of shape N or N x 1 are class indices; N x K with K > 1 are K labels per image (multi-label,
+as MedMNIST's ChestMNIST: 1 present, 0 absent, -1 unknown), named by data.class_names or label_0...
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import pyarrow.fs as pafs
 
 from medray import storage
 from medray.data.sources.base import (SPLITS, RawRow, Source, SourceKind, data_paths, labelled_source, missing_path,
-                                      path_type, piece_of_rows)
+                                      path_type, piece_of_rows, row_label)
 from medray.data.sources.registry import register
 from medray.errors import MedrayError
 
@@ -30,7 +34,9 @@ class NpzSource(SourceKind):
         if kind != pafs.FileType.File:
             raise missing_path(path) if kind == pafs.FileType.NotFound else MedrayError(
                 f"data.path {data_config.path}: expected one .npz file")
-        raw: dict[str, list[int]] = {}
+        # split -> class indices, or one list of K values per image (multi-label)
+        raw: dict[str, list] = {}
+        widths = set()
         # allow_pickle=False: an .npz may carry pickled objects, which would run code on load.
         with storage.open_input(path) as handle, np.load(handle, allow_pickle=False) as arrays:
             for split in SPLITS:
@@ -41,13 +47,23 @@ class NpzSource(SourceKind):
                 images = check_npz_images(path, f"{split}_images", *npz_header(arrays, f"{split}_images", path))
                 split_labels = _load_array(arrays, f"{split}_labels", path)
                 check_npz_labels(path, f"{split}_labels", split_labels.shape, split_labels.dtype)
-                raw[split] = [int(label) for label in split_labels.reshape(-1)]
+                width = split_labels.shape[1] if split_labels.ndim == 2 else 1
+                widths.add(width)
+                raw[split] = (split_labels.astype(np.int64).tolist() if width > 1
+                              else [int(label) for label in split_labels.reshape(-1)])
                 if images[0] != len(raw[split]):
                     raise MedrayError(f"{path}: {split}_images holds {images[0]} images but {split}_labels "
                                       f"{len(raw[split])} labels; give every image one label")
-        largest = max((max(values) for values in raw.values() if values), default=0)
-        class_names = data_config.class_names or [f"class_{index}" for index in range(largest + 1)]
-        labeller = self.labeller(class_names, data_config)
+        if len(widths) > 1:
+            raise MedrayError(f"{path}: the _labels arrays have {' and '.join(map(str, sorted(widths)))} columns; "
+                              "every split needs the same labels")
+        width = widths.pop()
+        multi_label = width > 1
+        class_names = data_config.class_names or _default_names(raw, width)
+        if multi_label and len(class_names) != width:
+            raise MedrayError(f"{path}: the _labels arrays hold {width} labels per image but data.class_names "
+                              f"lists {len(class_names)}; name every label, in column order")
+        labeller = self.labeller(class_names, data_config, multi_label)
         pieces: dict[str, list[dict]] = {split: [] for split in SPLITS}
         for split in SPLITS:
             for start in range(0, len(raw[split]), NPZ_ROWS_PER_PIECE):
@@ -65,7 +81,7 @@ class NpzSource(SourceKind):
         with storage.open_input(file) as handle, np.load(handle, allow_pickle=False) as arrays:
             images = arrays[f"{split}_images"][positions]
         for position, image, row_id, label in zip(positions, images, piece["row_ids"], piece["labels"]):
-            yield RawRow(str(row_id), int(label), f"{file} {split} row {position}", image)
+            yield RawRow(str(row_id), row_label(label), f"{file} {split} row {position}", image)
 
 
 def npz_header(arrays, key: str, path: str) -> tuple[tuple[int, ...], np.dtype]:
@@ -98,13 +114,17 @@ def check_npz_images(path: str, key: str, shape: tuple[int, ...], dtype: np.dtyp
 
 
 def check_npz_labels(path: str, key: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
-    """N or N x 1 integer class indices; MedMNIST's multi-label ChestMNIST (N x 14) is refused."""
-    if len(shape) == 2 and shape[1] > 1:
-        raise MedrayError(f"{path}: {key} has shape {shape}: {shape[1]} labels per image; medray trains "
-                          "single-label classifiers (one label per image, shape N or N x 1)")
+    """N or N x 1 integer class indices, or N x K integer label values (multi-label, as ChestMNIST)."""
     if len(shape) not in (1, 2) or not np.issubdtype(dtype, np.integer):
         raise MedrayError(f"{path}: {key} has shape {shape} and dtype {dtype}; medray reads integer class "
-                          "indices of shape N or N x 1")
+                          "indices of shape N or N x 1, or N x K label values 1/0/-1 (multi-label)")
+
+
+def _default_names(raw: dict[str, list], width: int) -> list[str]:
+    if width > 1:
+        return [f"label_{index}" for index in range(width)]
+    largest = max((max(values) for values in raw.values() if values), default=0)
+    return [f"class_{index}" for index in range(largest + 1)]
 
 
 def _load_array(arrays, key: str, path: str) -> np.ndarray:

@@ -1,6 +1,13 @@
 """Parquet files named by split (train-*.parquet, val-*, test-*): an image column (bytes or a
 Hugging Face image struct) or a column of image file paths, a label column, optionally a mask
-column. One read task per row group."""
+column. One read task per row group.
+
+A label column of lists holds several labels per image (multi-label): a list of label names
+(list<string>, empty = no finding) or a multi-hot list of K values 1/0/-1 (list<int>). The names
+come from data.class_names, else the Hugging Face features (Sequence or List of ClassLabel), else
+the sorted names seen (label_0... for multi-hot). data.mask_columns then gives one mask column per
+label.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +18,14 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from medray import storage
 from medray.data.sources.base import (MISSING_FILE, NO_IMAGE, SPLITS, UNLABELLED, RawRow, Source, SourceKind,
-                                      data_paths, labelled_source, missing_path, path_type, piece_of_rows, split_of)
+                                      data_paths, labelled_source, missing_path, path_type, piece_of_rows, row_label,
+                                      split_of)
 from medray.data.sources.registry import register
 from medray.errors import BadImage, MedrayError
 
@@ -44,8 +53,11 @@ class ParquetSource(SourceKind):
                     raise MedrayError(f"{file}: no column {column!r} (columns: {', '.join(names)}); set {key} "
                                       "to the right name")
             tables[file] = (split, metadata, metadata.read(columns=[data_config.label_column]).column(0).to_pylist())
-        class_names = data_config.class_names or _class_names(tables, data_config.label_column)
-        labeller = self.labeller(class_names, data_config)
+        multi_label = any(_is_list(metadata.schema_arrow.field(data_config.label_column).type)
+                          for _, metadata, _ in tables.values())
+        class_names = data_config.class_names or (_label_names(tables, data_config.label_column) if multi_label
+                                                  else _class_names(tables, data_config.label_column))
+        labeller = self.labeller(class_names, data_config, multi_label)
         pieces: dict[str, list[dict]] = {split: [] for split in SPLITS}
         for file, (split, metadata, values) in tables.items():
             name = storage.relative(file, root)
@@ -59,24 +71,29 @@ class ParquetSource(SourceKind):
                 piece = piece_of_rows(file, group, list(range(rows)), row_ids, labels, split, offset)
                 pieces[split] += [piece] if piece else []
                 offset += rows
-        has_masks = data_config.mask_column is not None and all(
-            data_config.mask_column in metadata.schema_arrow.names for _, metadata, _ in tables.values())
+        mask_columns = ([data_config.mask_column] if data_config.mask_column and not data_config.mask_columns
+                        else list(_mask_columns(data_config, class_names, multi_label).values()))
+        has_masks = bool(mask_columns) and all(column in metadata.schema_arrow.names for column in mask_columns
+                                               for _, metadata, _ in tables.values())
         return labelled_source(self, root, class_names, pieces, labeller, has_masks=has_masks)
 
     def rows(self, piece: dict, settings: dict) -> Iterator[RawRow]:
         file = str(piece["file"])
         path_column, mask_column = settings["path_column"], settings["mask_column"]
+        per_label = settings.get("mask_columns") or []
         column = path_column or settings["image_column"]
-        columns = [column, *([mask_column] if mask_column else [])]
-        table = storage.parquet_file(file).read_row_group(int(piece["part"]), columns=columns).take(
+        mask_names = [name for name in dict.fromkeys([mask_column, *per_label]) if name]
+        table = storage.parquet_file(file).read_row_group(int(piece["part"]), columns=[column, *mask_names]).take(
             np.asarray(piece["rows"], dtype=np.int64))
         images = table.column(column).to_pylist()
-        masks = table.column(mask_column).to_pylist() if mask_column else [None] * len(images)
-        for position, image, mask, row_id, label in zip(piece["rows"], images, masks, piece["row_ids"],
-                                                        piece["labels"]):
+        cells = {name: table.column(name).to_pylist() for name in mask_names}
+        for index, (position, image, row_id, label) in enumerate(zip(piece["rows"], images, piece["row_ids"],
+                                                                     piece["labels"])):
             where = f"{file} row {int(piece['offset']) + int(position)}"
             content = _read_linked(file, image, where) if path_column else stored_image(file, image, where)
-            yield RawRow(str(row_id), int(label), where, content, _blob(mask) if mask_column else None,
+            mask = ([_blob(cells[name][index]) if name else None for name in per_label] if per_label
+                    else _blob(cells[mask_column][index]) if mask_column else None)
+            yield RawRow(str(row_id), row_label(label), where, content, mask,
                          name=_file_name(image, linked=bool(path_column)))
 
     def holds(self, folder: Path) -> bool:
@@ -146,11 +163,47 @@ def _class_names(tables: dict, label_column: str) -> list[str]:
 
 
 def _huggingface_class_names(metadata: pq.ParquetFile, label_column: str) -> list[str] | None:
+    """The names of a ClassLabel feature, or of the ClassLabel inside a list feature: `datasets`
+    writes Sequence(ClassLabel) as {"_type": "Sequence", "feature": {...}}, its newer List as
+    {"_type": "List", "feature": {...}}, and a plain Python list of a feature as [{...}]."""
     schema_metadata = metadata.schema_arrow.metadata or {}
     if b"huggingface" not in schema_metadata:
         return None
-    features = json.loads(schema_metadata[b"huggingface"]).get("info", {}).get("features", {})
-    return features.get(label_column, {}).get("names")
+    feature = json.loads(schema_metadata[b"huggingface"]).get("info", {}).get("features", {}).get(label_column, {})
+    if isinstance(feature, list) and len(feature) == 1:
+        feature = feature[0]
+    if isinstance(feature, dict) and feature.get("_type") in ("Sequence", "List", "LargeList"):
+        feature = feature.get("feature", {})
+    return feature.get("names") if isinstance(feature, dict) else None
+
+
+def _is_list(arrow_type: pa.DataType) -> bool:
+    return pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type)
+
+
+def _label_names(tables: dict, label_column: str) -> list[str]:
+    """The K label names of a multi-label column without data.class_names (see the module docstring)."""
+    for _, metadata, _ in tables.values():
+        names = _huggingface_class_names(metadata, label_column)
+        if names:
+            return list(names)
+    values = [item for _, _, labels in tables.values() for value in labels if value for item in value]
+    if any(isinstance(item, str) for item in values):
+        return sorted({item for item in values if isinstance(item, str)})
+    width = next((len(value) for _, _, labels in tables.values() for value in labels if value), 0)
+    return [f"label_{index}" for index in range(width)]
+
+
+def _mask_columns(data_config, class_names: list[str], multi_label: bool) -> dict[str, str]:
+    """data.mask_columns, checked against the label names: label -> its mask column."""
+    columns = data_config.mask_columns or {}
+    if columns and not multi_label:
+        raise MedrayError(f"data.mask_columns: data.label_column {data_config.label_column!r} holds one class "
+                          "per image; one mask per label is for multi-label data, use data.mask_column")
+    unknown = [name for name in columns if name not in class_names]
+    if unknown:
+        raise MedrayError(f"data.mask_columns: {unknown[0]!r} is not one of the labels ({', '.join(class_names)})")
+    return columns
 
 
 def stored_image(parquet_file: str, value, where: str) -> bytes | BadImage:
