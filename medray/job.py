@@ -85,4 +85,5 @@ def prepare_job(config: RunConfig, *, source: Source | None = None, input_size: 
     # read from its head (medray.explain.targets.target_for_head).
     task = (make_task(config.task, source.class_names, source.multi_label) if input_size is None
             else SingleLabelTask(tuple(source.class_names)))
+    task.check_config(config)
     return Job(config, backbone, image_size, source, task, labelled=unlabelled_classes is None)

@@ -130,6 +130,9 @@ class Task:
     def describe(self) -> str:
         return f"{self.kind} ({self.num_classes} {'labels' if self.multi_label else 'classes'})"
 
+    def check_config(self, config) -> None:
+        """Raise MedrayError, naming the key, for settings this task cannot train with."""
+
     # --- what the explain stage asks: which maps to make and how to file them -------------------
 
     def cam_slots(self, mode: str, labels: np.ndarray) -> np.ndarray | None:
@@ -315,6 +318,12 @@ class MultiLabelTask(Task):
 
     def cam_slots(self, mode: str, labels: np.ndarray) -> np.ndarray | None:
         return np.tile(np.arange(self.num_classes), (len(labels), 1))
+
+    def check_config(self, config) -> None:
+        if config.train.class_balance == "oversample":
+            raise MedrayError("train.class_balance=oversample: oversampling repeats the rows of a class, and a "
+                              "multi-label image belongs to several or none; multi-label runs balance each label "
+                              "by weighting its positives (train.class_balance: weights)")
 
     def sample_slots(self, mode, labels):
         return None  # each image's top label: the checks cost passes per map, so one map per image

@@ -148,3 +148,14 @@ def test_the_masked_loss_ignores_unknown_entries_and_weights_positives():
 def test_oversampling_is_refused_for_multi_label_runs_with_the_reason():
     with pytest.raises(MedrayError, match="multi-label runs balance each label by weighting its positives"):
         validate_config({"task": "multi_label", "data": {"path": "x"}, "train": {"class_balance": "oversample"}})
+
+
+def test_oversampling_multi_label_data_found_by_task_auto_is_refused_before_ray(tmp_path):
+    from medray.data.synth import write_multilabel_dataset
+    from medray.job import prepare_job
+
+    write_multilabel_dataset(tmp_path / "phantoms", train=8, val=4, test=4, size=32, seed=1)
+    config = validate_config({"data": {"path": str(tmp_path / "phantoms" / "parquet"), "label_column": "labels"},
+                              "train": {"class_balance": "oversample"}})
+    with pytest.raises(MedrayError, match="train.class_balance=oversample: oversampling repeats the rows"):
+        prepare_job(config)
