@@ -324,11 +324,6 @@ class RunConfig(_Section):
             raise ValueError(f"tracking.uri: MLflow's default file store (<output.dir>/mlruns) cannot live in "
                              f"object storage (output.dir={self.output.dir}); set tracking.uri to an MLflow "
                              "server (http://...), whose artifact store may be that bucket")
-        if self.task == "multi_label" and self.train.class_balance == "oversample":
-            raise ValueError("train.class_balance=oversample: oversampling repeats the rows of a class, and a "
-                             "multi-label image belongs to several or none; multi-label runs balance each label "
-                             "by weighting its positives (train.class_balance: weights)")
-        _check_data_keys(self.data)
         if self.model.weights != "none" and self.model.backbone == "baseline_cnn":
             raise ValueError("model.weights: baseline_cnn has no pretrained weights; use weights: none")
         return self

@@ -146,8 +146,10 @@ def test_the_masked_loss_ignores_unknown_entries_and_weights_positives():
 
 
 def test_oversampling_is_refused_for_multi_label_runs_with_the_reason():
+    config = validate_config({"task": "multi_label", "data": {"path": "x"}, "train": {"class_balance": "oversample"}})
     with pytest.raises(MedrayError, match="multi-label runs balance each label by weighting its positives"):
-        validate_config({"task": "multi_label", "data": {"path": "x"}, "train": {"class_balance": "oversample"}})
+        MultiLabelTask(("a", "b")).check_config(config)
+    SingleLabelTask(("a", "b")).check_config(config)  # single-label runs may oversample
 
 
 def test_oversampling_multi_label_data_found_by_task_auto_is_refused_before_ray(tmp_path):
