@@ -98,3 +98,27 @@ def test_batch_norm_and_dropout_infer_so_a_map_does_not_depend_on_its_batch():
     for key in alone.maps:
         assert np.allclose(alone.maps[key][0], together.maps[key][0], atol=1e-5)
     assert np.allclose(alone.probabilities[0], together.probabilities[0], atol=1e-6)
+
+
+def test_a_classifier_wrapped_as_one_layer_is_explained_from_its_inner_score():
+    # `outer = Model(inp, inner(inp))` puts preprocessing in front of a saved classifier: the outer
+    # model's last call is the whole inner model, whose output is already a probability.
+    heads = {
+        "sigmoid": (lambda: keras.layers.Dense(1, activation="sigmoid"), [np.array([[1.0], [-1.0]], np.float32),
+                                                                         np.zeros(1, np.float32)]),
+        "softmax": (lambda: keras.layers.Dense(2, activation="softmax"), [np.array([[1.0, -1.0], [-1.0, 1.0]], np.float32),
+                                                                         np.zeros(2, np.float32)]),
+        "saturated softmax": (lambda: keras.layers.Dense(2, activation="softmax"),
+                              [np.array([[1000.0, -1000.0], [-1000.0, 1000.0]], np.float32), np.zeros(2, np.float32)]),
+    }
+    for name, (head, weights) in heads.items():
+        inner = toy_model(head(), weights)
+        inputs = keras.Input((8, 8, 2))
+        outer = keras.Model(inputs, inner(inputs))
+        for method in ("gradcam", "scorecam"):
+            alone = CamExplainer(inner, None, method)(toy_image(), np.array([[0, 1]]))
+            wrapped = CamExplainer(outer, None, method)(toy_image(), np.array([[0, 1]]))
+            assert np.allclose(wrapped.probabilities, alone.probabilities, atol=1e-6), name
+            (alone_maps,), (wrapped_maps,) = alone.maps.values(), wrapped.maps.values()
+            assert np.allclose(wrapped_maps, alone_maps, atol=1e-5), (name, method)
+            assert wrapped_maps.max() == 1.0, (name, method)  # not an empty map

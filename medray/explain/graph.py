@@ -170,8 +170,8 @@ class CamGraph:
             if name not in known or len(known[name].outputs[0].shape) != 4:
                 raise MedrayError(f"model {model.name} has no layer {name!r} with a 4-D feature map; name one by "
                                   f"its path, nested layers as outer/inner ({_candidates(calls)})")
-        head = calls[-1].layer
-        self.head_activation, self._replace = _pre_activation(head, calls[-1].inputs[0].shape)
+        head = _head_call(calls)
+        self.head_activation, self._replace = _pre_activation(head.layer, head.inputs[0].shape)
         self.num_outputs = int(calls[-1].outputs[0].shape[-1])
         self.target = target or target_for_head(self.head_activation, self.num_outputs)
 
@@ -195,6 +195,13 @@ class CamGraph:
 
     def class_scores(self, logits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return self.target.class_scores(logits), self.target.probabilities(logits)
+
+
+def _head_call(calls: list[Call]) -> Call:
+    """The innermost layer call producing the model's output: a classifier wrapped as one layer
+    (`Model(inp, inner(inp))`) returns its inner head's tensor, whose producer is traced first."""
+    output = id(calls[-1].outputs[0])
+    return next(call for call in calls if any(id(tensor) == output for tensor in call.outputs))
 
 
 def _pre_activation(head, input_shape) -> tuple[str, dict[int, Callable]]:
