@@ -66,7 +66,7 @@ def explain_model(config, model_path: str | Path | None = None,
         class_names = config.data.class_names or run_class_names(class_names_from, path)
         job = prepare_job(config, input_size=shape.input_size, unlabelled_classes=class_names)
     check_class_names(class_names, shape, path)
-    folder = create_run_folder(config)  # in object storage too: written here, uploaded at the end
+    folder = create_run_folder(config, resumable=False)  # in object storage too: written here, uploaded at the end
     out_dir = folder.local
     (out_dir / "config.yaml").write_text(to_yaml(config))
     # Bad rows refused or skipped and counted, as in a run.
