@@ -88,3 +88,15 @@ def test_unlabelled_images_are_grouped_by_predicted_class_and_the_lines_say_so(t
         "benign (predicted class)": 4, "normal (predicted class)": 2}
     lines = format_scorecard({"gradcam": {"maps": 6, "images": 6, "empty_maps": 0, "pointing_game": None, **score}})
     assert "benign (predicted class)" in lines and "malignant" not in lines
+
+
+def test_a_verdict_without_label_permutation_says_it_rests_on_re_initialisation_only():
+    # A user's model: medray cannot retrain it on permuted labels, so that check has no figures.
+    rows = sample_rows().assign(label_random_rank_corr=np.nan, label_random_ssim=np.nan)
+    score = sample_figures(rows, ["head", "conv0"], CLASSES)
+    assert score["verdicts"] == {"model_randomisation": "passed", "data_randomisation": None}
+    assert score["verdict"] == "passed (weights re-initialised only; labels permuted: not run)"
+    assert "after label permutation" not in score["verdict_rule"] and "after re-initialisation" in score["verdict_rule"]
+    assert score["verdict_rule"].endswith("; label permutation not run")
+    both = sample_figures(sample_rows(), ["head", "conv0"], CLASSES)
+    assert both["verdict"] == "passed" and "after label permutation" in both["verdict_rule"]
