@@ -107,8 +107,8 @@ def test_a_classifier_wrapped_as_one_layer_is_explained_from_its_inner_score():
     heads = {
         "sigmoid": (lambda: keras.layers.Dense(1, activation="sigmoid"), [np.array([[1.0], [-1.0]], np.float32),
                                                                          np.zeros(1, np.float32)]),
-        "softmax": (lambda: keras.layers.Dense(2, activation="softmax"), [np.array([[1.0, -1.0], [-1.0, 1.0]], np.float32),
-                                                                         np.zeros(2, np.float32)]),
+        "softmax": (lambda: keras.layers.Dense(2, activation="softmax"),
+                    [np.array([[1.0, -1.0], [-1.0, 1.0]], np.float32), np.zeros(2, np.float32)]),
         "saturated softmax": (lambda: keras.layers.Dense(2, activation="softmax"),
                               [np.array([[1000.0, -1000.0], [-1000.0, 1000.0]], np.float32), np.zeros(2, np.float32)]),
     }

@@ -153,9 +153,11 @@ def cam_layer_warnings(calls: list[Call], layers: Sequence[str]) -> list[str]:
         height, width = call.outputs[0].shape[1:3]
         if min(height, width) < MIN_CAM_GRID:
             warnings.append(f"CAM layer {name} is {height} x {width}: too coarse to show where in the image the "
-                            f"evidence lies; a larger input, or an earlier layer in explain.cam_layer, gives a finer map")
+                            "evidence lies; a larger input, or an earlier layer in explain.cam_layer, gives a finer "
+                            "map")
         if _bypassed(calls, call):
-            blocks = [other.path for other in calls if len(other.outputs[0].shape) == 4 and not _is_graph_model(other.layer)
+            blocks = [other.path for other in calls
+                      if len(other.outputs[0].shape) == 4 and not _is_graph_model(other.layer)
                       and np.prod(other.outputs[0].shape[1:3]) > 1 and not _bypassed(calls, other)]
             better = f"; the last block output with a grid above 1 x 1 is {blocks[-1]}" if blocks else ""
             warnings.append(f"CAM layer {name} ({call.outputs[0].shape[-1]} channels) is one branch of a block, not "
