@@ -16,8 +16,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow.fs as pafs
+import yaml
 
 from medray import storage
+from medray.errors import MedrayError
 
 SUCCESS = "_SUCCESS"
 
@@ -39,8 +41,10 @@ class RunFolder:
         return storage.join(self.location, "checkpoints")
 
 
-def create_run_folder(config) -> RunFolder:
-    """`<output.dir>/<run_id>`: a new name (suffixed -2, -3, ...) unless output.run_id was given."""
+def create_run_folder(config, resumable: bool = True) -> RunFolder:
+    """`<output.dir>/<run_id>`: a new name (suffixed -2, -3, ...) unless output.run_id was given; a
+    named folder that exists is resumed only when unfinished and saved with the same config
+    (`check_reuse`), else MedrayError; `resumable` False for a job `medray resume` cannot continue."""
     run_id = config.output.run_id or f"{config.name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     output_dir = storage.normalise(config.output.dir)
     storage.check_bucket(output_dir, "output.dir")
@@ -49,13 +53,47 @@ def create_run_folder(config) -> RunFolder:
     while exists(location) and config.output.run_id is None:
         suffix += 1
         location = storage.join(output_dir, f"{run_id}-{suffix}")
+    if config.output.run_id is not None:
+        check_reuse(location, config, resumable)
     folder = scratch_folder(location)
-    # A resumed run is unfinished again until it ends.
-    success = storage.join(location, SUCCESS)
-    if exists(success):
-        filesystem, path = storage.resolve(success)
-        filesystem.delete_file(path)
     return RunFolder(folder.local.resolve(), location)
+
+
+# How many of a changed config's keys the refusal names.
+CHANGES_SHOWN = 3
+
+
+def check_reuse(location: str, config, resumable: bool = True) -> None:
+    """A named run folder that exists may only be resumed, and only with its own config: a finished
+    run, or one saved with another config, is refused rather than overwritten or re-labelled (its
+    checkpoints, history and model come from the config it was started with)."""
+    if not exists(location):
+        return
+    if finished(location):
+        raise MedrayError(f"{location} holds a finished run (output.run_id={config.output.run_id}); its results stay "
+                          "as they are: choose a new output.run_id, or leave it unset for a fresh name")
+    saved_path = storage.join(location, "config.yaml")
+    if not exists(saved_path):  # started but killed before its config was written: nothing to contradict
+        return
+    saved = _flatten(yaml.safe_load(storage.read_bytes(saved_path)) or {})
+    wanted = _flatten(config.model_dump(mode="json"))
+    changed = [key for key in sorted(saved.keys() | wanted.keys()) if saved.get(key) != wanted.get(key)]
+    if changed:
+        shown = ", ".join(f"{key} {saved.get(key)!r} -> {wanted.get(key)!r}" for key in changed[:CHANGES_SHOWN])
+        more = f" and {len(changed) - CHANGES_SHOWN} more" if len(changed) > CHANGES_SHOWN else ""
+        how = (f"continue it as it was with `medray resume {location}`, or choose a new output.run_id" if resumable
+               else f"choose a new output.run_id, or delete {location} to start it again")
+        raise MedrayError(f"{location} holds an unfinished run started with another config ({shown}{more}); {how}")
+
+
+def _flatten(mapping: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def open_run_folder(location: str) -> RunFolder:

@@ -160,9 +160,10 @@ class Task:
         """(N, T) the `prediction` column of each map: the image's predicted class."""
         return np.broadcast_to(self.predictions(probabilities)[:, np.newaxis], targets.shape)
 
-    def check_groups(self, labels: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        """(N,) the class a sampled image's faithfulness figures are grouped under: its true class."""
-        return np.asarray(labels)
+    def check_groups(self, labels: np.ndarray, targets: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+        """(N,) the class a sampled image's faithfulness figures are grouped under: its true class,
+        or for an unlabelled image (-1) its predicted class (`predictions`, (N,))."""
+        return np.where(np.asarray(labels) >= 0, labels, predictions)
 
     def overlay_folders(self, truth: np.ndarray, predicted: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """The class folder of each map's overlay: the image's true class (unlabelled images, -1:
@@ -342,7 +343,7 @@ class MultiLabelTask(Task):
     def map_prediction(self, probabilities, targets, thresholds):
         return np.take_along_axis(self.predictions(probabilities, thresholds), targets, axis=1)
 
-    def check_groups(self, labels, targets):
+    def check_groups(self, labels, targets, predictions):
         """The label a sampled map explains (the sample explains each image's top label)."""
         return targets[:, 0]
 

@@ -9,6 +9,7 @@ the score favours is 1 on the left half and 0 on the right, the other class's th
 
 import numpy as np
 
+from medray.explain import checks
 from medray.explain.cam import CamExplainer
 from medray.keras_setup import keras, tf
 
@@ -98,3 +99,41 @@ def test_batch_norm_and_dropout_infer_so_a_map_does_not_depend_on_its_batch():
     for key in alone.maps:
         assert np.allclose(alone.maps[key][0], together.maps[key][0], atol=1e-5)
     assert np.allclose(alone.probabilities[0], together.probabilities[0], atol=1e-6)
+
+
+def test_a_classifier_wrapped_as_one_layer_is_explained_from_its_inner_score():
+    # `outer = Model(inp, inner(inp))` puts preprocessing in front of a saved classifier: the outer
+    # model's last call is the whole inner model, whose output is already a probability.
+    heads = {
+        "sigmoid": (lambda: keras.layers.Dense(1, activation="sigmoid"), [np.array([[1.0], [-1.0]], np.float32),
+                                                                         np.zeros(1, np.float32)]),
+        "softmax": (lambda: keras.layers.Dense(2, activation="softmax"),
+                    [np.array([[1.0, -1.0], [-1.0, 1.0]], np.float32), np.zeros(2, np.float32)]),
+        "saturated softmax": (lambda: keras.layers.Dense(2, activation="softmax"),
+                              [np.array([[1000.0, -1000.0], [-1000.0, 1000.0]], np.float32), np.zeros(2, np.float32)]),
+    }
+    for name, (head, weights) in heads.items():
+        inner = toy_model(head(), weights)
+        inputs = keras.Input((8, 8, 2))
+        outer = keras.Model(inputs, inner(inputs))
+        for method in ("gradcam", "scorecam"):
+            alone = CamExplainer(inner, None, method)(toy_image(), np.array([[0, 1]]))
+            wrapped = CamExplainer(outer, None, method)(toy_image(), np.array([[0, 1]]))
+            assert np.allclose(wrapped.probabilities, alone.probabilities, atol=1e-6), name
+            (alone_maps,), (wrapped_maps,) = alone.maps.values(), wrapped.maps.values()
+            assert np.allclose(wrapped_maps, alone_maps, atol=1e-5), (name, method)
+            assert wrapped_maps.max() == 1.0, (name, method)  # not an empty map
+
+
+def test_scorecam_on_a_saturated_output_that_no_mask_changes_is_flagged_empty_as_grad_cam_would_be():
+    # A bias of 100 saturates the sigmoid: every channel-masked input scores p = 1 exactly, so
+    # Score-CAM has no evidence and its softmax would weigh the channels equally (the mean activation,
+    # the same map for either class) without a flag.
+    model = toy_model(keras.layers.Dense(1, activation="sigmoid"), [np.array([[1.0], [-1.0]], np.float32),
+                                                                    np.full(1, 100.0, np.float32)])
+    explained = CamExplainer(model, None, "scorecam")(toy_image(), np.array([[1, 0]]))
+    assert np.allclose(explained.probabilities, [[0.0, 1.0]])
+    assert checks.is_empty(explained.maps[("scorecam", "features")][0]).all()
+    informative = sigmoid_model()  # the same head unsaturated: its masked inputs differ, its maps are not empty
+    assert not checks.is_empty(CamExplainer(informative, None, "scorecam")(toy_image(), np.array([[1, 0]]))
+                               .maps[("scorecam", "features")][0]).any()

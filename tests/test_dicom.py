@@ -1,5 +1,8 @@
 """DICOM: modality rescale, the file's window, MONOCHROME1 inverted; tiny files written with pydicom."""
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
@@ -68,3 +71,46 @@ def test_truncated_dicom_is_a_bad_image_named_by_file(tmp_path):
     data = write_dicom(tmp_path / "cut.dcm", RAMP)
     with pytest.raises(BadImage, match="cut.dcm: cannot"):
         decode_native(data[:200], 10**6, "cut.dcm")
+
+
+def test_compressed_dicom_decodes_like_its_original_or_names_the_syntax_and_what_would_decode_it(
+        tmp_path, monkeypatch):
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import encapsulate
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEG2000Lossless, JPEGLSLossless
+
+    def decoded(name: str) -> np.ndarray:  # pydicom's bundled test files: in its wheel, no download
+        return decode_native(Path(get_testdata_file(name)).read_bytes(), 10**6, name)[0]
+
+    original = decoded("MR_small.dcm")
+    assert np.array_equal(decoded("MR_small_jpeg_ls_lossless.dcm"), original)  # JPEG-LS Lossless
+    assert np.array_equal(decoded("MR_small_jp2klossless.dcm"), original)  # JPEG 2000 Lossless
+    # JPEG Lossless (Process 14, SV1) by GDCM, against the same colour bars stored RLE Lossless
+    assert np.array_equal(decoded("SC_rgb_jpeg_gdcm.dcm"), decoded("SC_rgb_rle.dcm"))
+    # A file written here in JPEG 2000 Lossless (64 x 64: OpenJPEG's default resolution levels need it)
+    data = write_dicom(tmp_path / "plain.dcm", np.tile(RAMP, (8, 8)))
+    dataset = pydicom.dcmread(tmp_path / "plain.dcm")
+    dataset.compress(JPEG2000Lossless)
+    dataset.save_as(tmp_path / "j2k.dcm")
+    assert np.array_equal(decode_native((tmp_path / "j2k.dcm").read_bytes(), 10**6, "j2k.dcm")[0],
+                          decode_native(data, 10**6, "plain.dcm")[0])
+
+    # A transfer syntax pydicom has no decoder for (H.264 video): one line naming the file and the UID.
+    dataset.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.102"
+    dataset.PixelData = encapsulate([b"\x00\x00\x00\x01 not decodable here"])
+    dataset.save_as(tmp_path / "h264.dcm")
+    with pytest.raises(BadImage) as error:
+        decode_native((tmp_path / "h264.dcm").read_bytes(), 10**6, "h264.dcm")
+    assert "\n" not in str(error.value)
+    assert re.search(r"h264\.dcm: .*transfer syntax 1\.2\.840\.10008\.1\.2\.4\.102 .*no decoder", str(error.value))
+    # An install without the pylibjpeg plugins: the file, the UID and the packages that decode it.
+    decoder = get_decoder(JPEGLSLossless)
+    monkeypatch.setattr(decoder, "_available", {})
+    monkeypatch.setattr(decoder, "_unavailable", {"pylibjpeg": ("pylibjpeg>=2.0", "pylibjpeg-libjpeg>=2.1")})
+    with pytest.raises(BadImage) as error:
+        decoded("MR_small_jpeg_ls_lossless.dcm")
+    assert "\n" not in str(error.value) and re.search(
+        r"MR_small_jpeg_ls_lossless\.dcm: .*1\.2\.840\.10008\.1\.2\.4\.80 \(JPEG-LS Lossless.*"
+        r"pylibjpeg - requires pylibjpeg>=2\.0 and pylibjpeg-libjpeg>=2\.1", str(error.value))

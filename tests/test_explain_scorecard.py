@@ -54,3 +54,49 @@ def test_the_printed_scorecard_names_each_class_with_its_count_and_the_verdict()
     text = format_scorecard({"gradcam": score})
     assert "no_lesion" in text and "(n=  60)" in text and "(n=  30)" in text
     assert "pointing game 1.000 [1.000, 1.000]" in text and "verdict: passed" in text
+
+
+def test_unlabelled_images_are_grouped_by_predicted_class_and_the_lines_say_so(tmp_path):
+    # The sample checks of a user's model on images without labels (-1), as `medray explain --model` runs them.
+    from medray.config import load_config
+    from medray.explain.sample_checks import sample_checks
+    from medray.keras_setup import keras
+    from medray.models.actor import UserModelSpec
+    from medray.models.preprocessing import DECLARED_PREPROCESSING, ModelInput
+    from medray.task import SingleLabelTask
+
+    from conftest import DEMO_CONFIG
+
+    # Class 1 when the image's left half is brighter than its right, else class 0 (the last class is 2).
+    inputs = keras.Input((8, 8, 1))
+    features = keras.layers.Conv2D(2, 1, name="features", use_bias=False)(inputs)
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(features))
+    model = keras.Model(inputs, outputs)
+    model.get_layer("features").set_weights([np.ones((1, 1, 1, 2), np.float32)])
+    model.layers[-1].set_weights([np.array([[0.0, 1.0, -5.0], [0.0, 1.0, -5.0]], np.float32), np.zeros(3, np.float32)])
+    model.save(tmp_path / "user.keras")
+    pixels = np.zeros((6, 8, 8), np.uint8)
+    pixels[:4] = 200  # bright: class 1 predicted; dark: class 0
+    explain = load_config(DEMO_CONFIG, ["explain.deletion_steps=4", "explain.cascade_steps=2"]).explain
+    table, steps = sample_checks((tmp_path / "user.keras").read_bytes(),
+                                 UserModelSpec(".keras", ModelInput(1, DECLARED_PREPROCESSING["unit"]), None),
+                                 SingleLabelTask(("normal", "benign", "malignant")),
+                                 {"row_id": np.array([f"r{i}" for i in range(6)]), "pixels": pixels,
+                                  "label": np.full(6, -1)}, explain)
+    score = sample_figures(table.to_pandas(), steps, ["normal", "benign", "malignant"])
+    assert {name: figures["maps"] for name, figures in score["per_class"].items()} == {
+        "benign (predicted class)": 4, "normal (predicted class)": 2}
+    lines = format_scorecard({"gradcam": {"maps": 6, "images": 6, "empty_maps": 0, "pointing_game": None, **score}})
+    assert "benign (predicted class)" in lines and "malignant" not in lines
+
+
+def test_a_verdict_without_label_permutation_says_it_rests_on_re_initialisation_only():
+    # A user's model: medray cannot retrain it on permuted labels, so that check has no figures.
+    rows = sample_rows().assign(label_random_rank_corr=np.nan, label_random_ssim=np.nan)
+    score = sample_figures(rows, ["head", "conv0"], CLASSES)
+    assert score["verdicts"] == {"model_randomisation": "passed", "data_randomisation": None}
+    assert score["verdict"] == "passed (weights re-initialised only; labels permuted: not run)"
+    assert "after label permutation" not in score["verdict_rule"] and "after re-initialisation" in score["verdict_rule"]
+    assert score["verdict_rule"].endswith("; label permutation not run")
+    both = sample_figures(sample_rows(), ["head", "conv0"], CLASSES)
+    assert both["verdict"] == "passed" and "after label permutation" in both["verdict_rule"]

@@ -27,6 +27,7 @@ from medray.keras_setup import keras
 from medray.models.classifier import build_classifier
 from medray.models.preprocessing import to_model_input
 from medray.models.registry import get_backbone
+from medray.task import SingleLabelTask
 
 from conftest import DEMO_CONFIG
 
@@ -103,7 +104,7 @@ def sanity_scores(trained, test_set):
     with tempfile.TemporaryDirectory() as tmp:
         trained.save(f"{tmp}/model.keras")
         model_bytes = Path(f"{tmp}/model.keras").read_bytes()
-    table, steps = sample_checks(model_bytes, "baseline_cnn", 3, rows, config)
+    table, steps = sample_checks(model_bytes, "baseline_cnn", SingleLabelTask(tuple(CLASS_NAMES)), rows, config)
     frame = table.to_pandas()
     return {method: sample_figures(frame[frame["method"] == method], steps, list(CLASS_NAMES))
             for method in config.methods}

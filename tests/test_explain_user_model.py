@@ -1,6 +1,7 @@
 """`medray explain --model`: a model trained elsewhere over images without labels, through the CLI
 and the same actor pool as medray's own models; bad models stop before Ray in one line."""
 
+import json
 import re
 
 import numpy as np
@@ -133,3 +134,60 @@ def test_an_unreadable_unlabelled_image_stops_the_job_in_one_line_or_is_skipped_
     assert main(explain_args(model, folder, tmp_path / "out", "data.source=folders", "data.on_bad_image=skip")) == 0
     assert "images left out as unreadable: 1" in capsys.readouterr().out
     assert list(pd.read_parquet(tmp_path / "out" / "mine" / "predictions.parquet")["row_id"]) == ["good.png"]
+
+
+def test_a_cam_layer_that_is_one_branch_or_below_3_by_3_is_warned_about(tmp_path, ray_cluster, capfd):
+    # Inception-like: the block's merged output is 1 x 1, so the last grid above 1 x 1 before the
+    # pooling lies inside one branch ("branch" feeds "reduce"; the max-pooling branch bypasses it).
+    inputs = keras.Input((16, 16, 3))
+    stem = keras.layers.Conv2D(4, 3, padding="same", name="stem")(inputs)
+    branch = keras.layers.Conv2D(4, 1, name="branch")(stem)
+    reduced = keras.layers.Conv2D(4, 16, name="reduce")(branch)
+    pooled = keras.layers.MaxPooling2D(16, name="pool_branch")(stem)
+    block = keras.layers.Concatenate(name="block")([reduced, pooled])
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(block))
+    keras.Model(inputs, outputs).save(tmp_path / "inception.keras")
+    (tmp_path / "scans").mkdir()
+    write(tmp_path / "scans" / "a.png", image_bytes(scan(0)))
+    assert main(explain_args(tmp_path / "inception.keras", tmp_path / "scans", tmp_path / "out", "data.source=folders",
+                             "explain.checks=false", "explain.cam_layer=[branch,block]")) == 0
+    console = capfd.readouterr().out
+    warnings = json.loads((tmp_path / "out" / "mine" / "model.json").read_text())["cam_layer_warnings"]
+    assert len(warnings) == 2
+    assert re.search(r"CAM layer branch \(4 channels\) is one branch of a block.*block output .* is stem", warnings[0])
+    assert re.search(r"CAM layer block is 1 x 1: too coarse", warnings[1])
+    assert all(f"warning: {warning}" in console for warning in warnings)
+
+
+def test_a_corrupt_exif_block_is_counted_not_printed_and_a_bad_image_points_to_the_manifest(tmp_path, ray_cluster,
+                                                                                              capfd):
+    import io
+    import warnings
+
+    from PIL import Image
+
+    from medray.data.decode import decode_native
+
+    buffer = io.BytesIO()  # a JPEG whose EXIF block ends where its first tag should begin
+    Image.fromarray(scan(1, 16)).save(buffer, format="JPEG", exif=b"Exif\x00\x00II*\x00\xff\xff\x00\x00")
+    with warnings.catch_warnings(record=True) as escaped:
+        warnings.simplefilter("always")
+        noted: list[str] = []
+        decode_native(buffer.getvalue(), 10**6, "exif.jpg", warnings=noted)
+    assert [str(warning.message) for warning in escaped] == []
+    assert len(noted) == 1 and noted[0].startswith("EXIF orientation ignored: Corrupt EXIF data")
+
+    folder = tmp_path / "scans"
+    write(folder / "good.png", image_bytes(scan(0)))
+    write(folder / "exif.jpg", buffer.getvalue())
+    write(folder / "broken.png", b"\x89PNG not really")
+    model = nested_sigmoid_model(tmp_path / "classifier.h5")
+    assert main(explain_args(model, folder, tmp_path / "out", "data.source=folders", "output.run_id=strict")) == 2
+    error = capfd.readouterr().err.strip().splitlines()[-1]
+    assert "broken.png" in error and "data.json" not in error
+    assert error.endswith(f"count them in {tmp_path / 'out' / 'strict' / 'manifest.parquet'}")
+    assert main(explain_args(model, folder, tmp_path / "out", "data.source=folders", "data.on_bad_image=skip")) == 0
+    shown = capfd.readouterr()
+    assert "Corrupt EXIF" not in shown.out + shown.err
+    manifest = pd.read_parquet(tmp_path / "out" / "mine" / "manifest.parquet").set_index("row_id")
+    assert manifest.loc["exif.jpg", "warning"].startswith("EXIF orientation ignored: Corrupt EXIF data")

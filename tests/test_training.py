@@ -10,15 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import ray
 import ray.train
 from ray.train.tensorflow import TensorflowTrainer
 
 from medray.task import SingleLabelTask
 from medray.cli import main
+from medray.config import load_config, to_yaml
+from medray.errors import MedrayError
+from medray.run_folder import create_run_folder, mark_finished
 from medray.train.loop import CRASH_AFTER_EPOCH_ENV
 
-from conftest import ROOT, cli_args, tiny_overrides
+from conftest import DEMO_CONFIG, ROOT, cli_args, tiny_overrides
 
 GLOBAL_BATCH, STEPS = 16, 4
 # Ray workers cannot import this test module, so its train function travels by value.
@@ -129,6 +133,20 @@ def test_a_killed_driver_is_resumed_by_name_and_keeps_its_finished_epochs(ray_cl
     assert list(history["epoch"]) == [1, 2, 3, 4, 5]
     finished = pd.DataFrame(before)
     assert np.allclose(history["loss"][: len(before)], finished["loss"])  # kept, not trained again
+
+
+def test_a_run_id_in_use_resumes_only_with_its_own_config_and_never_once_finished(tmp_path):
+    overrides = run_overrides(tmp_path / "data", tmp_path, "again", epochs=2)
+    folder = create_run_folder(load_config(DEMO_CONFIG, overrides))
+    (folder.local / "config.yaml").write_text(to_yaml(load_config(DEMO_CONFIG, overrides)))  # as run_job saves it
+    with pytest.raises(MedrayError, match=r"train\.lr 0\.002 -> 0\.5\).*medray resume .*again.*new output\.run_id"):
+        create_run_folder(load_config(DEMO_CONFIG, [*overrides, "train.lr=0.5"]))
+    assert create_run_folder(load_config(folder.local / "config.yaml")) == folder  # `medray resume` continues it
+    assert create_run_folder(load_config(DEMO_CONFIG, overrides)) == folder  # so does the same command again
+    mark_finished(folder)
+    with pytest.raises(MedrayError, match="finished run"):
+        create_run_folder(load_config(folder.local / "config.yaml"))
+    assert (folder.local / "_SUCCESS").is_file()
 
 
 def test_early_stopping_ends_two_workers_whose_next_epoch_was_already_started(

@@ -102,3 +102,22 @@ def test_imagenet_preprocessing_matches_keras_torch_mode():
     pixels = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3)).astype(np.float32)
     reference = keras.applications.imagenet_utils.preprocess_input(pixels.copy(), mode="torch")
     assert np.allclose(preprocessing("imagenet")(pixels), reference, atol=1e-5)
+
+
+def test_a_savedmodel_folder_is_named_as_one_with_the_conversion_that_works(tmp_path):
+    model = small_classifier()
+    model.save(tmp_path / "exported", save_format="tf")  # a TensorFlow SavedModel folder, written by tf-keras
+    with pytest.raises(MedrayError) as error:
+        load_user_model(tmp_path / "exported")
+    message = str(error.value)
+    assert "\n" not in message and "does not exist" not in message
+    assert re.search(r"exported is a TensorFlow SavedModel folder.*tf_keras\.models\.load_model\(.*\)\.save\(", message)
+    # The conversion it gives, run as given (it names the Keras that wrote the folder), is read by medray.
+    command = re.search(r"`python -c \"(.*)\"`", message).group(1)
+    exec(command.replace(str(tmp_path / "exported.keras"), str(tmp_path / "converted.keras")), {})
+    images = np.random.default_rng(0).random((2, 16, 16, 1)).astype(np.float32)
+    assert np.allclose(load_user_model(tmp_path / "converted.keras").predict(images, verbose=0),
+                       model.predict(images, verbose=0), atol=1e-6)
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(MedrayError, match=r"plain is a folder, not a model file; pass --model with a \.keras or \.h5"):
+        load_user_model(tmp_path / "plain")

@@ -60,10 +60,26 @@ def _decode_native(content: bytes | np.ndarray, max_pixels: int, where: str, wha
         raise BadImage(f"{where}: the {what} is empty (0 bytes); remove or replace it", "empty file")
     if is_dicom(content):
         return dicom_to_gray(content, max_pixels, where)
-    with open_checked(content, max_pixels, where, what) as image:
-        oriented = exif_oriented(image, warnings)
-        converted = _to_rgb(oriented) if color == "rgb" and image.mode not in GRAY_MODES else _to_gray(oriented)
-        return np.asarray(converted, dtype=np.uint8), image.mode
+    # Pillow warns (rather than fails) about what it skips, e.g. a corrupt EXIF block read as the file
+    # opens: counted with the row like an ignored orientation, never printed on the console.
+    with python_warnings.catch_warnings(record=True) as pillow_warnings:
+        python_warnings.simplefilter("always")
+        with open_checked(content, max_pixels, where, what) as image:
+            oriented = exif_oriented(image, warnings)
+            converted = _to_rgb(oriented) if color == "rgb" and image.mode not in GRAY_MODES else _to_gray(oriented)
+            pixels = np.asarray(converted, dtype=np.uint8)
+    warnings.extend(pillow_note(warning.message) for warning in pillow_warnings)
+    return pixels, image.mode
+
+
+# The kind of a Pillow warning counted with its row (data.json's warnings.by_kind); an EXIF block
+# Pillow cannot read leaves the storage order, as an ignored orientation does.
+PILLOW_WARNING = "decoder warning"
+
+
+def pillow_note(message: Warning | str) -> str:
+    text = " ".join(str(message).split())
+    return f"{ORIENTATION_IGNORED if 'EXIF' in text else PILLOW_WARNING}: {text}"
 
 
 # EXIF orientations 2-8 are flips and rotations of the stored pixels; 1 is "as stored".
@@ -82,7 +98,7 @@ def exif_oriented(image: Image.Image, warnings: list[str]) -> Image.Image:
         warnings.append(f"{ORIENTATION_IGNORED}: unreadable EXIF ({type(error).__name__})")
         return image
     if pillow_warnings:  # Pillow reads what it can of a truncated EXIF block and warns
-        warnings.append(f"{ORIENTATION_IGNORED}: {pillow_warnings[0].message}".strip())
+        warnings.append(pillow_note(pillow_warnings[0].message))
         return image
     if orientation == 1:
         return image

@@ -187,13 +187,15 @@ def unusable(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[~frame["status"].isin((OK, *DEDUPLICATED))]
 
 
-def enforce_policy(frame: pd.DataFrame, on_bad_image: str) -> None:
+def enforce_policy(frame: pd.DataFrame, on_bad_image: str, counted_in: str = "data.json") -> None:
+    """With on_bad_image "error", the first unusable row as one line; `counted_in` names the file
+    that lists skipped rows (data.json of a run; the manifest of a job over images without labels)."""
     bad = unusable(frame)
     if on_bad_image == "error" and len(bad):
         first = bad.iloc[0]
         more = f" ({len(bad)} unusable rows in all)" if len(bad) > 1 else ""
         raise MedrayError(f"{first['message']}{more}; or set data.on_bad_image: skip to leave such rows out "
-                          "and count them in data.json")
+                          f"and count them in {counted_in}")
 
 
 def usable_source(source: Source, frame: pd.DataFrame) -> Source:
@@ -238,7 +240,7 @@ def usable_unlabelled(source: Source, data_config, manifest_path: Path) -> tuple
     manifest); unusable rows stop the job in one line naming the first, or with data.on_bad_image:
     skip are left out and counted. Returns the usable source and the number of rows left out."""
     frame = load_or_build_manifest(source, data_config, manifest_path)
-    enforce_policy(frame, data_config.on_bad_image)
+    enforce_policy(frame, data_config.on_bad_image, counted_in=str(manifest_path))
     pieces = usable_pieces(frame)
     if not pieces["test"]:
         raise MedrayError(f"data.path {data_config.path}: none of the {len(frame)} images can be decoded "

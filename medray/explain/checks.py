@@ -134,5 +134,6 @@ def rank_correlation(maps: np.ndarray, other: np.ndarray) -> np.ndarray:
 
 
 def is_empty(maps: np.ndarray) -> np.ndarray:
-    """Maps that are all zero after ReLU (no evidence for the class): flagged, never shown blank."""
+    """Maps that are all zero after ReLU (no evidence for the class: a vanished gradient, or for
+    Score-CAM masked inputs that all score the same): flagged, never shown blank."""
     return maps.reshape(len(maps), -1).max(axis=1) <= 0

@@ -29,6 +29,8 @@ POOLING = {"GlobalAveragePooling2D", "GlobalMaxPooling2D", "GlobalAvgPool2D", "G
 SQUASHING = {"softmax", "sigmoid"}
 # Layers listed when a named CAM layer does not exist: the ones nearest the head.
 CANDIDATES_SHOWN = 12
+# A CAM layer's grid below this many cells a side cannot say where in the image the evidence lies.
+MIN_CAM_GRID = 3
 
 
 @dataclass
@@ -140,6 +142,43 @@ def find_cam_layer(calls: list[Call], model_name: str) -> str:
         tensor = producer.inputs[0]
 
 
+def cam_layer_warnings(calls: list[Call], layers: Sequence[str]) -> list[str]:
+    """What makes a CAM layer's map say little: a grid below MIN_CAM_GRID cells a side, or a layer
+    that is one branch of a block (the model's output is reachable without passing through it, as
+    in an Inception block whose last grid above 1 x 1 is inside one of its branches)."""
+    known = {call.path: call for call in calls}
+    warnings = []
+    for name in layers:
+        call = known[name]
+        height, width = call.outputs[0].shape[1:3]
+        if min(height, width) < MIN_CAM_GRID:
+            warnings.append(f"CAM layer {name} is {height} x {width}: too coarse to show where in the image the "
+                            "evidence lies; a larger input, or an earlier layer in explain.cam_layer, gives a finer "
+                            "map")
+        if _bypassed(calls, call):
+            blocks = [other.path for other in calls
+                      if len(other.outputs[0].shape) == 4 and not _is_graph_model(other.layer)
+                      and np.prod(other.outputs[0].shape[1:3]) > 1 and not _bypassed(calls, other)]
+            better = f"; the last block output with a grid above 1 x 1 is {blocks[-1]}" if blocks else ""
+            warnings.append(f"CAM layer {name} ({call.outputs[0].shape[-1]} channels) is one branch of a block, not "
+                            f"the block's output: its map shows what that branch alone sees{better} "
+                            "(name it in explain.cam_layer)")
+    return warnings
+
+
+def _bypassed(calls: list[Call], skipped: Call) -> bool:
+    """Whether the model's output is reachable from its input on a path that avoids `skipped`
+    (calls are in graph order; a nested model's own call is skipped, its inner calls followed)."""
+    produced = {id(tensor) for call in calls for tensor in call.outputs}
+    reachable = {id(tensor) for call in calls for tensor in call.inputs if id(tensor) not in produced}
+    for call in calls:
+        if call is skipped or _is_graph_model(call.layer):
+            continue
+        if any(id(tensor) in reachable for tensor in call.inputs):
+            reachable.update(id(tensor) for tensor in call.outputs)
+    return id(calls[-1].outputs[0]) in reachable
+
+
 def _candidates(calls: list[Call]) -> str:
     paths = list(dict.fromkeys(call.path for call in calls
                                if len(call.outputs[0].shape) == 4 and not _is_graph_model(call.layer)))
@@ -156,6 +195,7 @@ class CamGraph:
     the CAM target (medray.explain.targets): a softmax class's logit, +-logit of a single sigmoid,
     the logit of label k. `target` None infers it from the head (a model trained elsewhere).
     Shapes: images (N, H, W, C) float32; maps (N, h, w, channels) each; scores, probabilities (N, K).
+    `warnings`: lines saying why a CAM layer's maps may mean little (`cam_layer_warnings`).
     """
 
     def __init__(self, model, cam_layers: str | Sequence[str] | None = None, target: CamTarget | None = None):
@@ -170,8 +210,10 @@ class CamGraph:
             if name not in known or len(known[name].outputs[0].shape) != 4:
                 raise MedrayError(f"model {model.name} has no layer {name!r} with a 4-D feature map; name one by "
                                   f"its path, nested layers as outer/inner ({_candidates(calls)})")
-        head = calls[-1].layer
-        self.head_activation, self._replace = _pre_activation(head, calls[-1].inputs[0].shape)
+        # Spoken by the job that chose the layers (medray.explain.model_job), not by every actor.
+        self.warnings = cam_layer_warnings(calls, self.layers)
+        head = _head_call(calls)
+        self.head_activation, self._replace = _pre_activation(head.layer, head.inputs[0].shape)
         self.num_outputs = int(calls[-1].outputs[0].shape[-1])
         self.target = target or target_for_head(self.head_activation, self.num_outputs)
 
@@ -195,6 +237,13 @@ class CamGraph:
 
     def class_scores(self, logits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return self.target.class_scores(logits), self.target.probabilities(logits)
+
+
+def _head_call(calls: list[Call]) -> Call:
+    """The innermost layer call producing the model's output: a classifier wrapped as one layer
+    (`Model(inp, inner(inp))`) returns its inner head's tensor, whose producer is traced first."""
+    output = id(calls[-1].outputs[0])
+    return next(call for call in calls if any(id(tensor) == output for tensor in call.outputs))
 
 
 def _pre_activation(head, input_shape) -> tuple[str, dict[int, Callable]]:

@@ -43,10 +43,21 @@ def cam_weights_hirescam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Ten
     return gradients
 
 
+# Masked scores that differ across channels by less than this share of their size carry no
+# evidence (a saturated output scores every masked input the same).
+NO_EVIDENCE = 1e-6
+
+
 def cam_weights_scorecam(activations: tf.Tensor, masked_scores: tf.Tensor) -> tf.Tensor:
     """Score-CAM (Wang et al. 2020): how much the class score keeps when the input is masked by
-    each channel, softmax over channels; forward passes only."""
-    return tf.nn.softmax(masked_scores, axis=-1)[:, tf.newaxis, tf.newaxis, :]
+    each channel, softmax over channels; forward passes only. Where no channel changes the score,
+    the softmax would weigh all channels equally and draw the mean activation, the same map for
+    every class: the weights are zero instead, so the map is empty and flagged, as a Grad-CAM map
+    is when the score's gradient vanishes."""
+    spread = tf.reduce_max(masked_scores, axis=-1, keepdims=True) - tf.reduce_min(masked_scores, axis=-1, keepdims=True)
+    size = tf.maximum(1.0, tf.reduce_max(tf.abs(masked_scores), axis=-1, keepdims=True))
+    evidence = tf.cast(spread > NO_EVIDENCE * size, masked_scores.dtype)
+    return (tf.nn.softmax(masked_scores, axis=-1) * evidence)[:, tf.newaxis, tf.newaxis, :]
 
 
 CAM_METHODS: dict[str, CamMethod] = {

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from medray import console
 from medray.config import to_yaml
 from medray.data.sources import has_labels, row_sources
 from medray.errors import MedrayError
@@ -58,7 +59,10 @@ def explain_model(config, model_path: str | Path | None = None,
     labelled = has_labels(config.data)
     if config.explain.target == "true" and not labelled:
         raise MedrayError(f"explain.target=true: the images in {config.data.path} have no labels; use predicted or all")
-    cam_layers = CamGraph(model, config.explain.cam_layer).layers
+    graph = CamGraph(model, config.explain.cam_layer)
+    cam_layers = graph.layers
+    for warning in graph.warnings:
+        console.warn(warning)
     if labelled:
         job = prepare_job(config, input_size=shape.input_size)
         class_names = job.source.class_names
@@ -66,7 +70,7 @@ def explain_model(config, model_path: str | Path | None = None,
         class_names = config.data.class_names or run_class_names(class_names_from, path)
         job = prepare_job(config, input_size=shape.input_size, unlabelled_classes=class_names)
     check_class_names(class_names, shape, path)
-    folder = create_run_folder(config)  # in object storage too: written here, uploaded at the end
+    folder = create_run_folder(config, resumable=False)  # in object storage too: written here, uploaded at the end
     out_dir = folder.local
     (out_dir / "config.yaml").write_text(to_yaml(config))
     # Bad rows refused or skipped and counted, as in a run.
@@ -90,7 +94,7 @@ def explain_model(config, model_path: str | Path | None = None,
                          f"see {out_dir / 'manifest.parquet'})")
     facts = {"model": str(path.resolve()), "input_size": shape.input_size, "channels": shape.channels,
              "class_names": class_names, "preprocess": config.explain.preprocess, "cam_layers": list(cam_layers),
-             "labelled": labelled}
+             "cam_layer_warnings": graph.warnings, "labelled": labelled}
     (out_dir / "model.json").write_text(json.dumps(facts, indent=2))
     lines += [f"model     {path} (CAM layer {', '.join(cam_layers)})", f"predictions {out_dir / 'predictions.parquet'}"]
     if config.report.enabled:  # a labelled split gets the run report: it reads predictions.parquet and data.json

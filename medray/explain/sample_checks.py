@@ -51,17 +51,20 @@ def sample_checks(model_bytes: bytes, backbone_name: str | UserModelSpec, task: 
                                                        explain_config.batch_size, task)
         label_random = CamExplainer(permuted_model, layers, explain_config.methods, target=target)(
             images, explained.targets).maps
-    groups = task.check_groups(labels, explained.targets)
+    predictions = explained.probabilities.argmax(axis=1)  # the top class or label
+    groups = task.check_groups(labels, explained.targets, predictions)
+    # An image without labels (all -1) is grouped by what the model predicted, and the lines say so.
+    labelled = labels.reshape(count, -1).max(axis=1) >= 0
     partners = sanity.shared_structure_partners(groups)
     # The blurred images and the curves' end points are the same for every map of an image.
     baseline = checks.faithfulness_baseline(images, explainer.probabilities)
-    predictions = explained.probabilities.argmax(axis=1)  # the top class or label
     parts = []
     for key, maps in explained.maps.items():
         for slot in range(explained.targets.shape[1]):
             trained, slot_targets = maps[:, slot], explained.targets[:, slot]
             upsampled = checks.upsample_maps(trained, size)
-            columns = {"row_id": np.asarray(rows["row_id"]).astype(str), "label": groups, "prediction": predictions,
+            columns = {"row_id": np.asarray(rows["row_id"]).astype(str), "label": groups, "labelled": labelled,
+                       "prediction": predictions,
                        "target": slot_targets, "method": [key[0]] * count, "layer": [key[1]] * count}
             for order, prefix in (("map", ""), ("random", "random_order_")):
                 deletion, insertion = checks.deletion_insertion_auc(images, upsampled, slot_targets,

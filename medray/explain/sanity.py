@@ -138,12 +138,24 @@ def map_similarity(maps: np.ndarray, other: np.ndarray, size: tuple[int, int]) -
     return {"rank_corr": rank_corr, "ssim": structural_similarity(maps, other, size)}
 
 
-VERDICT_RULE = ("passed: after re-initialisation and after label permutation the map is less like the trained "
-                "map than the trained maps of two images of one class are, in median Spearman and SSIM")
+# What each test does to the model, as the verdict rule and an unfinished verdict name it.
+TEST_NAMES = {"model_randomisation": ("re-initialisation", "weights re-initialised"),
+              "data_randomisation": ("label permutation", "labels permuted")}
+
+
+def verdict_rule(ran: list[str]) -> str:
+    """The rule for the tests that ran, and no other: "passed: after re-initialisation and after
+    label permutation the map is less like ..."."""
+    after = " and ".join(f"after {TEST_NAMES[test][0]}" for test in ran) or "after no test"
+    rule = (f"passed: {after} the map is less like the trained map than the trained maps of two images of one "
+            "class are, in median Spearman and SSIM")
+    missing = [TEST_NAMES[test][0] for test in TEST_NAMES if test not in ran]
+    return rule + (f"; {' and '.join(missing)} not run" if missing else "")
 
 
 def sanity_verdict(tests: dict, reference: dict) -> dict:
-    """{"verdicts": {test: "passed" | "FAILED" | None}, "verdict", "verdict_rule"}.
+    """{"verdicts": {test: "passed" | "FAILED" | None}, "verdict", "verdict_rule"}; a test without
+    figures (None: not run) is left out of the verdict and its rule, and a pass names what it rests on.
 
     tests: {"model_randomisation" | "data_randomisation": {"rank_corr", "ssim": figure or None}};
     reference: the same figures for two different images' trained maps of one class.
@@ -170,6 +182,9 @@ def sanity_verdict(tests: dict, reference: dict) -> dict:
         below = all(figures[name]["value"] < reference[name]["value"] for name in ("rank_corr", "ssim"))
         verdicts[test] = "passed" if below else "FAILED"
     failed = [test.replace("_", " ") for test, verdict in verdicts.items() if verdict == "FAILED"]
-    ran = [verdict for verdict in verdicts.values() if verdict is not None]
+    ran = [test for test, verdict in verdicts.items() if verdict is not None]
     verdict = None if not ran else ("passed" if not failed else f"FAILED ({', '.join(failed)})")
-    return {"verdicts": verdicts, "verdict": verdict, "verdict_rule": VERDICT_RULE}
+    skipped = [TEST_NAMES[test][1] for test in verdicts if test not in ran and test in TEST_NAMES]
+    if verdict == "passed" and skipped:  # a pass rests only on the tests that ran
+        verdict = f"passed ({', '.join(TEST_NAMES[test][1] for test in ran)} only; {', '.join(skipped)}: not run)"
+    return {"verdicts": verdicts, "verdict": verdict, "verdict_rule": verdict_rule(ran)}

@@ -116,11 +116,14 @@ def _target_localisation(values: dict[str, np.ndarray]) -> dict:
 
 
 def sample_figures(rows, steps: list[str], class_names: list[str] | None) -> dict:
-    """Faithfulness overall and per true class, and the sanity checks with their verdict."""
+    """Faithfulness overall and per true class (images without labels: per predicted class, named
+    "<class> (predicted class)"), and the sanity checks with their verdict."""
     name_of = (lambda label: class_names[label]) if class_names else str
-    per_class = {name_of(int(label)): {"maps": int(len(group)),
-                                       **{name: value(figure(group[name].to_numpy())) for name in FAITHFULNESS}}
-                 for label, group in rows.groupby("label")}
+    if "labelled" not in rows:  # a sample table written before unlabelled images were told apart
+        rows = rows.assign(labelled=True)
+    per_class = {name_of(int(label)) + ("" if labelled else " (predicted class)"):
+                 {"maps": int(len(group)), **{name: value(figure(group[name].to_numpy())) for name in FAITHFULNESS}}
+                 for (label, labelled), group in rows.groupby(["label", "labelled"])}
     cascade_rank = np.stack(rows["cascade_rank_corr"].to_numpy()) if len(rows) else np.zeros((0, len(steps)))
     cascade_ssim = np.stack(rows["cascade_ssim"].to_numpy()) if len(rows) else np.zeros((0, len(steps)))
     tests = {

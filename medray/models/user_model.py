@@ -38,10 +38,13 @@ class ModelShape:
 def load_user_model(path: str | Path, trust_code: bool = False):
     """The model in `path` (.keras or .h5), loaded by the Keras that wrote it, not compiled.
 
-    Raises MedrayError naming the file for: a missing file, a file that is not a Keras model, a
+    Raises MedrayError naming the file for: a missing file, a folder (a SavedModel: how to convert
+    it), a file that is not a Keras model, a
     model holding a Lambda layer without `trust_code`, a layer Keras cannot rebuild.
     """
     path = Path(path)
+    if path.is_dir():
+        raise MedrayError(_folder_message(path))
     if not path.is_file():
         raise MedrayError(f"explain.model {path} does not exist; pass --model with a .keras or .h5 file")
     if path.suffix.lower() not in SUFFIXES:
@@ -62,6 +65,22 @@ def load_user_model(path: str | Path, trust_code: bool = False):
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise MedrayError(f"{path}: Keras {keras_version} cannot rebuild this model ({reason[:300]}); "
                           "custom layers are not supported, re-save it with built-in layers") from None
+
+
+def _folder_message(path: Path) -> str:
+    """A folder passed as the model: a TensorFlow SavedModel says how to convert it. medray does not
+    load SavedModels itself: a revived one is a graph of traced functions, not the layers a CAM
+    layer is read from, and a folder does not travel to Ray actors as one file."""
+    if not any((path / name).is_file() for name in ("saved_model.pb", "saved_model.pbtxt")):
+        return f"{path} is a folder, not a model file; pass --model with a .keras or .h5 file"
+    if not (path / "keras_metadata.pb").is_file():
+        return (f"{path} is a TensorFlow SavedModel folder without a Keras model in it (no keras_metadata.pb, "
+                "e.g. written by model.export or tf.saved_model.save); medray reads .keras or .h5 files: "
+                "save the model from the code that built it with model.save('model.keras')")
+    target = path.with_suffix(".keras")
+    return (f"{path} is a TensorFlow SavedModel folder written by Keras 2 (tf-keras); medray reads .keras or .h5 "
+            f"files: convert it once with `python -c \"import tf_keras; tf_keras.models.load_model('{path}')"
+            f".save('{target}')\"` (a Lambda layer in it runs its code as it loads: convert only folders you trust)")
 
 
 def load_user_model_bytes(blob: bytes, suffix: str, trust_code: bool = False):
