@@ -29,13 +29,13 @@ from medray.report.multilabel_metrics import (
 from medray.report.run_section import (
     PREDICTIONS,
     read_class_names,
-    read_config_text,
     read_optional_json,
     read_prediction_file,
+    read_run_files,
     shared_figures,
 )
+from medray.run_folder import THRESHOLDS
 
-THRESHOLDS = "thresholds.json"
 MULTILABEL_COLUMNS = {"row_id", "label", "probabilities"}
 
 
@@ -88,13 +88,7 @@ def describe_multilabel_run(run_dir: Path, examples_per_class: int = DEFAULT_EXA
     labels, probabilities = multilabel_prediction_arrays(predictions)
     thresholds, thresholds_note, threshold_reasons = read_thresholds(run_dir, label_names)
     metrics = multilabel_metrics(labels, probabilities, thresholds, label_names)
-    data = read_optional_json(run_dir / "data.json")
-    config_text, config = read_config_text(run_dir)
-    history_path = run_dir / "history.csv"
-    history = pd.read_csv(history_path) if history_path.is_file() else None
-
-    plot_dir = run_dir / "plots"
-    plot_dir.mkdir(exist_ok=True)
+    data, config_text, config, history, plot_dir = read_run_files(run_dir)
     figures = {"roc": plots.plot_label_roc_curves(labels, probabilities, label_names, plot_dir / "roc_curves.png"),
                **shared_figures(plot_dir, data, history)}
     label_errors = errors_by_label(labels, probabilities, thresholds, predictions["row_id"].astype(str).tolist(),

@@ -85,18 +85,24 @@ def read_config_text(run_dir: Path) -> tuple[str, dict]:
         raise MedrayError(f"{path} is not valid YAML ({error}); rerun `medray run`") from None
 
 
+def read_run_files(run_dir: Path) -> tuple[dict | None, str | None, dict | None, pd.DataFrame | None, Path]:
+    """What every run report reads besides its predictions: data.json, config.yaml (text and
+    mapping), history.csv (None where absent), and the plots folder, created."""
+    data = read_optional_json(run_dir / "data.json")
+    config_text, config = read_config_text(run_dir)
+    history_path = run_dir / "history.csv"
+    history = pd.read_csv(history_path) if history_path.is_file() else None
+    plot_dir = run_dir / "plots"
+    plot_dir.mkdir(exist_ok=True)
+    return data, config_text, config, history, plot_dir
+
+
 def describe_run(run_dir: Path, examples_per_class: int = DEFAULT_EXAMPLES_PER_CLASS) -> dict:
     class_names = read_class_names(run_dir)
     predictions = read_predictions(run_dir, class_names)
     labels, predicted, probabilities = prediction_arrays(predictions)
     metrics = classification_metrics(labels, predicted, probabilities, class_names)
-    data = read_optional_json(run_dir / "data.json")
-    config_text, config = read_config_text(run_dir)
-    history_path = run_dir / "history.csv"
-    history = pd.read_csv(history_path) if history_path.is_file() else None
-
-    plot_dir = run_dir / "plots"
-    plot_dir.mkdir(exist_ok=True)
+    data, config_text, config, history, plot_dir = read_run_files(run_dir)
     figures = draw_run_plots(plot_dir, metrics, labels, predicted, probabilities, class_names, data, history)
     support = np.bincount(labels, minlength=len(class_names))
     return {
