@@ -12,7 +12,6 @@ import ray
 from medray.data.pipeline import one_batch_per_block
 from medray.models.actor import ModelActor
 from medray.task import Task
-from medray.report.metrics import classification_metrics, prediction_arrays
 
 
 class Predictor(ModelActor):
@@ -50,26 +49,6 @@ def predictions_from_maps(maps_dir: Path, task: Task, thresholds: list[float] | 
                                  np.stack(images["probabilities"].to_numpy()).astype(np.float32), thresholds)
 
 
-def class_prediction_table(row_ids: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
-                           class_names: list[str]) -> pd.DataFrame:
-    """One class per image: label and prediction are class indices (label -1: unlabelled)."""
-    predictions = probabilities.argmax(axis=1)
-    frame = pd.DataFrame({
-        "row_id": row_ids,
-        "label": labels,
-        "label_name": [class_names[label] if label >= 0 else None for label in labels],  # -1: unlabelled
-        "prediction": predictions,
-        "prediction_name": [class_names[index] for index in predictions],
-        "confidence": probabilities.max(axis=1),
-        "probabilities": list(probabilities),
-    })
-    return frame.sort_values("row_id", ignore_index=True)
-
-
 def compute_metrics(predictions: pd.DataFrame, task: Task, thresholds: list[float] | None = None) -> dict:
     """metrics.json: the scikit-learn scores of the predictions table (see medray.report.metrics)."""
     return task.metrics(predictions, thresholds)
-
-
-def class_metrics(predictions: pd.DataFrame, class_names: list[str]) -> dict:
-    return classification_metrics(*prediction_arrays(predictions), class_names)

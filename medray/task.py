@@ -91,14 +91,14 @@ class Task:
 
     def prediction_table(self, row_ids: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
                          thresholds=None):
-        """predictions.parquet: one row per image (medray.evaluate.class_prediction_table)."""
-        from medray.evaluate import class_prediction_table
+        """predictions.parquet: one row per image (medray.report.metrics.class_prediction_table)."""
+        from medray.report.metrics import class_prediction_table
 
         return class_prediction_table(row_ids, labels, probabilities, list(self.class_names))
 
     def metrics(self, predictions, thresholds=None) -> dict:
         """metrics.json from the predictions table: accuracy, macro F1, ROC AUC, calibration, ..."""
-        from medray.evaluate import class_metrics
+        from medray.report.metrics import class_metrics
 
         return class_metrics(predictions, list(self.class_names))
 

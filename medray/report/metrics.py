@@ -207,3 +207,24 @@ def most_confused_pairs(matrix: np.ndarray, class_names: list[str], limit: int =
         if t != p and matrix[t, p] > 0
     ]
     return sorted(pairs, key=lambda pair: (-pair["count"], -pair["share_of_true_class"]))[:limit]
+
+
+def class_prediction_table(row_ids: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
+                           class_names: list[str]) -> pd.DataFrame:
+    """One class per image: label and prediction are class indices (label -1: unlabelled)."""
+    predictions = probabilities.argmax(axis=1)
+    frame = pd.DataFrame({
+        "row_id": row_ids,
+        "label": labels,
+        "label_name": [class_names[label] if label >= 0 else None for label in labels],  # -1: unlabelled
+        "prediction": predictions,
+        "prediction_name": [class_names[index] for index in predictions],
+        "confidence": probabilities.max(axis=1),
+        "probabilities": list(probabilities),
+    })
+    return frame.sort_values("row_id", ignore_index=True)
+
+
+def class_metrics(predictions: pd.DataFrame, class_names: list[str]) -> dict:
+    """metrics.json of a single-label or binary run from its predictions table."""
+    return classification_metrics(*prediction_arrays(predictions), class_names)
