@@ -324,6 +324,7 @@ class RunConfig(_Section):
             raise ValueError(f"tracking.uri: MLflow's default file store (<output.dir>/mlruns) cannot live in "
                              f"object storage (output.dir={self.output.dir}); set tracking.uri to an MLflow "
                              "server (http://...), whose artifact store may be that bucket")
+        _check_data_keys(self.data)
         if self.model.weights != "none" and self.model.backbone == "baseline_cnn":
             raise ValueError("model.weights: baseline_cnn has no pretrained weights; use weights: none")
         return self
