@@ -108,13 +108,14 @@ def has_labels(data_config) -> bool:
 
 
 def discover_unlabelled(data_config, class_names: list[str]) -> Source:
-    """All rows of data.path as the test split, label UNLABELLED; `where` of each row in `row_sources`."""
+    """All rows of data.path as the test split, label UNLABELLED, read in data.color as labelled rows
+    are ("auto" decided from a sample of them); `where` of each row in `row_sources`."""
     root, pieces = get_source_kind(data_config.source).unlabelled_pieces(data_config)
     if not pieces:
         raise MedrayError(f"data.path {data_config.path}: no images found (.png, .jpg, .jpeg, .dcm or DICOM "
                           "files without a suffix)")
-    return Source(data_config.source, root, list(class_names), {split: pieces if split == "test" else []
-                                                                 for split in SPLITS})
+    return with_color(Source(data_config.source, root, list(class_names),
+                             {split: pieces if split == "test" else [] for split in SPLITS}), data_config)
 
 
 def row_sources(source: Source) -> dict[str, str]:
