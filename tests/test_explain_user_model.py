@@ -191,3 +191,39 @@ def test_a_corrupt_exif_block_is_counted_not_printed_and_a_bad_image_points_to_t
     assert "Corrupt EXIF" not in shown.out + shown.err
     manifest = pd.read_parquet(tmp_path / "out" / "mine" / "manifest.parquet").set_index("row_id")
     assert manifest.loc["exif.jpg", "warning"].startswith("EXIF orientation ignored: Corrupt EXIF data")
+
+
+def hue_model(path):
+    """A 3-channel classifier that sees only hue: class 0 where red exceeds green, class 1 where
+    green exceeds red; a gray image (R = G = B) scores 0.5 for both."""
+    inputs = keras.Input((16, 16, 3))
+    features = keras.layers.Conv2D(2, 1, activation="relu", name="features")(inputs)
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(features))
+    model = keras.Model(inputs, outputs)
+    red_minus_green = np.zeros((1, 1, 3, 2), np.float32)
+    red_minus_green[0, 0, :2] = [[4, -4], [-4, 4]]
+    model.get_layer("features").set_weights([red_minus_green, np.zeros(2, np.float32)])
+    model.layers[-1].set_weights([np.eye(2, dtype=np.float32) * 4, np.zeros(2, np.float32)])
+    model.save(path)
+    return model
+
+
+def test_unlabelled_colour_images_reach_an_rgb_model_in_colour(tmp_path, ray_cluster):
+    from medray.models.preprocessing import DECLARED_PREPROCESSING
+
+    rng = np.random.default_rng(0)
+    images = {f"hue{index}.png": np.clip(np.asarray(((200, 80, 120), (60, 150, 124))[index % 2], float)
+                                         + rng.uniform(-20, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
+              for index in range(4)}
+    for name, pixels in images.items():
+        write(tmp_path / "scans" / name, image_bytes(pixels))
+    model = hue_model(tmp_path / "hues.keras")
+    assert main(explain_args(tmp_path / "hues.keras", tmp_path / "scans", tmp_path / "out", "data.source=folders",
+                             "data.color=rgb", "explain.preprocess=symmetric", "explain.checks=false")) == 0
+    out = tmp_path / "out" / "mine"
+    assert pq.read_schema(out / "manifest.parquet").metadata[b"medray.color"] == b"rgb"
+    predictions = pd.read_parquet(out / "predictions.parquet").set_index("row_id").loc[list(images)]
+    expected = model.predict(DECLARED_PREPROCESSING["symmetric"](np.stack(list(images.values())).astype(np.float32)),
+                             verbose=0)
+    assert np.allclose(np.stack(predictions["probabilities"]), expected, atol=1e-4)
+    assert list(predictions["prediction_name"]) == ["normal", "tumour", "normal", "tumour"]

@@ -185,3 +185,23 @@ def test_hugging_face_image_structs_read_bytes_or_the_file_beside_the_parquet(tm
     assert [row["row_id"] for row in rows] == [f"test-0.parquet#{n}" for n in (0, 1, 2, 5)]
     for row, expected in zip(rows, (scans[0], scans[1], scans[2], scans[3])):
         assert np.array_equal(row["pixels"], expected)
+
+
+def test_a_label_differing_only_in_spaces_or_case_is_reported_by_value_and_row(tmp_path):
+    labels = {"train": ["NORMAL", "PNEUMONIA"] * 3, "val": ["NORMAL", "PNEUMONIA", "PNEUMONIA "] * 2,
+              "test": ["NORMAL", "PNEUMONIA"] * 3}
+    for offset, split in enumerate(("train", "val", "test")):
+        hf_parquet(tmp_path / f"{split}-00000-of-00001.parquet",
+                   [image_bytes(scan(10 * offset + i)) for i in range(6)], labels[split])
+    with pytest.raises(MedrayError) as raised:
+        discover(DataConfig(path=tmp_path))
+    message = str(raised.value)
+    assert "\n" not in message and "'PNEUMONIA '" in message and "'PNEUMONIA'" in message
+    assert f"{tmp_path / 'val-00000-of-00001.parquet'} row 2" in message
+
+
+def test_a_class_only_in_validation_or_test_stops_naming_the_class_and_split(tmp_path):
+    salted_folder_tree(tmp_path)
+    write(tmp_path / "test" / "COVID" / "1.png", image_bytes(scan(7)))
+    with pytest.raises(MedrayError, match=r"^[^\n]*class 'COVID' has 1 test image but no train image[^\n]*$"):
+        discover(folder_config(tmp_path))

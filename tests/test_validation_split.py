@@ -42,3 +42,16 @@ def test_val_from_train_carves_a_stratified_seeded_split_out_of_train(tmp_path):
     assert sorted(val_ids) != sorted(row_id for piece in other.pieces["val"] for row_id in piece["row_ids"])
     labels = {row_id: label for piece in carved.pieces["val"] for row_id, label in zip(piece["row_ids"], piece["labels"])}
     assert all(labels[row_id] == int(np.asarray([0] * 30 + [1] * 10)[int(row_id.split("#")[1])]) for row_id in val_ids)
+
+
+def test_val_from_train_reports_the_dataset_validation_rows_it_leaves_out(tmp_path, ray_cluster):
+    from medray.data.manifest import describe_data_report, prepare_source
+
+    config = DataConfig(path=dataset(tmp_path / "data", [0, 1] * 10, [0, 1, 1]), split=SplitConfig(val_from_train=0.2))
+    _, report = prepare_source(discover(config), config, tmp_path / "run")
+    assert report["discarded_validation"]["count"] == 3
+    assert "data.split.val_from_train" in report["discarded_validation"]["reason"]
+    assert report["rows_in"] == 24  # 20 train (16 + 4 carved) and 4 test; the 3 validation rows are not read
+    lines = [line for line in describe_data_report(report).splitlines() if "own validation split" in line]
+    assert lines == ["data: 3 rows of the dataset's own validation split not used (data.split.val_from_train "
+                     "carves validation out of train)"]

@@ -269,6 +269,11 @@ def data_report(source: Source, frame: pd.DataFrame, manifest_path: Path) -> dic
         "ignored_files": {"count": len(source.ignored_files), "files": source.ignored_files[:REPORTED_EXAMPLES]},
         "warnings": row_warnings(frame),
     }
+    if source.discarded_val_rows:  # never read, so neither in rows_in nor reported
+        report["discarded_validation"] = {
+            "count": source.discarded_val_rows,
+            "reason": "data.split.val_from_train carves the validation split out of train, so the dataset's "
+                      "own validation rows are not used"}
     if report["rows_in"] != report["rows_used"] + report["rows_reported"]:
         raise MedrayError(f"internal check failed: {report['rows_in']} rows in, {report['rows_used']} used, "
                           f"{report['rows_reported']} reported; please report this with {manifest_path}")
@@ -289,6 +294,9 @@ def describe_data_report(report: dict) -> str:
     lines = [f"data: {report['rows_in']} rows in, {report['rows_used']} used, {report['rows_reported']} reported"
              + (" (" + ", ".join(f"{reason} {count}" for reason, count in report["reported_by_reason"].items())
                 + ")" if report["rows_reported"] else "")]
+    if "discarded_validation" in report:
+        lines.append(f"data: {report['discarded_validation']['count']} rows of the dataset's own validation split "
+                     "not used (data.split.val_from_train carves validation out of train)")
     lines += [f"warning: {warning}" for warning in report.get("validation_warnings", [])]
     warnings = report.get("warnings", {"count": 0})
     if warnings["count"]:

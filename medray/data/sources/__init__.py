@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
+import numpy as np
+
 from medray import storage
 from medray.data.sources.base import (SPLITS, RawRow, Source, SourceKind, count_labels, local_paths, missing_path,
                                       split_of)
@@ -34,6 +36,8 @@ def discover(data_config) -> Source:
     """data.path as a Source of data.source's kind, its validation split carved out of train if
     data.split.val_from_train asks, its colour decided; raises MedrayError naming what is wrong."""
     source = get_source_kind(data_config.source).discover(data_config)
+    if not data_config.class_names:  # names the user listed are kept apart as given
+        check_spellings(source)
     if data_config.split.val_from_train:
         source = carve_validation(source, data_config.split.val_from_train, data_config.split.seed)
     check_usable(source)
@@ -41,9 +45,9 @@ def discover(data_config) -> Source:
 
 
 def check_usable(source: Source) -> None:
-    """Every split has images; the train split has two classes, or for multi-label data a positive
-    image of every label (a label never present in train cannot be learned, and its positive weight
-    and validation threshold would be made up)."""
+    """Every split has images; the train split has two classes and every class of the validation and
+    test splits, or for multi-label data a positive image of every label (a label never present in
+    train cannot be learned, and its positive weight and validation threshold would be made up)."""
     for split in SPLITS:
         if source.num_rows(split) == 0:
             raise MedrayError(f"{source.path}: the {split} split has no images; medray expects "
@@ -61,6 +65,42 @@ def check_usable(source: Source) -> None:
         raise MedrayError(
             f"{source.path}: the train split has only {len(present)} class ({', '.join(present)}); "
             "a classifier needs at least two")
+    for split in ("val", "test"):
+        counts = zip(source.class_names, source.class_counts["train"], source.class_counts[split])
+        unseen = [(name, count) for name, train, count in counts if count and not train]
+        if unseen:
+            name, count = unseen[0]
+            raise MedrayError(f"{source.path}: class {name!r} has {count} {split} image{'s' * (count != 1)} but no "
+                              "train image; a class never seen in training cannot be predicted: add train images "
+                              "of it or fix the labels of those rows")
+
+
+def check_spellings(source: Source) -> None:
+    """Class names read from the data that differ only in spaces or case ("PNEUMONIA" and
+    "PNEUMONIA ") are one class spelled twice, not two classes: stop, naming the rarer spelling and
+    the first row that carries it."""
+    spellings: dict[str, list[int]] = {}
+    for index, name in enumerate(source.class_names):
+        spellings.setdefault(" ".join(str(name).split()).casefold(), []).append(index)
+    for indices in spellings.values():
+        if len(indices) < 2:
+            continue
+        rows = [sum(source.class_counts[split][index] for split in SPLITS) for index in indices]
+        usual, odd = indices[rows.index(max(rows))], indices[rows.index(min(rows))]
+        usual, odd = (usual, odd) if usual != odd else indices[:2]
+        raise MedrayError(f"{_first_row_of(source, odd)}: label {source.class_names[odd]!r} differs from label "
+                          f"{source.class_names[usual]!r} only in spaces or case and would become a class of its "
+                          "own; fix the label (or list both in data.class_names to keep them apart)")
+
+
+def _first_row_of(source: Source, index: int) -> str:
+    kind = get_source_kind(source.kind)
+    for split in SPLITS:
+        for piece in source.pieces[split]:
+            for row, label in zip(piece["rows"], piece["labels"]):
+                if (label == index) if np.ndim(label) == 0 else label[index] == 1:
+                    return kind.row_source(piece, row)
+    return str(source.path)
 
 
 def guess_kind(path: Path) -> str:
@@ -108,13 +148,14 @@ def has_labels(data_config) -> bool:
 
 
 def discover_unlabelled(data_config, class_names: list[str]) -> Source:
-    """All rows of data.path as the test split, label UNLABELLED; `where` of each row in `row_sources`."""
+    """All rows of data.path as the test split, label UNLABELLED, read in data.color as labelled rows
+    are ("auto" decided from a sample of them); `where` of each row in `row_sources`."""
     root, pieces = get_source_kind(data_config.source).unlabelled_pieces(data_config)
     if not pieces:
         raise MedrayError(f"data.path {data_config.path}: no images found (.png, .jpg, .jpeg, .dcm or DICOM "
                           "files without a suffix)")
-    return Source(data_config.source, root, list(class_names), {split: pieces if split == "test" else []
-                                                                 for split in SPLITS})
+    return with_color(Source(data_config.source, root, list(class_names),
+                             {split: pieces if split == "test" else [] for split in SPLITS}), data_config)
 
 
 def row_sources(source: Source) -> dict[str, str]:

@@ -59,6 +59,8 @@ class Source:
     color: str = "gray"
     # whether a row's label is a vector of K labels (1, 0, -1) rather than one class index
     multi_label: bool = False
+    # rows of the dataset's own validation split left unread: data.split.val_from_train carves one from train
+    discarded_val_rows: int = 0
 
     def num_rows(self, split: str) -> int:
         # Counted from the read tasks: a multi-label image adds to several label counts or to none.

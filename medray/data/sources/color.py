@@ -1,7 +1,8 @@
 """data.color: whether a dataset is read as gray or RGB, decided once on the driver before Ray starts.
 
-"auto" decodes a small, evenly spread sample of train images: when at least half of them carry
-colour (channels that differ, not gray saved as RGB) the dataset is read as RGB, otherwise as gray.
+"auto" decodes a small, evenly spread sample of train images (of all images, for images without
+labels): when at least half of them carry colour (channels that differ, not gray saved as RGB) the
+dataset is read as RGB, otherwise as gray. Images with and without labels decode the same way.
 Pathology, dermatoscopy, fundus and blood-cell images are colour, and colour is what separates
 their classes; X-ray, CT and MRI are gray however they were saved.
 """
@@ -27,7 +28,8 @@ def with_color(source: Source, data_config) -> Source:
 
 
 def detect_color(source: Source, data_config) -> str:
-    pieces = source.pieces["train"]
+    # Images without labels are all test rows (discover_unlabelled).
+    pieces = source.pieces["train"] or source.pieces["test"]
     if not pieces:
         return "gray"
     spread = np.linspace(0, len(pieces) - 1, min(len(pieces), SAMPLE_IMAGES)).astype(int)

@@ -45,8 +45,9 @@ def group_split(groups: list[str], split_config) -> list[str]:
 
 def carve_validation(source: Source, share: float, seed: int) -> Source:
     """`share` of every class's train rows become the validation split; the dataset's own validation
-    rows are left out. Each class is drawn by its own generator ([seed, class]) so adding a class
-    does not move the rows of the others; read tasks keep their files and row order.
+    rows are left out, and counted in `discarded_val_rows` for the data report. Each class is drawn
+    by its own generator ([seed, class]) so adding a class does not move the rows of the others;
+    read tasks keep their files and row order.
 
     Multi-label rows belong to several labels or none, so they are not stratified: a seeded random
     `share` of all train rows is drawn (iterative stratification, Sechidis et al. 2011, would keep
@@ -74,4 +75,5 @@ def carve_validation(source: Source, share: float, seed: int) -> Source:
                 pieces[split].append(piece | subset | {"split": split})
     counts = {split: count_labels(pieces[split], len(source.class_names)) for split in SPLITS}
     rejected = [row for row in source.rejected if row["split"] != "val"]
-    return replace(source, pieces=pieces, class_counts=counts, rejected=rejected)
+    discarded = source.num_rows("val") + len(source.rejected) - len(rejected)
+    return replace(source, pieces=pieces, class_counts=counts, rejected=rejected, discarded_val_rows=discarded)
