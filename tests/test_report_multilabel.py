@@ -131,7 +131,7 @@ def test_without_pictures_the_galleries_are_one_line(tmp_path):
     predictions, _ = write_multilabel_run(run_dir)
     html = build_report(run_dir).read_text()
     line = re.search(r'<p class="note" id="label-galleries-unavailable">(.*?)</p>', html, re.S)
-    assert line is not None
+    assert line, "the report has no one-line note in place of the per-label galleries"
     labels = np.stack(predictions["label"])
     predicted = np.stack(predictions["prediction"])
     effusion_fp = int(((labels[:, 1] == 0) & (predicted[:, 1] == 1)).sum())
