@@ -75,13 +75,11 @@ class BinarySigmoidTarget(CamTarget):
 
 
 @dataclass(frozen=True)
-class SigmoidLabelTarget(CamTarget):
-    """The logit of label k of a multi-label head (independent sigmoids)."""
+class SigmoidLabelTarget(SoftmaxClassTarget):
+    """The logit of label k of a multi-label head (independent sigmoids): the same scores as a
+    softmax head's, other probabilities."""
 
     name = "logit of label k"
-
-    def class_scores(self, logits):
-        return logits
 
     def probabilities(self, logits):
         return tf.sigmoid(logits)
