@@ -238,6 +238,9 @@ class ExplainConfig(_Section):
     # correct/incorrect prediction and drawn with `sample_seed`.
     checks: bool = True
     check_sample: int = Field(256, ge=0, le=100_000)
+    # The pointing game counts a map's maximum within this many pixels of the lesion mask as a hit
+    # (Zhang et al. 2016 use 15 px on ~500 px images); 0 is the strict game. In pixels of the model input.
+    pointing_tolerance_px: float = Field(0.0, ge=0, le=1000)
     sample_seed: int = Field(0, ge=0, lt=2**32)
     deletion_steps: int = Field(16, ge=2, le=256)
     # Points of the cascading model randomisation, top block first (neighbouring blocks are merged

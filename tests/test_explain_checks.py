@@ -25,6 +25,20 @@ def test_pointing_game_scores_a_hit_a_miss_and_skips_images_without_a_lesion():
     assert scores[0] == 1 and scores[1] == 0 and np.isnan(scores[2])
 
 
+def test_a_pointing_tolerance_counts_a_peak_just_outside_the_lesion_and_no_farther():
+    masks = lesion_masks()  # image 0's lesion: rows and columns 2..5
+    maps = np.zeros((3, 16, 16), np.float32)
+    maps[0, 7, 3] = 1  # 2 px below the lesion's last row
+    maps[1, 3, 3] = 1  # about 7 px from its lesion
+    maps[2, 3, 3] = 1
+    strict = checks.pointing_game(maps, masks)
+    assert strict[0] == 0 and strict[1] == 0 and np.isnan(strict[2])
+    assert checks.pointing_game(maps, masks, tolerance_px=2.5)[0] == 1
+    assert checks.pointing_game(maps, masks, tolerance_px=2.0)[0] == 0  # closer than, as TorchRay counts
+    assert checks.pointing_game(maps, masks, tolerance_px=2.5)[1] == 0
+    assert np.isnan(checks.pointing_game(maps, masks, tolerance_px=2.5)[2])
+
+
 def test_energy_in_lesion_is_the_share_of_the_map_inside_the_mask():
     masks = lesion_masks()
     maps = np.zeros((3, 16, 16), np.float32)

@@ -100,3 +100,11 @@ def test_a_verdict_without_label_permutation_says_it_rests_on_re_initialisation_
     assert score["verdict_rule"].endswith("; label permutation not run")
     both = sample_figures(sample_rows(), ["head", "conv0"], CLASSES)
     assert both["verdict"] == "passed" and "after label permutation" in both["verdict_rule"]
+
+
+def test_a_pointing_game_with_a_tolerance_says_how_far_it_reaches():
+    score = {"maps": 30, "images": 30, "empty_maps": 0, "empty_share": 0.0, "lesion_maps": 30,
+             "pointing_game": figure(np.ones(30)), "energy_in_lesion": figure(np.full(30, 0.2)),
+             "localisation_chance": figure(np.full(30, 0.01)), "pointing_tolerance_px": 1.5}
+    assert "pointing game (within 1.5 px of the lesion) 1.000" in format_scorecard({"gradcam": score})
+    assert "pointing game 1.000" in format_scorecard({"gradcam": score | {"pointing_tolerance_px": 0.0}})

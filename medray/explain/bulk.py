@@ -83,11 +83,13 @@ class CamActor(ModelActor):
     `thresholds`: per label, chosen on the validation split (multi-label tasks)."""
 
     def __init__(self, model_bytes: bytes, backbone_name: str | UserModelSpec, task: Task, methods: list[str],
-                 target: str, overlays: bool, checks: bool, thresholds: list[float] | None = None):
+                 target: str, overlays: bool, checks: bool, thresholds: list[float] | None = None,
+                 pointing_tolerance_px: float = 0.0):
         super().__init__(model_bytes, backbone_name)
         self.task, self.class_names, self.target = task, list(task.class_names), target
         self.thresholds = None if thresholds is None else np.asarray(thresholds, np.float32)
         self.overlays, self.checks = overlays, checks
+        self.pointing_tolerance_px = pointing_tolerance_px
         self.explainer = CamExplainer(self.model, self.cam_layers, methods, target=self.cam_target(task))
 
     def __call__(self, batch: dict) -> pa.Table:
@@ -135,7 +137,7 @@ class CamActor(ModelActor):
         if masks.ndim == 4:
             masks = masks[np.arange(len(masks)), targets]
         upsampled = checks.upsample_maps(maps, size)
-        return {"pointing_game": checks.pointing_game(upsampled, masks),
+        return {"pointing_game": checks.pointing_game(upsampled, masks, self.pointing_tolerance_px),
                 "energy_in_lesion": checks.energy_in_lesion(upsampled, masks),
                 "lesion_share": checks.lesion_share(masks)}
 
@@ -239,7 +241,8 @@ def cam_dataset(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: st
         fn_constructor_kwargs={
             "model_bytes": model_bytes, "backbone_name": backbone_name, "task": task,
             "methods": explain_config.methods, "target": explain_config.target, "overlays": explain_config.overlays,
-            "checks": explain_config.checks, "thresholds": thresholds},
+            "checks": explain_config.checks, "thresholds": thresholds,
+            "pointing_tolerance_px": explain_config.pointing_tolerance_px},
         batch_size=explain_config.batch_size,
         compute=ray.data.ActorPoolStrategy(size=explain_config.concurrency),
         num_gpus=explain_config.gpus_per_actor or None,
@@ -264,7 +267,8 @@ def explain_settings(model_bytes: bytes, class_names: list[str], explain_config)
             "check_sample": explain_config.check_sample, "sample_seed": explain_config.sample_seed,
             "cascade_steps": explain_config.cascade_steps,
             "label_randomisation_epochs": explain_config.label_randomisation_epochs,
-            "overlays": explain_config.overlays, "colorbar": explain_config.colorbar}
+            "overlays": explain_config.overlays, "colorbar": explain_config.colorbar,
+            "pointing_tolerance_px": explain_config.pointing_tolerance_px}
 
 
 def check_same_settings(maps_dir: Path, settings: dict, resuming: bool) -> None:

@@ -73,13 +73,15 @@ def score_methods(maps_dir: Path, sample_checks: Path | None = None, class_names
             store = columns.setdefault(method, {name: [] for name in ("target", *LOCALISATION_COLUMNS)})
             for name in ("target", *LOCALISATION_COLUMNS):
                 store[name].append(table[name].to_numpy(zero_copy_only=False)[chosen].astype(np.float32))
+    settings_path = maps_dir.parent / "settings.json"
+    tolerance = json.loads(settings_path.read_text()).get("pointing_tolerance_px", 0.0) if settings_path.is_file() else 0.0
     sample = pq.read_table(sample_checks) if sample_checks is not None else None
     steps = json.loads(sample.schema.metadata[b"cascade_steps"]) if sample is not None else []
     sample = sample.to_pandas() if sample is not None else None  # a few hundred maps
     scores = {}
     for method, store in columns.items():
         values = {name: np.concatenate(parts) for name, parts in store.items()}
-        scores[method] = _localisation(values, images[method])
+        scores[method] = _localisation(values, images[method]) | {"pointing_tolerance_px": tolerance}
         if per_target:
             name_of = (lambda index: class_names[index]) if class_names else str
             scores[method]["per_target"] = {
@@ -171,13 +173,13 @@ def format_scorecard(scores: dict) -> str:
         lines.append(f"{method}: {score['maps']} maps of {score['images']} images, {score['empty_maps']} empty"
                      + ("  EMPTY MAPS" if score["empty_maps"] else ""))
         if score["pointing_game"] is not None:
-            lines.append(f"  localisation, every map with a lesion (n={score['lesion_maps']}): pointing game "
-                         f"{cell(score['pointing_game'])}, energy in lesion {cell(score['energy_in_lesion'])}, "
+            lines.append(f"  localisation, every map with a lesion (n={score['lesion_maps']}): pointing game"
+                         f"{_tolerance(score)} {cell(score['pointing_game'])}, energy in lesion {cell(score['energy_in_lesion'])}, "
                          f"chance {cell(value(score['localisation_chance']))}")
         for name, figures in score.get("per_target", {}).items():
             if figures["pointing_game"] is not None:
-                lines.append(f"    {name:<24} (n={figures['lesion_maps']:>4} maps with its lesion): pointing game "
-                             f"{cell(figures['pointing_game'])}, energy in lesion "
+                lines.append(f"    {name:<24} (n={figures['lesion_maps']:>4} maps with its lesion): pointing game"
+                             f"{_tolerance(score)} {cell(figures['pointing_game'])}, energy in lesion "
                              f"{cell(figures['energy_in_lesion'])}")
         if not score.get("sample_maps"):
             continue
@@ -201,3 +203,8 @@ def format_scorecard(scores: dict) -> str:
                          f"{score['verdicts'][test] or 'not run'}")
         lines.append(f"  verdict: {score['verdict']}  ({score['verdict_rule']})")
     return "\n".join(lines)
+
+
+def _tolerance(score: dict) -> str:
+    tolerance = score.get("pointing_tolerance_px", 0.0)
+    return f" (within {tolerance:g} px of the lesion)" if tolerance else ""
