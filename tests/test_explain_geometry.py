@@ -3,6 +3,7 @@ model's square input resized back to the scan's width and height), so that it li
 
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -101,3 +102,69 @@ def test_unlabelled_non_square_scans_get_maps_and_overlays_in_their_own_width_an
         assert blue[far] > 0  # the cold end, far from the spot
     assert maps.loc["large.png", "overlay_file"] and Image.open(
         explain / "overlays" / maps.loc["large.png", "overlay_file"]).size == (300, 200)
+
+
+def multilabel_parquet(folder, scans: dict) -> None:
+    """Multi-label rows of non-square scans, each with the bright box as its bright lesion's mask
+    and the opposite corner as its dark lesion's (a lesion that the map must not point at)."""
+    from medray.data.synth import encode_png, huggingface_multilabel_schema, mask_column
+
+    columns = {"image": [], "labels": [], mask_column("bright_round_lesion"): [],
+               mask_column("dark_irregular_lesion"): []}
+    for name, (width, height, box) in scans.items():
+        bright = np.zeros((height, width), np.uint8)
+        bright[box[1]:box[3], box[0]:box[2]] = 255
+        dark = np.zeros((height, width), np.uint8)
+        dark[-box[3]:-box[1] or None, -box[2]:-box[0] or None] = 255  # the box turned half a turn
+        columns["image"].append({"bytes": encode_png(spotted(width, height, box)), "path": name})
+        columns["labels"].append(["bright_round_lesion", "dark_irregular_lesion"])  # each label seen in training
+        columns[mask_column("bright_round_lesion")].append({"bytes": encode_png(bright), "path": name})
+        columns[mask_column("dark_irregular_lesion")].append({"bytes": encode_png(dark), "path": name})
+    folder.mkdir(parents=True)
+    for split in ("train", "val", "test"):
+        pq.write_table(pa.table(columns, schema=huggingface_multilabel_schema()),
+                       folder / f"{split}-00000-of-00001.parquet")
+
+
+def test_multi_label_maps_overlays_and_lesion_checks_of_non_square_scans_agree_with_each_label(tmp_path, ray_cluster):
+    from medray.config import load_config
+    from medray.data.pipeline import read_split
+    from medray.data.sources import discover
+    from medray.explain.bulk import explain_split
+    from medray.models.actor import UserModelSpec
+    from medray.models.preprocessing import DECLARED_PREPROCESSING, ModelInput
+    from medray.task import make_task
+
+    from conftest import ROOT
+
+    scans = {name: SCANS[name] for name in ("wide.png", "tall.png")}
+    multilabel_parquet(tmp_path / "parquet", scans)
+    # both labels' logits rise with the image's brightness, so both maps peak on the bright box
+    inputs = keras.Input((INPUT, INPUT, 1))
+    features = keras.layers.Conv2D(1, 1, use_bias=False, kernel_initializer="ones", activation="relu",
+                                   name="features")(inputs)
+    head = keras.layers.Dense(2, activation="sigmoid", kernel_initializer="ones",
+                              bias_initializer="zeros")(keras.layers.GlobalAveragePooling2D()(features))
+    keras.Model(inputs, head).save(tmp_path / "labels.keras")
+    config = load_config(ROOT / "configs" / "demo_multilabel.yaml", [
+        f"data.path={tmp_path / 'parquet'}", "explain.target=all", "explain.check_sample=0",
+        "explain.gallery_size=2", "explain.batch_size=4"])
+    source = discover(config.data)
+    task = make_task("multi_label", source.class_names, source.multi_label)
+    outcome = explain_split(read_split(source, "test", INPUT, config.data, originals=True),
+                            (tmp_path / "labels.keras").read_bytes(),
+                            UserModelSpec(".keras", ModelInput(1, DECLARED_PREPROCESSING["none"]), None),
+                            task, config.explain, tmp_path / "explain")
+    maps = pq.read_table(outcome.maps_dir).to_pandas()
+    assert len(maps) == 2 * len(scans)
+    for row in maps.itertuples():
+        name = list(scans)[int(row.row_id.rsplit("#", 1)[1])]  # row ids: <file>#<row>
+        width, height, box = scans[name]
+        assert (row.cam_height, row.cam_width) == (height, width), name
+        assert_peak_in(stored_map(row), box)
+        label = source.class_names[row.target]
+        assert row.overlay_file.startswith(f"gradcam/{label}/")
+        with Image.open(outcome.overlay_dir / row.overlay_file) as overlay:
+            assert overlay.width * height == overlay.height * width and overlay.width % width == 0
+        # each label's map against that label's mask, both at the model's input size
+        assert row.pointing_game == (1.0 if label == "bright_round_lesion" else 0.0), (name, label)
