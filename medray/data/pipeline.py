@@ -71,10 +71,11 @@ def read_pieces(batch: dict, settings: dict, image_size: int, originals: bool = 
                 native.append(np.ascontiguousarray(decoded).tobytes())
             labels.append(row.label)
             if per_label:
-                masks.append(np.stack([label_mask(mask, image_size, settings["max_pixels"], f"{row.where} ({column})")
-                                       for mask, column in zip(row.mask, per_label)]))
+                masks.append(np.stack([label_mask(mask, image_size, settings["max_pixels"], f"{row.where} ({column})",
+                                                  decoded.shape[:2]) for mask, column in zip(row.mask, per_label)]))
             elif settings["mask_column"]:
-                masks.append(decode_mask(row.mask, image_size, settings["max_pixels"], f"{row.where} (mask)"))
+                masks.append(decode_mask(row.mask, image_size, settings["max_pixels"], f"{row.where} (mask)",
+                                         decoded.shape[:2]))
     label_shape = tuple(settings.get("label_shape", ()))
     rows = {
         "row_id": np.asarray(row_ids, dtype=object),
@@ -92,9 +93,11 @@ def read_pieces(batch: dict, settings: dict, image_size: int, originals: bool = 
     return rows
 
 
-def label_mask(data: bytes | None, size: int, max_pixels: int, where: str) -> np.ndarray:
+def label_mask(data: bytes | None, size: int, max_pixels: int, where: str,
+               image_shape: tuple[int, int] | None = None) -> np.ndarray:
     """One label's mask of a row; a label without a mask column has no lesion to localise (all zero)."""
-    return np.zeros((size, size), np.uint8) if data is None else decode_mask(data, size, max_pixels, where)
+    return (np.zeros((size, size), np.uint8) if data is None
+            else decode_mask(data, size, max_pixels, where, image_shape))
 
 
 def select_rows(batch: dict, row_ids: frozenset[str], keep: bool = True) -> dict:
