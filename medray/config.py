@@ -244,7 +244,7 @@ class ExplainConfig(_Section):
     sample_seed: int = Field(0, ge=0, lt=2**32)
     deletion_steps: int = Field(16, ge=2, le=256)
     # Points of the cascading model randomisation, top block first (neighbouring blocks are merged
-    # beyond this many).
+    # beyond this many; 1: the whole model re-initialised at once).
     cascade_steps: int = Field(8, ge=1, le=64)
     # Epochs the same architecture trains on the sample with permuted labels, the data randomisation
     # test; 0 leaves that test out.

@@ -57,10 +57,11 @@ class Job:
         source, data_report = prepare_source(self.source, self.config.data, run_dir)
         return replace(self, source=source, data_report=data_report)
 
-    def read_split(self, split: str, row_ids: frozenset[str] | None = None) -> ray.data.Dataset:
+    def read_split(self, split: str, row_ids: frozenset[str] | None = None,
+                   originals: bool = False) -> ray.data.Dataset:
         """Decoded rows of one split at `image_size` (see medray.data.pipeline.read_split); with
-        `row_ids`, only those rows."""
-        return read_split(self.source, split, self.image_size, self.config.data, row_ids)
+        `row_ids`, only those rows; with `originals`, each image at its own size as well."""
+        return read_split(self.source, split, self.image_size, self.config.data, row_ids, originals)
 
     def training_data(self) -> TrainingData:
         """The train and validation Ray Datasets, augmented and preprocessed for `backbone`."""

@@ -73,7 +73,7 @@ def run_job(config: RunConfig) -> RunOutcome:
     thresholds = None if chosen is None else chosen["thresholds"]
     if chosen is not None:
         (run_dir / THRESHOLDS).write_text(json.dumps(chosen, indent=2))
-    test = job.read_split("test")
+    test = job.read_split("test", originals=config.explain.enabled and config.explain.overlays)
     explained = None
     if config.explain.enabled:
         # The explain job computes every test image's probabilities as well: one pass over the test split.

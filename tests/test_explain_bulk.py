@@ -62,8 +62,10 @@ def test_every_test_image_gets_one_map_per_method_with_its_prediction(explained)
     assert (maps["prediction"] == probabilities.argmax(axis=1)).all()
     assert (maps["target"] == maps["prediction"]).all()  # explain.target: predicted
     cams = np.stack(maps["cam"].to_numpy())
-    assert cams.dtype == np.float16 and cams.shape == (2 * TEST_ROWS, 8 * 8)
-    assert (maps["cam_height"] == 8).all() and cams.min() >= 0 and cams.max() <= 1
+    # 8 x 8 feature maps, stored in the geometry of the 32 x 32 scans
+    assert cams.dtype == np.float16 and cams.shape == (2 * TEST_ROWS, 32 * 32)
+    assert (maps["cam_height"] == 32).all() and (maps["cam_width"] == 32).all()
+    assert cams.min() >= 0 and cams.max() <= 1
 
 
 def test_overlays_are_pictures_filed_by_method_and_true_class(explained):
@@ -137,7 +139,7 @@ KILLABLE_JOB = textwrap.dedent("""
     run_dir = Path(sys.argv[2])
     source = discover(config.data)
     connect(config.scaling)
-    test = read_split(source, "test", 32, config.data)
+    test = read_split(source, "test", 32, config.data, originals=True)
 
     def slowly(shard):
         print(shard.name, flush=True)

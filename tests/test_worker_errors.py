@@ -1,6 +1,7 @@
 """Whatever a Ray worker raises reaches the user as one line, never as Ray's wrapped traceback."""
 
 
+import numpy as np
 import pytest
 import ray
 
@@ -45,6 +46,19 @@ def test_a_corrupt_mask_in_a_decode_task_is_named_by_file_and_row(tiny_dataset, 
     data_config = load_config(DEMO_CONFIG, [f"data.path={data}"]).data
     error = failure_of(read_split(discover(data_config), "test", 32, data_config))
     assert str(user_error(error)).startswith(f"{test_file} row 2 (mask): cannot decode the mask")
+
+
+def test_a_mask_of_another_shape_than_its_image_is_named_rather_than_stretched_onto_it(tiny_dataset, tmp_path,
+                                                                                       ray_cluster):
+    from data_factory import image_bytes
+
+    half = image_bytes(np.full((16, 32), 255, np.uint8))  # 32 wide, 16 tall: the 32 x 32 scan's top half?
+    data = tmp_path / "parquet"
+    test_file = copy_with_broken_row(tiny_dataset / "parquet", data, "test", 2, "mask", half)
+    data_config = load_config(DEMO_CONFIG, [f"data.path={data}"]).data
+    error = failure_of(read_split(discover(data_config), "test", 32, data_config))
+    assert str(user_error(error)) == (f"{test_file} row 2 (mask): the mask is 32x16 pixels but its image 32x32; "
+                                      "give each image a mask of its own width and height")
 
 
 def test_an_actor_that_cannot_load_its_model_fails_with_one_line(tiny_dataset, ray_cluster):

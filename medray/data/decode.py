@@ -148,11 +148,26 @@ def content_hash(pixels: np.ndarray) -> str:
     return hashlib.sha1(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()
 
 
-def decode_mask(data: bytes, size: int, max_pixels: int, where: str) -> np.ndarray:
-    """A lesion mask resized like its image, kept binary (255 = lesion) by nearest-neighbour."""
+def decode_mask(data: bytes, size: int, max_pixels: int, where: str,
+                image_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A lesion mask resized like its image, kept binary (255 = lesion) by nearest-neighbour.
+
+    `image_shape`: the image's own (height, width). A mask of another shape (a transposed or
+    cropped one) would be stretched onto the image and score the maps against the wrong pixels, so
+    it raises BadImage; one of the same shape at another resolution lines up and is resized alike.
+    """
     with open_checked(data, max_pixels, where, "mask") as image:
+        if image_shape is not None and not same_shape(image.height, image.width, *image_shape):
+            raise BadImage(f"{where}: the mask is {image.width}x{image.height} pixels but its image "
+                           f"{image_shape[1]}x{image_shape[0]}; give each image a mask of its own width and height",
+                           "mask shape")
         mask = np.asarray(image.convert("L").resize((size, size), Image.Resampling.NEAREST))
     return np.where(mask > 127, 255, 0).astype(np.uint8)
+
+
+def same_shape(height: int, width: int, image_height: int, image_width: int) -> bool:
+    """Whether a (height, width) mask has its image's proportions, give or take a pixel of rounding."""
+    return abs(height - width * image_height / image_width) <= 1
 
 
 @contextmanager

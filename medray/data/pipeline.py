@@ -1,10 +1,13 @@
 """Ray Datasets for a run: read -> decode -> (augment) -> preprocess, all streamed in map_batches.
 
-A split's rows after decoding: `row_id` (str), `pixels` (uint8 H x W, or H x W x 3 when the source's
-colour is rgb) and `label` (int64: a class index, or K values 1/0/-1 for multi-label data), plus
-`mask` (uint8 H x W, 255 = lesion) when the parquet has the configured mask column, or K x H x W
-(one mask per label, in class_names order; all zero for a label without a mask column) with
-data.mask_columns.
+A split's rows after decoding: `row_id` (str), `pixels` (uint8 S x S at the model's input size S, or
+S x S x 3 when the source's colour is rgb), `height` and `width` (int32: the image's own size, as a
+viewer shows it, before it was resized to S x S) and `label` (int64: a class index, or K values
+1/0/-1 for multi-label data), plus `mask` (uint8 S x S, 255 = lesion, resized like the image) when
+the parquet has the configured mask column, or K x S x S (one mask per label, in class_names order;
+all zero for a label without a mask column) with data.mask_columns. With `originals`, also
+`original`: the image at its own size, as bytes (uint8 height x width x channels, C order), for
+pictures drawn in the scan's geometry (the explain job's overlays).
 Training and validation rows then become `image` (float32, the backbone's input) and `label`.
 """
 
@@ -35,12 +38,13 @@ class TrainingData:
 
 
 def read_split(source: Source, split: str, image_size: int, data_config,
-               row_ids: frozenset[str] | None = None) -> ray.data.Dataset:
-    """Decoded rows of one split: row_id, pixels (uint8 image_size x image_size), label (and mask).
+               row_ids: frozenset[str] | None = None, originals: bool = False) -> ray.data.Dataset:
+    """Decoded rows of one split: row_id, pixels (uint8 image_size x image_size), height, width,
+    label (and mask; and with `originals` the image at its own size, see the module's docstring).
     With `row_ids`, only those rows are read and decoded (the read tasks are cut down first)."""
     pieces = source.pieces[split] if row_ids is None else pieces_with_rows(source.pieces[split], row_ids)
-    return read_tasks(pieces, source.kind, read_pieces,
-                      {"settings": reader_settings(source, data_config), "image_size": image_size})
+    return read_tasks(pieces, source.kind, read_pieces, {"settings": reader_settings(source, data_config),
+                                                         "image_size": image_size, "originals": originals})
 
 
 def pieces_with_rows(pieces: list[dict], row_ids: frozenset[str]) -> list[dict]:
@@ -54,36 +58,46 @@ def pieces_with_rows(pieces: list[dict], row_ids: frozenset[str]) -> list[dict]:
     return kept
 
 
-def read_pieces(batch: dict, settings: dict, image_size: int) -> dict:
-    row_ids, pixels, labels, masks = [], [], [], []
+def read_pieces(batch: dict, settings: dict, image_size: int, originals: bool = False) -> dict:
+    row_ids, pixels, sizes, labels, masks, native = [], [], [], [], [], []
     per_label = settings.get("mask_columns")
     for piece in pieces_of(batch):
         for row in rows_of(settings["kind"], piece, settings):
             row_ids.append(row.row_id)
-            pixels.append(resize_pixels(decode_row(row, settings["max_pixels"], color=settings["color"])[0],
-                                        image_size))
+            decoded = decode_row(row, settings["max_pixels"], color=settings["color"])[0]
+            pixels.append(resize_pixels(decoded, image_size))
+            sizes.append(decoded.shape[:2])
+            if originals:  # bytes, not an array: images of many sizes share one column
+                native.append(np.ascontiguousarray(decoded).tobytes())
             labels.append(row.label)
             if per_label:
-                masks.append(np.stack([label_mask(mask, image_size, settings["max_pixels"], f"{row.where} ({column})")
-                                       for mask, column in zip(row.mask, per_label)]))
+                masks.append(np.stack([label_mask(mask, image_size, settings["max_pixels"], f"{row.where} ({column})",
+                                                  decoded.shape[:2]) for mask, column in zip(row.mask, per_label)]))
             elif settings["mask_column"]:
-                masks.append(decode_mask(row.mask, image_size, settings["max_pixels"], f"{row.where} (mask)"))
+                masks.append(decode_mask(row.mask, image_size, settings["max_pixels"], f"{row.where} (mask)",
+                                         decoded.shape[:2]))
     label_shape = tuple(settings.get("label_shape", ()))
     rows = {
         "row_id": np.asarray(row_ids, dtype=object),
         "pixels": np.stack(pixels) if pixels else np.zeros(
             (0, image_size, image_size, *((3,) if settings["color"] == "rgb" else ())), np.uint8),
+        "height": np.asarray([size[0] for size in sizes], np.int32),
+        "width": np.asarray([size[1] for size in sizes], np.int32),
         "label": np.asarray(labels, dtype=np.int64) if labels else np.zeros((0, *label_shape), np.int64),
     }
+    if originals:
+        rows["original"] = np.asarray(native, dtype=object)
     if per_label or settings["mask_column"]:
         mask_shape = (len(per_label),) if per_label else ()
         rows["mask"] = np.stack(masks) if masks else np.zeros((0, *mask_shape, image_size, image_size), np.uint8)
     return rows
 
 
-def label_mask(data: bytes | None, size: int, max_pixels: int, where: str) -> np.ndarray:
+def label_mask(data: bytes | None, size: int, max_pixels: int, where: str,
+               image_shape: tuple[int, int] | None = None) -> np.ndarray:
     """One label's mask of a row; a label without a mask column has no lesion to localise (all zero)."""
-    return np.zeros((size, size), np.uint8) if data is None else decode_mask(data, size, max_pixels, where)
+    return (np.zeros((size, size), np.uint8) if data is None
+            else decode_mask(data, size, max_pixels, where, image_shape))
 
 
 def select_rows(batch: dict, row_ids: frozenset[str], keep: bool = True) -> dict:

@@ -34,7 +34,7 @@ from medray.errors import MedrayError
 from medray.explain import checks
 from medray.explain.cam import CamExplainer
 from medray.explain.gallery import write_galleries
-from medray.explain.overlay import encode_overlays
+from medray.explain.overlay import encode_overlays, resize_map
 from medray.explain.sample import StratifiedSampler
 from medray.explain.sample_checks import SAMPLE_CHECKS, sample_checks
 from medray.explain.scorecard import score_methods, write_scorecard
@@ -55,6 +55,8 @@ MAPS_SCHEMA = pa.schema([
     ("labels", pa.list_(pa.int64())),
     ("method", pa.string()),
     ("layer", pa.string()),
+    # the map in its image's own geometry (cam_height x cam_width = the scan's height x width, row-major),
+    # resized from feature resolution as the overlay shows it, so that it lies on the scan
     ("cam", pa.list_(pa.float16())),
     ("cam_height", pa.int32()),
     ("cam_width", pa.int32()),
@@ -108,13 +110,15 @@ class CamActor(ModelActor):
                     continue
                 slot_maps, slot_targets = maps[kept, slot], targets[kept, slot]
                 count = int(kept.sum())
+                sizes = list(zip(batch["height"][kept].tolist(), batch["width"][kept].tolist()))
                 columns = {
                     "row_id": batch["row_id"][kept].astype(str), "label": truth[kept, slot],
                     "prediction": predicted[kept, slot], "target": slot_targets,
                     "labels": [np.atleast_1d(label) for label in labels[kept]],
                     "confidence": probabilities[kept].max(axis=1),
                     "probabilities": probabilities[kept], "method": [method] * count,
-                    "layer": [layer] * count, "cam": slot_maps, "empty": checks.is_empty(slot_maps),
+                    "layer": [layer] * count, "empty": checks.is_empty(slot_maps),
+                    "cam": [resize_map(cam, height, width) for cam, (height, width) in zip(slot_maps, sizes)],
                     **self._localisation(batch, kept, slot_maps, slot_targets, images.shape[1:3]),
                 }
                 if self.overlays:
@@ -122,15 +126,25 @@ class CamActor(ModelActor):
                         self._overlay_file(method, layer, folder, row_id, target) for folder, row_id, target in
                         zip(self.task.overlay_folders(columns["label"], columns["prediction"], slot_targets),
                             columns["row_id"], slot_targets)]
-                    columns["overlay_pixels"] = [pixels.tobytes() for pixels in batch["pixels"][kept]]
-                    columns["overlay_shape"] = batch["pixels"].shape[1:]
+                    columns["overlay_pixels"] = list(self._originals(batch)[kept])
+                    columns["overlay_sizes"] = sizes
                 parts.append(maps_table(columns))
         return pa.concat_tables(parts) if parts else MAPS_SCHEMA.empty_table()
+
+    @staticmethod
+    def _originals(batch: dict) -> np.ndarray:
+        """Each image at its own size, as bytes: the overlay is drawn on the scan, not the model's square input."""
+        if "original" not in batch:
+            raise ValueError("explain.overlays needs the decoded rows read with originals=True "
+                             "(medray.data.pipeline.read_split)")
+        return batch["original"]
 
     def _localisation(self, batch: dict, kept: np.ndarray, maps: np.ndarray, targets: np.ndarray,
                       size: tuple[int, int]) -> dict:
         """Cheap, so on every image that has a lesion mask: the image's mask, or with one mask per
-        label (N, K, H, W) the mask of the label the map explains."""
+        label (N, K, H, W) the mask of the label the map explains. Scored at the model's input size,
+        where the masks were resized exactly as their images: map and mask in the same geometry
+        whatever the scan's own shape."""
         if not self.checks or "mask" not in batch:
             return {}
         masks = batch["mask"][kept]
@@ -151,17 +165,18 @@ class CamActor(ModelActor):
 
 
 def maps_table(columns: dict) -> pa.Table:
-    maps = np.asarray(columns["cam"])
-    count, height, width = maps.shape
+    """`columns["cam"]`: one (height, width) map per row, each in its own image's geometry."""
+    maps = columns["cam"]
+    count = len(maps)
     arrays = {
         **{name: columns[name] for name in ("row_id", "method", "layer")},
         **{name: np.asarray(columns[name], np.int64) for name in ("label", "prediction", "target")},
         "confidence": np.asarray(columns["confidence"], np.float32),
         "probabilities": list(np.asarray(columns["probabilities"], np.float32)),
         "labels": [np.asarray(labels, np.int64) for labels in columns["labels"]],
-        "cam": list(maps.reshape(count, -1).astype(np.float16)),
-        "cam_height": np.full(count, height, np.int32),
-        "cam_width": np.full(count, width, np.int32),
+        "cam": [np.asarray(cam, np.float16).ravel() for cam in maps],
+        "cam_height": np.asarray([np.shape(cam)[0] for cam in maps], np.int32),
+        "cam_width": np.asarray([np.shape(cam)[1] for cam in maps], np.int32),
         "empty": np.asarray(columns["empty"], bool),
         "overlay_file": columns.get("overlay_file", [None] * count),
         **{name: columns.get(name, np.full(count, np.nan)) for name in CHECK_COLUMNS},
@@ -171,7 +186,7 @@ def maps_table(columns: dict) -> pa.Table:
     if "overlay_pixels" in columns:  # the original (H, W) gray or (H, W, 3) RGB uint8, for `encode_overlays`
         table = table.append_column("overlay_pixels", pa.array(columns["overlay_pixels"], pa.binary()))
         for axis, name in enumerate(("overlay_height", "overlay_width")):
-            table = table.append_column(name, pa.array([columns["overlay_shape"][axis]] * count, pa.int32()))
+            table = table.append_column(name, pa.array([size[axis] for size in columns["overlay_sizes"]], pa.int32()))
     return table
 
 

@@ -26,7 +26,8 @@ def explain_run(config, run_location: str | Path) -> ExplainOutcome:
     console.keep_log_in(run_dir / "logs")
     # The run's own manifest: the same rows as at training time, bad ones skipped or refused alike.
     job = job.start(run_dir)
-    outcome = explain_split(job.read_split("test"), model_path.read_bytes(), job.backbone.name, job.task,
+    test = job.read_split("test", originals=config.explain.overlays)  # overlays are drawn on the scans
+    outcome = explain_split(test, model_path.read_bytes(), job.backbone.name, job.task,
                             config.explain, run_dir / "explain", on_shard=None, rows=job.source.num_rows("test"),
                             read_rows=lambda row_ids: job.read_split("test", row_ids),
                             thresholds=read_thresholds(run_dir))

@@ -79,7 +79,8 @@ def explain_model(config, model_path: str | Path | None = None,
         (out_dir / "data.json").write_text(json.dumps(job.data_report, indent=2))
     spec = UserModelSpec(path.suffix.lower(), ModelInput(shape.channels, preprocessing(config.explain.preprocess)),
                          cam_layers, config.explain.trust_model_code)
-    explained = explain_split(job.read_split("test"), path.read_bytes(), spec, job.task, config.explain,
+    test = job.read_split("test", originals=config.explain.overlays)  # overlays are drawn on the scans
+    explained = explain_split(test, path.read_bytes(), spec, job.task, config.explain,
                               out_dir / "explain", read_rows=lambda row_ids: job.read_split("test", row_ids))
     predictions = predictions_from_maps(explained.maps_dir, job.task)
     predictions.insert(1, "source", predictions["row_id"].map(row_sources(job.source)))

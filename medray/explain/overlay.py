@@ -22,8 +22,8 @@ PNG_COMPRESS_LEVEL = 1
 
 
 def overlay_png(pixels: np.ndarray, cam: np.ndarray, colorbar: bool = False) -> bytes:
-    """pixels: (H, W) gray or (H, W, 3) RGB uint8, drawn as they are; cam: (h, w) in [0, 1] at
-    feature resolution.
+    """pixels: (H, W) gray or (H, W, 3) RGB uint8, drawn as they are; cam: (h, w) in [0, 1], at
+    feature resolution or already (H, W).
 
     The heat map is blended at the image's own resolution, then enlarged by whole pixels (nearest
     neighbour): every pixel the model saw stays one square, no detail is invented by interpolation,
@@ -37,13 +37,22 @@ def overlay_png(pixels: np.ndarray, cam: np.ndarray, colorbar: bool = False) -> 
     if cam.max() <= 0:
         original = Image.fromarray(pixels).resize(size, Image.Resampling.NEAREST)
         return _png(_flag_empty(original.convert("RGB")))
-    heat = np.asarray(Image.fromarray(cam.astype(np.float32), mode="F").resize((width, height),
-                                                                              Image.Resampling.BILINEAR))
+    heat = resize_map(cam, height, width)
     colored = COLORMAP_TABLE[np.rint(np.clip(heat, 0, 1) * 255).astype(np.uint8)]
     original = pixels.astype(np.float32) if pixels.ndim == 3 else pixels.astype(np.float32)[..., None]
     blended = (1 - ALPHA) * original + ALPHA * colored
     image = Image.fromarray(np.rint(blended).astype(np.uint8)).resize(size, Image.Resampling.NEAREST)
     return _png(_with_colorbar(image) if colorbar else image)
+
+
+def resize_map(cam: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(h, w) map -> (height, width) float32, bilinear (Pillow's, which also filters when it
+    shrinks); a map of values in [0, 1] stays in [0, 1]. How a map at feature resolution is laid on
+    its image, in the overlays and in the stored maps alike."""
+    cam = np.asarray(cam, np.float32)
+    if cam.shape == (height, width):
+        return cam
+    return np.asarray(Image.fromarray(cam).resize((width, height), Image.Resampling.BILINEAR))  # float32: mode F
 
 
 def encode_overlays(table: pa.Table, colorbar: bool) -> pa.Table:

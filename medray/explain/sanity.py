@@ -53,7 +53,9 @@ def cascade_blocks(model: keras.Model, max_steps: int) -> list[list[int]]:
 
     A block is a run of consecutive layers whose names carry the same number (conv2 and bn2;
     MobileNetV2's block_16_*); a layer without a number (the head) is a block of its own. With more
-    blocks than `max_steps`, neighbouring blocks are merged into `max_steps` steps of similar size.
+    blocks than `max_steps`, neighbouring blocks are merged into `max_steps` steps of similar size:
+    the head alone first, the rest after it. `max_steps` 1 re-initialises the whole model in one
+    step. Either way the last step leaves no trained weight, the model the verdict is judged on.
     """
     keys = [BLOCK_NUMBER.search(layer.name) for layer in weighted_layers(model)]
     blocks: list[list[int]] = []
@@ -64,6 +66,8 @@ def cascade_blocks(model: keras.Model, max_steps: int) -> list[list[int]]:
         else:
             blocks.append([index])
     blocks.reverse()
+    if max_steps == 1:  # no room for the head alone: one point, every block at once
+        return [[index for block in blocks for index in block]]
     if len(blocks) > max_steps:
         head, rest = blocks[:1], blocks[1:]  # the head stays the first point, as in the paper
         groups = np.array_split(np.arange(len(rest)), max_steps - 1)
