@@ -7,7 +7,7 @@ overlay files, so its memory stays flat however many images there are. A shard i
 place only after its overlays are written, so after a crash the re-run skips exactly the images of
 complete shards.
 
-The checks that cost extra forward passes or extra models (deletion/insertion, the sanity checks)
+The checks that cost extra forward passes or extra models (ROAD, the sanity checks)
 then run once on a stratified sample of the images (`medray.explain.sample`,
 `medray.explain.sample_checks`), written to `sample_checks.parquet`.
 """
@@ -283,7 +283,7 @@ def check_same_settings(maps_dir: Path, settings: dict, resuming: bool) -> None:
 def check_sample(decoded: ray.data.Dataset, maps_dir: Path, model_bytes: bytes, backbone_name: str | UserModelSpec,
                  task: Task, explain_config, path: Path,
                  read_rows: Callable[[frozenset[str]], ray.data.Dataset] | None = None) -> None:
-    """Deletion/insertion and the sanity checks on the stratified sample, into `path` (atomically:
+    """ROAD and the sanity checks on the stratified sample, into `path` (atomically:
     a resumed job redoes them only if they had not been written)."""
     sampler = StratifiedSampler(explain_config.check_sample, explain_config.sample_seed)
     for shard in sorted(maps_dir.glob("part-*.parquet")):
@@ -303,8 +303,8 @@ def check_sample(decoded: ray.data.Dataset, maps_dir: Path, model_bytes: bytes, 
     order = np.argsort(rows["row_id"].astype(str), kind="stable")
     rows = {name: values[order] for name, values in rows.items()}
     checks_task = ray.remote(sample_checks).options(num_gpus=explain_config.gpus_per_actor or None)
-    table, steps = ray.get(checks_task.remote(model_bytes, backbone_name, task, rows, explain_config))
-    table = table.replace_schema_metadata({"cascade_steps": json.dumps(steps)})
+    table, steps, cost = ray.get(checks_task.remote(model_bytes, backbone_name, task, rows, explain_config))
+    table = table.replace_schema_metadata({"cascade_steps": json.dumps(steps), "cost_seconds": json.dumps(cost)})
     partial = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, partial)
     os.replace(partial, path)
