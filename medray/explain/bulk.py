@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
+from medray import console
 from medray.console import ProgressBar
 from medray.data.pipeline import one_batch_per_block, select_rows
 from medray.errors import MedrayError
@@ -199,6 +201,7 @@ def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: 
     todo = decoded if not done else decoded.map_batches(select_rows, fn_kwargs={"row_ids": done, "keep": False})
     mapped = cam_dataset(todo, model_bytes, backbone_name, task, explain_config, thresholds)
     progress = ProgressBar("explain", rows, done=len(done))
+    started = time.perf_counter()
     for block in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
         progress.advance(len(set(block["row_id"].to_pylist())))
         for table in split_by_images(block, explain_config.batch_size):
@@ -213,9 +216,13 @@ def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: 
             if on_shard is not None:
                 on_shard(shard)
     progress.close()
+    maps_seconds = time.perf_counter() - started
     sample_path = out_dir / SAMPLE_CHECKS
     if explain_config.checks and explain_config.check_sample and not sample_path.is_file():
+        started = time.perf_counter()
         check_sample(decoded, maps_dir, model_bytes, backbone_name, task, explain_config, sample_path, read_rows)
+        console.say(f"explain: maps of every image {maps_seconds:.0f} s, checks on the sample "
+                    f"{time.perf_counter() - started:.0f} s (per method and map: the cost lines of the summary)")
     scores = score_methods(maps_dir, sample_path if sample_path.is_file() else None, class_names,
                            per_target=task.multi_label)
     write_scorecard(scores, out_dir)
