@@ -196,9 +196,28 @@ def cell(fig: dict | float | None, digits: int = 3) -> str:
     return f"{fig['value']:.{digits}f}{interval}"
 
 
+def leaderboard(scores: dict) -> list[dict]:
+    """One row per method, on the same images: localisation (pointing game, where masks exist),
+    ROAD against random order, randomisation, the verdict and the checks' seconds per sampled map."""
+    return [{"method": method, "pointing_game": score.get("pointing_game"),
+             "road_difference": score.get("road_difference"), "randomisation": score.get("randomisation_verdict"),
+             "verdict": score.get("verdict"), "seconds_per_map": (score.get("cost") or {}).get("per_map")}
+            for method, score in scores.items()]
+
+
+def format_leaderboard(scores: dict) -> list[str]:
+    lines = ["methods on the same images: pointing game | ROAD - random order | randomisation | checks, s per map"]
+    for row in leaderboard(scores):
+        seconds = "n/a" if row["seconds_per_map"] is None else f"{row['seconds_per_map']:.3f}"
+        lines.append(f"  {row['method']:<10} {cell(row['pointing_game'])} | {cell(row['road_difference'])} | "
+                     f"{row['randomisation'] or 'not run'} | {seconds}")
+    return lines
+
+
 def format_scorecard(scores: dict) -> str:
-    """A few lines per method, each figure with its 95 % interval and the images it rests on."""
-    lines = []
+    """A few lines per method, each figure with its 95 % interval and the images it rests on;
+    with several methods, a leaderboard first."""
+    lines = format_leaderboard(scores) if len(scores) > 1 else []
     for method, score in scores.items():
         lines.append(f"{method}: {score['maps']} maps of {score['images']} images, {score['empty_maps']} empty"
                      + ("  EMPTY MAPS" if score["empty_maps"] else ""))
