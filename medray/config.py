@@ -219,7 +219,7 @@ class ScalingConfig(_Section):
     placement_strategy: Literal["PACK", "SPREAD"] = "PACK"
 
 
-CamMethodName = Literal["gradcam", "gradcam++", "hirescam", "scorecam"]
+CamMethodName = Literal["gradcam", "gradcam++", "hirescam", "scorecam", "integrated_gradients"]
 
 
 class ExplainConfig(_Section):
