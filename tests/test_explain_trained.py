@@ -126,6 +126,7 @@ def test_maps_of_weight_and_label_randomised_models_differ_clearly_and_the_verdi
             assert score[test][measure]["ci"][1] < reference[measure]["value"], (test, measure, score[test], reference)
         assert score["verdicts"][test] == "passed"
     assert score["randomisation_verdict"] == "passed"
+    assert score["map_spread"]["n"] == 90 and 0 <= score["map_spread"]["value"] < 0.5  # test-time augmentation
     assert "passes randomisation (weights re-initialised and labels permuted)" in score["verdict"]
     # the cascade starts at the head and its last step has re-initialised every block
     steps = score["cascade"]["steps"]
@@ -153,8 +154,8 @@ def road_of(explainer, images, maps, targets):
 
 
 def test_road_judges_grad_cam_faithful_on_the_bright_lesion_and_inverted_or_random_maps_no_better(gradcam, test_set):
-    """Measured on this machine (bright-lesion phantoms, n=22): ROAD of Grad-CAM 0.23 against 0.00
-    for random order; the inverted map -0.23, a random map 0.00."""
+    """On the bright-lesion phantoms; the verdict rests on the interval of the paired difference
+    with random order, so a map about as good as random values cannot pass by chance."""
     explainer, maps, explained = gradcam
     images, _, labels = test_set
     bright = labels == CLASS_NAMES.index("bright_round_lesion")

@@ -23,7 +23,9 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.linalg import spsolve
 
-PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
+# Five points of each curve: every imputation is a sparse solve and a forward pass, and with nine
+# (pytorch-grad-cam's default) ROAD took 84 of the demo's 117 s of sample checks (5 Dec 2026).
+PERCENTILES = (10, 30, 50, 70, 90)
 # Noise added to imputed pixels, in units of the images' standard deviation (Rong et al.: 0.01 on
 # standardised images).
 NOISE = 0.01

@@ -9,6 +9,8 @@ Per sampled image, method, CAM layer and target class:
 - Adebayo et al.'s sanity checks (`medray.explain.sanity`): Spearman and SSIM between the trained
   model's map and the map after each step of the cascading re-initialisation, and the map of the
   same architecture trained on permuted labels;
+- test-time augmentation (`medray.explain.uncertainty`): the predictive entropy across a flip and
+  small shifts, and how far the map moves (its per-pixel standard deviation across them);
 - the shared-structure reference: the same similarities between the trained model's maps of two
   different images of the same class, i.e. how alike two maps are through what all images share
   (anatomy, frame, upsampling) without any image-specific evidence.
@@ -27,7 +29,7 @@ from contextlib import contextmanager
 import numpy as np
 import pyarrow as pa
 
-from medray.explain import checks, road, sanity
+from medray.explain import checks, road, sanity, uncertainty
 from medray.explain.cam import CamExplainer, explain_in_batches
 from medray.models.actor import ModelActor, UserModelSpec
 from medray.task import Task
@@ -97,7 +99,7 @@ def sample_checks(model_bytes: bytes, backbone_name: str | UserModelSpec, task: 
         for slot in range(targets.shape[1]):
             morf, lerf = road.road_curves(images, random_maps, targets[:, slot], predict, seed=ROAD_SEED)
             random_order[slot] = road.road_score(morf, lerf)
-    parts = []
+    parts, augmented = [], {}
     for method in methods:
         for key, maps in explained[method].maps.items():
             for slot in range(targets.shape[1]):
@@ -105,11 +107,18 @@ def sample_checks(model_bytes: bytes, backbone_name: str | UserModelSpec, task: 
                 upsampled = checks.upsample_maps(trained, size)
                 with timed(cost, method, "ROAD"):
                     morf, lerf = road.road_curves(images, upsampled, slot_targets, predict, seed=ROAD_SEED)
+                if (method, slot) not in augmented:
+                    with timed(cost, method, "test-time augmentation"):
+                        augmented[(method, slot)] = uncertainty.tta_uncertainty(explainers[method], images,
+                                                                                slot_targets, batch)
+                stability = augmented[(method, slot)][key]
                 columns = {"row_id": np.asarray(rows["row_id"]).astype(str), "label": groups, "labelled": labelled,
                            "prediction": predictions, "target": slot_targets, "method": [key[0]] * count,
                            "layer": [key[1]] * count, "probability": probabilities[np.arange(count), slot_targets],
                            "road_morf": list(morf), "road_lerf": list(lerf), "road": road.road_score(morf, lerf),
-                           "random_order_road": random_order[slot], "concentration": road.concentration(upsampled)}
+                           "random_order_road": random_order[slot], "concentration": road.concentration(upsampled),
+                           "correct": labelled & (groups == predictions), "entropy": stability["entropy"],
+                           "map_spread": stability["map_spread"]}
                 steps = [sanity.map_similarity(trained, step[key][:, slot], size) for step in cascade[method]]
                 for name in SIMILARITIES:
                     columns[f"cascade_{name}"] = list(np.stack([step[name] for step in steps], axis=1))

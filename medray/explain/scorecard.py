@@ -137,6 +137,16 @@ def _road_figures(group) -> dict:
             "concentration": value(figure(group["concentration"].to_numpy(), "median"))}
 
 
+def _uncertainty_figures(rows) -> dict:
+    """Test-time augmentation: map spread and entropy, and the spread on right and wrong predictions."""
+    if "map_spread" not in rows:  # a sample table written before test-time augmentation
+        return {}
+    correct = rows["correct"].to_numpy(bool)
+    return {"map_spread": figure(rows["map_spread"].to_numpy()), "entropy": figure(rows["entropy"].to_numpy()),
+            "map_spread_correct": figure(rows["map_spread"].to_numpy()[correct]),
+            "map_spread_misclassified": figure(rows["map_spread"].to_numpy()[~correct])}
+
+
 def sample_figures(rows, steps: list[str], class_names: list[str] | None) -> dict:
     """ROAD overall and per true class (images without labels: per predicted class, named
     "<class> (predicted class)"), the sanity checks, and the verdicts per class and per method."""
@@ -162,6 +172,7 @@ def sample_figures(rows, steps: list[str], class_names: list[str] | None) -> dic
         per_class[name_of(int(label)) + ("" if labelled else " (predicted class)")] = figures
     overall = _road_figures(rows)
     return {
+        **_uncertainty_figures(rows),
         "sample_maps": int(len(rows)),
         "sample_images": int(rows["row_id"].nunique()),
         **overall,
@@ -240,6 +251,11 @@ def format_scorecard(scores: dict) -> str:
             lines.append(f"    {name:<24} (n={figures['maps']:>4}): ROAD {cell(figures['road'])} vs "
                          f"{cell(figures['random_order_road'])}, difference {cell(figures['road_difference'])}, "
                          f"top-5 % energy {cell(figures['concentration'], 2)}: {figures['verdict']}")
+        if score.get("map_spread"):
+            lines.append(f"  uncertainty, test-time augmentation (flip, shifts): map spread (per-pixel SD) "
+                         f"{cell(score['map_spread'])}, on correct predictions {cell(score['map_spread_correct'])}, "
+                         f"on misclassified {cell(score['map_spread_misclassified'])}; predictive entropy "
+                         f"{cell(score['entropy'])} bits")
         reference = score["shared_structure_reference"]
         lines.append("  sanity checks (Adebayo et al. 2018), sample, median Spearman / SSIM with the trained "
                      f"model's map; two images' maps of one class: {cell(reference['rank_corr'])} / "
