@@ -253,8 +253,8 @@ def format_scorecard(scores: dict) -> str:
                          f"top-5 % energy {cell(figures['concentration'], 2)}: {figures['verdict']}")
         if score.get("map_spread"):
             lines.append(f"  uncertainty, test-time augmentation (flip, shifts): map spread (per-pixel SD) "
-                         f"{cell(score['map_spread'])}, on correct predictions {cell(score['map_spread_correct'])}, "
-                         f"on misclassified {cell(score['map_spread_misclassified'])}; predictive entropy "
+                         f"{cell(score['map_spread'])}, on correct predictions {_with_n(score['map_spread_correct'])}, "
+                         f"on misclassified {_with_n(score['map_spread_misclassified'])}; predictive entropy "
                          f"{cell(score['entropy'])} bits")
         reference = score["shared_structure_reference"]
         lines.append("  sanity checks (Adebayo et al. 2018), sample, median Spearman / SSIM with the trained "
@@ -270,6 +270,10 @@ def format_scorecard(scores: dict) -> str:
         if score.get("cost"):
             lines.append("  " + format_cost(score["cost"]))
     return "\n".join(lines)
+
+
+def _with_n(fig: dict | None) -> str:
+    return "n/a (n=0)" if fig is None else f"{cell(fig)} (n={fig['n']})"
 
 
 def format_cost(cost: dict) -> str:
