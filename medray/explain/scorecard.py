@@ -250,7 +250,7 @@ def format_scorecard(scores: dict) -> str:
         for name, figures in score["per_class"].items():
             lines.append(f"    {name:<24} (n={figures['maps']:>4}): ROAD {cell(figures['road'])} vs "
                          f"{cell(figures['random_order_road'])}, difference {cell(figures['road_difference'])}, "
-                         f"top-5 % energy {cell(figures['concentration'], 2)}: {figures['verdict']}")
+                         f"top-5 % energy {cell(figures['concentration'])}: {figures['verdict']}")
         if score.get("map_spread"):
             lines.append(f"  uncertainty, test-time augmentation (flip, shifts): map spread (per-pixel SD) "
                          f"{cell(score['map_spread'])}, on correct predictions {_with_n(score['map_spread_correct'])}, "

@@ -31,6 +31,6 @@ def explanation_verdicts(run_dir: Path) -> list[dict]:
             "classes": [{"name": name, "maps": figures["maps"], "road": cell(figures["road"]),
                          "random_order_road": cell(figures["random_order_road"]),
                          "difference": cell(figures["road_difference"]),
-                         "concentration": cell(figures["concentration"], 2), "verdict": figures["verdict"]}
+                         "concentration": cell(figures["concentration"]), "verdict": figures["verdict"]}
                         for name, figures in score["per_class"].items()]})
     return rows
