@@ -233,12 +233,14 @@ class ExplainConfig(_Section):
     gpus_per_actor: float = Field(0.0, ge=0)
     overlays: bool = True
     colorbar: bool = False
-    # Localisation against the lesion masks on every image; deletion/insertion and the sanity checks
+    # Localisation against the lesion masks on every image; ROAD (Rong et al. 2022) and the sanity checks
     # (Adebayo et al. 2018) on a sample of `check_sample` test images, stratified by true class and by
     # correct/incorrect prediction and drawn with `sample_seed`.
     checks: bool = True
     check_sample: int = Field(256, ge=0, le=100_000)
     sample_seed: int = Field(0, ge=0, lt=2**32)
+    # Unused since ROAD replaced the blurred deletion/insertion curves; accepted so that older run
+    # folders' config.yaml still load (`medray resume`).
     deletion_steps: int = Field(16, ge=2, le=256)
     # Points of the cascading model randomisation, top block first (neighbouring blocks are merged
     # beyond this many).
