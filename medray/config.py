@@ -219,7 +219,7 @@ class ScalingConfig(_Section):
     placement_strategy: Literal["PACK", "SPREAD"] = "PACK"
 
 
-CamMethodName = Literal["gradcam", "gradcam++", "hirescam", "scorecam"]
+CamMethodName = Literal["gradcam", "gradcam++", "hirescam", "scorecam", "integrated_gradients"]
 
 
 class ExplainConfig(_Section):
@@ -233,7 +233,7 @@ class ExplainConfig(_Section):
     gpus_per_actor: float = Field(0.0, ge=0)
     overlays: bool = True
     colorbar: bool = False
-    # Localisation against the lesion masks on every image; deletion/insertion and the sanity checks
+    # Localisation against the lesion masks on every image; ROAD (Rong et al. 2022) and the sanity checks
     # (Adebayo et al. 2018) on a sample of `check_sample` test images, stratified by true class and by
     # correct/incorrect prediction and drawn with `sample_seed`.
     checks: bool = True
@@ -242,6 +242,8 @@ class ExplainConfig(_Section):
     # (Zhang et al. 2016 use 15 px on ~500 px images); 0 is the strict game. In pixels of the model input.
     pointing_tolerance_px: float = Field(0.0, ge=0, le=1000)
     sample_seed: int = Field(0, ge=0, lt=2**32)
+    # Unused since ROAD replaced the blurred deletion/insertion curves; accepted so that older run
+    # folders' config.yaml still load (`medray resume`).
     deletion_steps: int = Field(16, ge=2, le=256)
     # Points of the cascading model randomisation, top block first (neighbouring blocks are merged
     # beyond this many; 1: the whole model re-initialised at once).

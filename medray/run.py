@@ -82,8 +82,8 @@ def run_job(config: RunConfig) -> RunOutcome:
                                   read_rows=lambda row_ids: job.read_split("test", row_ids), thresholds=thresholds)
         predictions = predictions_from_maps(explained.maps_dir, task, thresholds)
         for method, score in explained.scores.items():
-            if (score.get("verdict") or "").startswith("FAILED"):
-                console.warn(f"{method}: sanity checks {score['verdict']}: its maps barely change when the model "
+            if (score.get("randomisation_verdict") or "").startswith("FAILED"):
+                console.warn(f"{method}: sanity checks {score['randomisation_verdict']}: its maps barely change when the model "
                              f"is randomised, so they may not show what the model learned; see "
                              f"{run_dir / 'explain' / 'checks.png'}")
     else:

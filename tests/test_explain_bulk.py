@@ -85,8 +85,9 @@ def test_localisation_rests_on_every_lesion_and_the_costly_checks_on_the_sample(
         low, high = score["pointing_game"]["ci"]
         assert 0 <= low <= score["pointing_game"]["value"] <= high <= 1
         assert 0 < score["localisation_chance"]["value"] < 0.5
-        assert score["sample_images"] == SAMPLE and score["deletion_auc"]["n"] == SAMPLE
-        assert 0 <= score["deletion_auc"]["value"] <= 1 and 0 <= score["insertion_auc"]["value"] <= 1
+        assert score["sample_images"] == SAMPLE and score["road"]["n"] == SAMPLE
+        assert -0.5 <= score["road"]["value"] <= 0.5 and -0.5 <= score["random_order_road"]["value"] <= 0.5
+        assert score["cost"]["per_map"] > 0 and {"maps", "ROAD", "cascade"} <= set(score["cost"]["seconds"])
         assert sum(figures["maps"] for figures in score["per_class"].values()) == SAMPLE
         assert len(score["cascade"]["rank_corr"]) == len(score["cascade"]["steps"]) >= 3
         assert score["verdicts"]["model_randomisation"] in ("passed", "FAILED")
@@ -97,11 +98,20 @@ def test_localisation_rests_on_every_lesion_and_the_costly_checks_on_the_sample(
         assert image.width > 500
     summary = (explained / "summary.txt").read_text()
     assert "gradcam" in summary and "hirescam" in summary and "pointing" in summary
+    assert "ROAD" in summary and "cost of the checks" in summary and "verdict:" in summary
 
 
-def test_galleries_show_each_class_correct_and_misclassified_most_confident_first(explained):
-    names = sorted(path.name for path in (explained / "galleries").glob("*.png"))
-    assert names == sorted(f"{name}-{kind}.png" for name in CLASSES for kind in ("correct", "misclassified"))
+def test_galleries_show_each_class_correct_and_misclassified_and_an_empty_one_is_a_line_of_text(explained):
+    names = {path.name for path in (explained / "galleries").glob("*.png")}
+    notes = explained / "galleries" / "empty.txt"
+    empty = notes.read_text() if notes.is_file() else ""
+    maps = pd.read_parquet(explained / "maps")
+    maps = maps[maps["method"] == "gradcam"]
+    for index, name in enumerate(CLASSES):
+        for kind, rows in (("correct", maps[(maps["label"] == index) & (maps["prediction"] == index)]),
+                           ("misclassified", maps[(maps["label"] == index) & (maps["prediction"] != index)])):
+            assert (f"{name}-{kind}.png" in names) == (len(rows) > 0)
+            assert (f"{name}: {kind} (0 of" in empty) == (len(rows) == 0)
     with Image.open(explained / "galleries" / "no_lesion-correct.png") as image:
         assert image.width > 200
 

@@ -167,6 +167,36 @@ def test_explain_galleries_are_included(tmp_path):
     assert {"explain/galleries/one.png", "explain/galleries/two.png"} <= set(sources)
 
 
+def test_an_empty_gallery_is_one_line_of_text_not_a_picture(tmp_path):
+    run_dir = tmp_path / "run"
+    write_run_folder(run_dir, ["a", "b"])
+    gallery = run_dir / "explain" / "galleries"
+    gallery.mkdir(parents=True)
+    Image.new("RGB", (16, 16)).save(gallery / "a-correct.png")
+    (gallery / "empty.txt").write_text("b: misclassified (0 of 30): no images\n")
+    html = build_report(run_dir).read_text()
+    assert '<p class="note empty-gallery">b: misclassified (0 of 30): no images</p>' in html
+    assert not any("misclassified" in source for source in image_sources(html))
+
+
+def test_the_explanations_table_shows_each_methods_verdict_beside_its_road_figures(tmp_path):
+    from medray.explain.scorecard import sample_figures
+    from test_explain_scorecard import CLASSES, sample_rows
+
+    run_dir = tmp_path / "run"
+    write_run_folder(run_dir, CLASSES)
+    score = {"maps": 90, "images": 90, "pointing_game": None, **sample_figures(sample_rows(), ["head", "conv0"], CLASSES),
+             "cost": {"seconds": {"maps": 1.0}, "shared": {}, "per_map": 0.25}}
+    (run_dir / "explain").mkdir()
+    (run_dir / "explain" / "checks.json").write_text(json.dumps({"gradcam": score}))
+    html = build_report(run_dir).read_text()
+    section = html[html.index('<section id="explanations">'):]
+    section = section[:section.index("</section>")]
+    assert "<td>0.250</td>" in section and "no better than random on the sample by ROAD" in section
+    assert re.search(r"<td>no_lesion</td><td>60</td>.*<td>no better than random</td>", section)
+    assert re.search(r"<td>lesion</td><td>30</td>.*<td>faithful</td>", section)
+
+
 def test_sweep_folder_shows_the_leaderboard_and_each_models_metrics(tmp_path):
     sweep = tmp_path / "sweep"
     for index, name in enumerate(["trial_a", "trial_b"]):

@@ -7,7 +7,7 @@ overlay files, so its memory stays flat however many images there are. A shard i
 place only after its overlays are written, so after a crash the re-run skips exactly the images of
 complete shards.
 
-The checks that cost extra forward passes or extra models (deletion/insertion, the sanity checks)
+The checks that cost extra forward passes or extra models (ROAD, the sanity checks)
 then run once on a stratified sample of the images (`medray.explain.sample`,
 `medray.explain.sample_checks`), written to `sample_checks.parquet`.
 """
@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
+from medray import console
 from medray.console import ProgressBar
 from medray.data.pipeline import one_batch_per_block, select_rows
 from medray.errors import MedrayError
@@ -216,6 +218,7 @@ def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: 
     todo = decoded if not done else decoded.map_batches(select_rows, fn_kwargs={"row_ids": done, "keep": False})
     mapped = cam_dataset(todo, model_bytes, backbone_name, task, explain_config, thresholds)
     progress = ProgressBar("explain", rows, done=len(done))
+    started = time.perf_counter()
     for block in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
         progress.advance(len(set(block["row_id"].to_pylist())))
         for table in split_by_images(block, explain_config.batch_size):
@@ -230,9 +233,13 @@ def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: 
             if on_shard is not None:
                 on_shard(shard)
     progress.close()
+    maps_seconds = time.perf_counter() - started
     sample_path = out_dir / SAMPLE_CHECKS
     if explain_config.checks and explain_config.check_sample and not sample_path.is_file():
+        started = time.perf_counter()
         check_sample(decoded, maps_dir, model_bytes, backbone_name, task, explain_config, sample_path, read_rows)
+        console.say(f"explain: maps of every image {maps_seconds:.0f} s, checks on the sample "
+                    f"{time.perf_counter() - started:.0f} s (per method and map: the cost lines of the summary)")
     scores = score_methods(maps_dir, sample_path if sample_path.is_file() else None, class_names,
                            per_target=task.multi_label)
     write_scorecard(scores, out_dir)
@@ -302,7 +309,7 @@ def check_same_settings(maps_dir: Path, settings: dict, resuming: bool) -> None:
 def check_sample(decoded: ray.data.Dataset, maps_dir: Path, model_bytes: bytes, backbone_name: str | UserModelSpec,
                  task: Task, explain_config, path: Path,
                  read_rows: Callable[[frozenset[str]], ray.data.Dataset] | None = None) -> None:
-    """Deletion/insertion and the sanity checks on the stratified sample, into `path` (atomically:
+    """ROAD and the sanity checks on the stratified sample, into `path` (atomically:
     a resumed job redoes them only if they had not been written)."""
     sampler = StratifiedSampler(explain_config.check_sample, explain_config.sample_seed)
     for shard in sorted(maps_dir.glob("part-*.parquet")):
@@ -322,8 +329,8 @@ def check_sample(decoded: ray.data.Dataset, maps_dir: Path, model_bytes: bytes, 
     order = np.argsort(rows["row_id"].astype(str), kind="stable")
     rows = {name: values[order] for name, values in rows.items()}
     checks_task = ray.remote(sample_checks).options(num_gpus=explain_config.gpus_per_actor or None)
-    table, steps = ray.get(checks_task.remote(model_bytes, backbone_name, task, rows, explain_config))
-    table = table.replace_schema_metadata({"cascade_steps": json.dumps(steps)})
+    table, steps, cost = ray.get(checks_task.remote(model_bytes, backbone_name, task, rows, explain_config))
+    table = table.replace_schema_metadata({"cascade_steps": json.dumps(steps), "cost_seconds": json.dumps(cost)})
     partial = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, partial)
     os.replace(partial, path)

@@ -16,6 +16,8 @@ from PIL import Image
 from medray.filenames import safe_filename
 
 COLUMNS = 4
+# Galleries with no image are one line each in this file, not a picture of the word "none".
+EMPTY_GALLERIES = "empty.txt"
 COLUMNS_READ = ["row_id", "label", "prediction", "target", "confidence", "method", "layer", "overlay_file"]
 
 
@@ -25,6 +27,8 @@ def write_galleries(maps_dir: Path, overlay_dir: Path, task, out_dir: Path, size
     predicted as that class, for unlabelled images).
 
     Shards are read one at a time, keeping only the `size` most confident rows of each gallery.
+    A gallery without images (no misclassified image of a class) gets no picture but one line in
+    `EMPTY_GALLERIES`, which the report shows as text.
     """
     shards = sorted(maps_dir.glob("part-*.parquet"))
     if not shards:
@@ -45,7 +49,7 @@ def write_galleries(maps_dir: Path, overlay_dir: Path, task, out_dir: Path, size
         counts = totals if counts is None else counts.add(totals, fill_value=0)
     frame, method, class_names = candidates, first["method"], list(task.class_names)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, empty = [], []
     labelled = any(group != "predicted" for _, group in counts.index)
     for index, name in enumerate(class_names):
         rows = frame[frame["group_class"] == index].sort_values(["confidence", "row_id"], ascending=[False, True])
@@ -55,9 +59,18 @@ def write_galleries(maps_dir: Path, overlay_dir: Path, task, out_dir: Path, size
             path = out_dir / f"{safe_filename(name)}-{group}.png"
             title = (f"predicted {name} ({int(counts[(index, group)])} unlabelled images)" if group == "predicted" else
                      f"{name}: {group} ({int(counts.get((index, group), 0))} of {in_class})")
-            plot_gallery(rows[rows["group"] == group].head(size), overlay_dir, task,
-                         f"{title}, {method}, most confident first", path)
+            shown = rows[rows["group"] == group].head(size)
+            if shown.empty:
+                empty.append(f"{title}: no images")
+                path.unlink(missing_ok=True)  # a picture of an earlier run into the same folder
+                continue
+            plot_gallery(shown, overlay_dir, task, f"{title}, {method}, most confident first", path)
             written.append(path)
+    notes = out_dir / EMPTY_GALLERIES
+    if empty:
+        notes.write_text("\n".join(empty) + "\n")
+    else:
+        notes.unlink(missing_ok=True)
     return written
 
 
@@ -75,8 +88,6 @@ def plot_gallery(rows: pd.DataFrame, overlay_dir: Path, task, title: str, path: 
     figure, axes = plt.subplots(lines, columns, figsize=(2.6 * columns, 2.9 * lines + 0.5), squeeze=False)
     for axis in axes.ravel():
         axis.axis("off")
-    if rows.empty:
-        axes[0, 0].text(0.5, 0.5, "none", ha="center", va="center", fontsize=14)
     for axis, row in zip(axes.ravel(), rows.itertuples()):
         with Image.open(overlay_dir / row.overlay_file) as image:
             axis.imshow(image.convert("RGB"))

@@ -3,7 +3,12 @@
 The mechanism (`medray.explain.cam`) computes the CAM layer's activations A (N, h, w, C) and either
 the gradients of the class score with respect to A, or, for Score-CAM, the class score of the
 input masked by each channel (N, C). A method returns weights that broadcast against A; the map
-is ReLU(sum over channels of A * weights) for every method.
+is ReLU(sum over channels of A * weights) for every CAM method.
+
+Integrated Gradients (Sundararajan et al. 2017, "Axiomatic Attribution for Deep Networks", ICML)
+reads no layer: its evidence is the input's own attribution, (x - x') times the class score's
+gradient averaged along the straight path from a baseline x' (the all-zero model input) to x,
+summed over colour channels; its map is the positive part at the input's resolution.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ from medray.keras_setup import tf
 class CamMethod:
     name: str
     weights: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
-    # "gradients": (A, dScore/dA); "masked_scores": (A, score of input * upsampled A_c), forward only
-    evidence: Literal["gradients", "masked_scores"] = "gradients"
+    # "gradients": (A, dScore/dA); "masked_scores": (A, score of input * upsampled A_c), forward only;
+    # "integrated_gradients": (A, the (N, H, W) input attribution), whose map is the attribution itself
+    evidence: Literal["gradients", "masked_scores", "integrated_gradients"] = "gradients"
 
 
 def cam_weights_gradcam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
@@ -60,9 +66,15 @@ def cam_weights_scorecam(activations: tf.Tensor, masked_scores: tf.Tensor) -> tf
     return (tf.nn.softmax(masked_scores, axis=-1) * evidence)[:, tf.newaxis, tf.newaxis, :]
 
 
+def input_attribution(activations: tf.Tensor, attribution: tf.Tensor) -> tf.Tensor:
+    """Integrated Gradients: the map is the input attribution, not a weighting of the activations."""
+    return attribution
+
+
 CAM_METHODS: dict[str, CamMethod] = {
     "gradcam": CamMethod("gradcam", cam_weights_gradcam),
     "gradcam++": CamMethod("gradcam++", cam_weights_gradcam_plus_plus),
     "hirescam": CamMethod("hirescam", cam_weights_hirescam),
     "scorecam": CamMethod("scorecam", cam_weights_scorecam, evidence="masked_scores"),
+    "integrated_gradients": CamMethod("integrated_gradients", input_attribution, evidence="integrated_gradients"),
 }

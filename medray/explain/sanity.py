@@ -19,7 +19,7 @@ import re
 import numpy as np
 
 from medray.config import TrainConfig
-from medray.explain.cam import CamExplainer
+from medray.explain.cam import CamExplainer, explain_in_batches
 from medray.explain.checks import is_empty, rank_correlation, upsample_maps
 from medray.keras_setup import keras, tf
 from medray.models.user_model import keras_of
@@ -83,8 +83,9 @@ def block_names(model: keras.Model, blocks: list[list[int]]) -> list[str]:
 
 
 def cascade_maps(model: keras.Model, cam_layers, methods, images: np.ndarray, targets: np.ndarray,
-                 blocks: list[list[int]]) -> list[dict]:
-    """Maps ((method, layer) -> (N, T, h, w)) after each cumulative re-initialisation step."""
+                 blocks: list[list[int]], batch_size: int = 64) -> list[dict]:
+    """Maps ((method, layer) -> (N, T, h, w)) after each cumulative re-initialisation step,
+    `batch_size` images at a time."""
     cascaded = keras.models.clone_model(model)
     cascaded.set_weights(model.get_weights())
     random_layers = weighted_layers(randomised_copy(model))
@@ -95,7 +96,7 @@ def cascade_maps(model: keras.Model, cam_layers, methods, images: np.ndarray, ta
     for block in blocks:
         for index in block:
             layers[index].set_weights(random_layers[index].get_weights())
-        steps.append(explainer(images, targets).maps)
+        steps.append(explain_in_batches(explainer, images, targets, batch_size).maps)
     return steps
 
 

@@ -1,8 +1,9 @@
 """The checks of every map, summarised per method: a text to print, checks.json and checks.png.
 
 Every figure says how many images it rests on and carries a 95 % bootstrap confidence interval
-(percentile method, 1,000 resamples): localisation on every image with a lesion mask, the
-faithfulness curves and the sanity checks on the stratified sample.
+(percentile method, 1,000 resamples): localisation on every image with a lesion mask, ROAD and
+the sanity checks on the stratified sample. The verdicts (`medray.explain.verdicts`) are read
+from the same figures that are printed beside them.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import pyarrow.parquet as pq
 from scipy import stats
 
 from medray.explain.checks_plot import plot_checks
+from medray.explain import verdicts
 from medray.explain.sanity import sanity_verdict
 
 LOCALISATION_COLUMNS = ("empty", "pointing_game", "energy_in_lesion", "lesion_share")
-FAITHFULNESS = ("deletion_auc", "random_order_deletion_auc", "insertion_auc", "random_order_insertion_auc")
 BOOTSTRAP_RESAMPLES = 1000
 # Above this many values the normal approximation, which the bootstrap converges to for a mean,
 # is used instead; below, resamples are drawn BOOTSTRAP_BATCH at a time, so the driver holds at
@@ -76,7 +77,9 @@ def score_methods(maps_dir: Path, sample_checks: Path | None = None, class_names
     settings_path = maps_dir.parent / "settings.json"
     tolerance = json.loads(settings_path.read_text()).get("pointing_tolerance_px", 0.0) if settings_path.is_file() else 0.0
     sample = pq.read_table(sample_checks) if sample_checks is not None else None
-    steps = json.loads(sample.schema.metadata[b"cascade_steps"]) if sample is not None else []
+    metadata = (sample.schema.metadata or {}) if sample is not None else {}
+    steps = json.loads(metadata[b"cascade_steps"]) if sample is not None else []
+    cost = json.loads(metadata.get(b"cost_seconds", b"{}"))
     sample = sample.to_pandas() if sample is not None else None  # a few hundred maps
     scores = {}
     for method, store in columns.items():
@@ -91,6 +94,7 @@ def score_methods(maps_dir: Path, sample_checks: Path | None = None, class_names
         if sample is not None:
             rows = sample[sample["method"] == method]
             scores[method].update(sample_figures(rows, steps, class_names))
+            scores[method]["cost"] = check_cost(cost, method, len(rows))
     return scores
 
 
@@ -117,15 +121,40 @@ def _target_localisation(values: dict[str, np.ndarray]) -> dict:
             "localisation_chance": figure(values["lesion_share"][with_lesion])}
 
 
+def check_cost(cost: dict, method: str, maps: int) -> dict | None:
+    """{"seconds": {check: s}, "shared": {check: s}, "per_map": s}: what the sample's checks of
+    `method` took (shared: the random-order reference and the label-permuted model, paid once)."""
+    if method not in cost or not maps:
+        return None
+    own = cost[method]
+    return {"seconds": own, "shared": cost.get("shared", {}), "per_map": sum(own.values()) / maps}
+
+
+def _road_figures(group) -> dict:
+    morf, lerf = (np.stack(group[name].to_numpy()) for name in ("road_morf", "road_lerf"))
+    return {"road": figure(group["road"].to_numpy()),
+            "random_order_road": figure(group["random_order_road"].to_numpy()),
+            "road_difference": figure(verdicts.paired_difference(group["road"], group["random_order_road"])),
+            "road_morf": value(figure(morf.mean(axis=1))), "road_lerf": value(figure(lerf.mean(axis=1))),
+            "concentration": value(figure(group["concentration"].to_numpy(), "median"))}
+
+
+def _uncertainty_figures(rows) -> dict:
+    """Test-time augmentation: map spread and entropy, and the spread on right and wrong predictions."""
+    if "map_spread" not in rows:  # a sample table written before test-time augmentation
+        return {}
+    correct = rows["correct"].to_numpy(bool)
+    return {"map_spread": figure(rows["map_spread"].to_numpy()), "entropy": figure(rows["entropy"].to_numpy()),
+            "map_spread_correct": figure(rows["map_spread"].to_numpy()[correct]),
+            "map_spread_misclassified": figure(rows["map_spread"].to_numpy()[~correct])}
+
+
 def sample_figures(rows, steps: list[str], class_names: list[str] | None) -> dict:
-    """Faithfulness overall and per true class (images without labels: per predicted class, named
-    "<class> (predicted class)"), and the sanity checks with their verdict."""
+    """ROAD overall and per true class (images without labels: per predicted class, named
+    "<class> (predicted class)"), the sanity checks, and the verdicts per class and per method."""
     name_of = (lambda label: class_names[label]) if class_names else str
     if "labelled" not in rows:  # a sample table written before unlabelled images were told apart
         rows = rows.assign(labelled=True)
-    per_class = {name_of(int(label)) + ("" if labelled else " (predicted class)"):
-                 {"maps": int(len(group)), **{name: value(figure(group[name].to_numpy())) for name in FAITHFULNESS}}
-                 for (label, labelled), group in rows.groupby(["label", "labelled"])}
     cascade_rank = np.stack(rows["cascade_rank_corr"].to_numpy()) if len(rows) else np.zeros((0, len(steps)))
     cascade_ssim = np.stack(rows["cascade_ssim"].to_numpy()) if len(rows) else np.zeros((0, len(steps)))
     tests = {
@@ -136,17 +165,31 @@ def sample_figures(rows, steps: list[str], class_names: list[str] | None) -> dic
     }
     reference = {"rank_corr": figure(rows["shared_rank_corr"].to_numpy(), "median"),
                  "ssim": figure(rows["shared_ssim"].to_numpy(), "median")}
+    sanity = sanity_verdict(tests, reference)
+    failed = (sanity["verdict"] or "").startswith("FAILED")
+    per_class = {}
+    for (label, labelled), group in rows.groupby(["label", "labelled"]):
+        figures = {"maps": int(len(group)), **_road_figures(group)}
+        figures["verdict"] = verdicts.class_verdict(failed, figures["concentration"], figures["road_difference"])
+        per_class[name_of(int(label)) + ("" if labelled else " (predicted class)")] = figures
+    overall = _road_figures(rows)
     return {
+        **_uncertainty_figures(rows),
         "sample_maps": int(len(rows)),
         "sample_images": int(rows["row_id"].nunique()),
-        **{name: figure(rows[name].to_numpy()) for name in FAITHFULNESS},
+        **overall,
         "per_class": per_class,
         "cascade": {"steps": steps,
                     "rank_corr": [value(figure(column, "median")) for column in cascade_rank.T],
                     "ssim": [value(figure(column, "median")) for column in cascade_ssim.T]},
         **tests,
         "shared_structure_reference": reference,
-        **sanity_verdict(tests, reference),
+        "verdicts": sanity["verdicts"],
+        "randomisation_verdict": sanity["verdict"],
+        "randomisation_rule": sanity["verdict_rule"],
+        "verdict": verdicts.method_verdict(sanity["verdict"], {name: figures["verdict"] for name, figures
+                                                               in per_class.items()}, overall["road_difference"]),
+        "verdict_rule": verdicts.RULE,
     }
 
 
@@ -166,9 +209,28 @@ def cell(fig: dict | float | None, digits: int = 3) -> str:
     return f"{fig['value']:.{digits}f}{interval}"
 
 
+def leaderboard(scores: dict) -> list[dict]:
+    """One row per method, on the same images: localisation (pointing game, where masks exist),
+    ROAD against random order, randomisation, the verdict and the checks' seconds per sampled map."""
+    return [{"method": method, "pointing_game": score.get("pointing_game"),
+             "road_difference": score.get("road_difference"), "randomisation": score.get("randomisation_verdict"),
+             "verdict": score.get("verdict"), "seconds_per_map": (score.get("cost") or {}).get("per_map")}
+            for method, score in scores.items()]
+
+
+def format_leaderboard(scores: dict) -> list[str]:
+    lines = ["methods on the same images: pointing game | ROAD - random order | randomisation | checks, s per map"]
+    for row in leaderboard(scores):
+        seconds = "n/a" if row["seconds_per_map"] is None else f"{row['seconds_per_map']:.3f}"
+        lines.append(f"  {row['method']:<10} {cell(row['pointing_game'])} | {cell(row['road_difference'])} | "
+                     f"{row['randomisation'] or 'not run'} | {seconds}")
+    return lines
+
+
 def format_scorecard(scores: dict) -> str:
-    """A few lines per method, each figure with its 95 % interval and the images it rests on."""
-    lines = []
+    """A few lines per method, each figure with its 95 % interval and the images it rests on;
+    with several methods, a leaderboard first."""
+    lines = format_leaderboard(scores) if len(scores) > 1 else []
     for method, score in scores.items():
         lines.append(f"{method}: {score['maps']} maps of {score['images']} images, {score['empty_maps']} empty"
                      + ("  EMPTY MAPS" if score["empty_maps"] else ""))
@@ -183,15 +245,19 @@ def format_scorecard(scores: dict) -> str:
                              f"{cell(figures['energy_in_lesion'])}")
         if not score.get("sample_maps"):
             continue
-        lines.append(f"  faithfulness, sample (n={score['deletion_auc']['n']} maps of {score['sample_images']} "
-                     f"images): deletion {cell(score['deletion_auc'])} vs random order "
-                     f"{cell(score['random_order_deletion_auc'])} (lower is better); insertion "
-                     f"{cell(score['insertion_auc'])} vs random order {cell(score['random_order_insertion_auc'])} "
-                     "(higher is better)")
+        lines.append(f"  faithfulness, sample (n={score['road']['n']} maps of {score['sample_images']} images): ROAD "
+                     f"{cell(score['road'])} vs random order {cell(score['random_order_road'])} (higher is better; "
+                     f"difference {cell(score['road_difference'])}); most relevant first {cell(score['road_morf'])}, "
+                     f"least relevant first {cell(score['road_lerf'])}")
         for name, figures in score["per_class"].items():
-            lines.append(f"    {name:<24} (n={figures['maps']:>4}): deletion {cell(figures['deletion_auc'])} vs "
-                         f"{cell(figures['random_order_deletion_auc'])}, insertion {cell(figures['insertion_auc'])} "
-                         f"vs {cell(figures['random_order_insertion_auc'])}")
+            lines.append(f"    {name:<24} (n={figures['maps']:>4}): ROAD {cell(figures['road'])} vs "
+                         f"{cell(figures['random_order_road'])}, difference {cell(figures['road_difference'])}, "
+                         f"top-5 % energy {cell(figures['concentration'])}: {figures['verdict']}")
+        if score.get("map_spread"):
+            lines.append(f"  uncertainty, test-time augmentation (flip, shifts): map spread (per-pixel SD) "
+                         f"{cell(score['map_spread'])}, on correct predictions {_with_n(score['map_spread_correct'])}, "
+                         f"on misclassified {_with_n(score['map_spread_misclassified'])}; predictive entropy "
+                         f"{cell(score['entropy'])} bits")
         reference = score["shared_structure_reference"]
         lines.append("  sanity checks (Adebayo et al. 2018), sample, median Spearman / SSIM with the trained "
                      f"model's map; two images' maps of one class: {cell(reference['rank_corr'])} / "
@@ -201,10 +267,25 @@ def format_scorecard(scores: dict) -> str:
             figures = score[test]
             lines.append(f"    {label:<24} {cell(figures['rank_corr'])} / {cell(figures['ssim'])}  "
                          f"{score['verdicts'][test] or 'not run'}")
+        lines.append(f"    randomisation: {score['randomisation_verdict'] or 'not run'}  ({score['randomisation_rule']})")
         lines.append(f"  verdict: {score['verdict']}  ({score['verdict_rule']})")
+        if score.get("cost"):
+            lines.append("  " + format_cost(score["cost"]))
     return "\n".join(lines)
 
 
 def _tolerance(score: dict) -> str:
     tolerance = score.get("pointing_tolerance_px", 0.0)
     return f" (within {tolerance:g} px of the lesion)" if tolerance else ""
+
+
+def _with_n(fig: dict | None) -> str:
+    return "n/a (n=0)" if fig is None else f"{cell(fig)} (n={fig['n']})"
+
+
+def format_cost(cost: dict) -> str:
+    """"cost of the checks: 0.123 s per sampled map (maps 1.2 s, ROAD 10.3 s, ...; shared ...)"."""
+    own = ", ".join(f"{check} {seconds:.1f} s" for check, seconds in cost["seconds"].items())
+    shared = ", ".join(f"{check} {seconds:.1f} s" for check, seconds in cost["shared"].items())
+    return (f"cost of the checks: {cost['per_map']:.3f} s per sampled map ({own})"
+            + (f"; shared by the methods: {shared}" if shared else ""))

@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 from PIL import Image
 
+from medray.explain.gallery import EMPTY_GALLERIES
 from medray.filenames import safe_filename
 from medray.report.test_images import test_images
 
@@ -100,9 +101,14 @@ def picture_galleries(run_dir: Path) -> list[dict]:
         folders: dict[Path, list[Path]] = {explain_dir: sorted(explain_dir.glob("*.png"))} if any(explain_dir.glob("*.png")) else {}
         for picture in sorted(root.rglob("*.png")):
             folders.setdefault(picture.parent, []).append(picture)
+        # Empty galleries are lines of text (medray.explain.gallery.EMPTY_GALLERIES), not pictures.
+        for notes in sorted(root.rglob(EMPTY_GALLERIES)):
+            folders.setdefault(notes.parent, [])
         galleries += [{"title": folder.relative_to(run_dir).as_posix(),
                        "pictures": [{"path": p.relative_to(run_dir).as_posix(), "caption": p.stem, "wide": is_wide(p)}
-                                    for p in pictures]}
+                                    for p in pictures],
+                       "empty": (folder / EMPTY_GALLERIES).read_text().splitlines()
+                       if (folder / EMPTY_GALLERIES).is_file() else []}
                       for folder, pictures in folders.items()]
     return galleries
 

@@ -15,6 +15,7 @@ import yaml
 
 from medray.errors import MedrayError
 from medray.report import plots
+from medray.report.explanations import explanation_verdicts
 from medray.report.analysis import DEFAULT_EXAMPLES_PER_CLASS, misclassified_by_class, picture_galleries
 from medray.report.metrics import calibration_bins, classification_metrics, prediction_arrays
 
@@ -119,6 +120,7 @@ def describe_run(run_dir: Path, examples_per_class: int = DEFAULT_EXAMPLES_PER_C
         "figures": {key: path.relative_to(run_dir).as_posix() for key, path in figures.items()},
         "misclassified": misclassified_by_class(predictions, class_names, run_dir, examples_per_class, config),
         "galleries": picture_galleries(run_dir),
+        "explanations": explanation_verdicts(run_dir),
     }
 
 
