@@ -17,11 +17,12 @@ import ray
 from ray.data import RandomSeedConfig
 from ray.data.expressions import random
 
-from medray.data.augment import SEED_COLUMN, augment_pixels
+from medray.data.augment import AUGMENT_BY_SPATIAL_DIMS, SEED_COLUMN
 from medray.data.decode import decode_mask, decode_row, resize_pixels
 from medray.data.oversample import plan_oversampling, repeat_rows
 from medray.data.readers import pieces_of, read_tasks, rows_of
 from medray.data.sources.base import Source, label_array, reader_settings
+from medray.data.volumes import spatial_shape
 from medray.models.preprocessing import ModelInput, to_model_input
 from medray.models.registry import Backbone
 
@@ -34,9 +35,10 @@ class TrainingData:
     train_rows: int
 
 
-def read_split(source: Source, split: str, image_size: int, data_config,
+def read_split(source: Source, split: str, image_size: int | tuple[int, ...], data_config,
                row_ids: frozenset[str] | None = None) -> ray.data.Dataset:
-    """Decoded rows of one split: row_id, pixels (uint8 image_size x image_size), label (and mask).
+    """Decoded rows of one split: row_id, pixels (uint8 image_size x image_size, or a volume of the
+    (D, H, W) that image_size gives), label (and mask).
     With `row_ids`, only those rows are read and decoded (the read tasks are cut down first)."""
     pieces = source.pieces[split] if row_ids is None else pieces_with_rows(source.pieces[split], row_ids)
     return read_tasks(pieces, source.kind, read_pieces,
@@ -54,7 +56,7 @@ def pieces_with_rows(pieces: list[dict], row_ids: frozenset[str]) -> list[dict]:
     return kept
 
 
-def read_pieces(batch: dict, settings: dict, image_size: int) -> dict:
+def read_pieces(batch: dict, settings: dict, image_size: int | tuple[int, ...]) -> dict:
     row_ids, pixels, labels, masks = [], [], [], []
     per_label = settings.get("mask_columns")
     for piece in pieces_of(batch):
@@ -72,18 +74,18 @@ def read_pieces(batch: dict, settings: dict, image_size: int) -> dict:
     rows = {
         "row_id": np.asarray(row_ids, dtype=object),
         "pixels": np.stack(pixels) if pixels else np.zeros(
-            (0, image_size, image_size, *((3,) if settings["color"] == "rgb" else ())), np.uint8),
+            (0, *spatial_shape(image_size), *((3,) if settings["color"] == "rgb" else ())), np.uint8),
         "label": np.asarray(labels, dtype=np.int64) if labels else np.zeros((0, *label_shape), np.int64),
     }
     if per_label or settings["mask_column"]:
         mask_shape = (len(per_label),) if per_label else ()
-        rows["mask"] = np.stack(masks) if masks else np.zeros((0, *mask_shape, image_size, image_size), np.uint8)
+        rows["mask"] = np.stack(masks) if masks else np.zeros((0, *mask_shape, *spatial_shape(image_size)), np.uint8)
     return rows
 
 
 def label_mask(data: bytes | None, size: int, max_pixels: int, where: str) -> np.ndarray:
     """One label's mask of a row; a label without a mask column has no lesion to localise (all zero)."""
-    return np.zeros((size, size), np.uint8) if data is None else decode_mask(data, size, max_pixels, where)
+    return np.zeros(spatial_shape(size), np.uint8) if data is None else decode_mask(data, size, max_pixels, where)
 
 
 def select_rows(batch: dict, row_ids: frozenset[str], keep: bool = True) -> dict:
@@ -103,7 +105,7 @@ def one_batch_per_block(decoded: ray.data.Dataset, batch_size: int) -> ray.data.
     return decoded.repartition(target_num_rows_per_block=batch_size)
 
 
-def training_data(source: Source, backbone: Backbone, image_size: int, config) -> TrainingData:
+def training_data(source: Source, backbone: Backbone, image_size: int | tuple[int, ...], config) -> TrainingData:
     """Train rows (oversampled if configured) augmented afresh every epoch, validation rows as they
     are; both preprocessed. Training never reads lesion masks."""
     data_config = config.data.model_copy(update={"mask_column": None, "mask_columns": None})
@@ -166,7 +168,7 @@ def cached(decoded: ray.data.Dataset, rows: int, image_size: int, cache: str) ->
     object store before its random augmentation; so does this, for uint8 pixels (row_id and label
     are small beside them).
     """
-    decoded_bytes = rows * image_size * image_size
+    decoded_bytes = rows * int(np.prod(spatial_shape(image_size)))
     fits = decoded_bytes <= CACHE_SHARE * ray.cluster_resources().get("object_store_memory", 0.0)
     if cache == "always" or (cache == "auto" and fits):
         return decoded.materialize()
@@ -183,7 +185,7 @@ def oversampling_plan(source: Source, config):
 
 
 def augment_and_prepare(batch: dict, model_input: ModelInput, augment) -> dict:
-    pixels = augment_pixels(batch["pixels"], batch[SEED_COLUMN], augment)
+    pixels = AUGMENT_BY_SPATIAL_DIMS[model_input.spatial_dims](batch["pixels"], batch[SEED_COLUMN], augment)
     return {"image": to_model_input(pixels, model_input), "label": batch["label"]}
 
 

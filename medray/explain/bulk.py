@@ -34,7 +34,7 @@ from medray.errors import MedrayError
 from medray.explain import checks
 from medray.explain.cam import CamExplainer
 from medray.explain.gallery import write_galleries
-from medray.explain.overlay import encode_overlays
+from medray.explain.panels import encode_overlay_table, write_volume_maps
 from medray.explain.sample import StratifiedSampler
 from medray.explain.sample_checks import SAMPLE_CHECKS, sample_checks
 from medray.explain.scorecard import score_methods, write_scorecard
@@ -58,6 +58,8 @@ MAPS_SCHEMA = pa.schema([
     ("cam", pa.list_(pa.float16())),
     ("cam_height", pa.int32()),
     ("cam_width", pa.int32()),
+    # a volume's map has cam_depth slices of cam_height x cam_width; an image's map has 1
+    ("cam_depth", pa.int32()),
     ("empty", pa.bool_()),
     ("overlay_file", pa.string()),
     *((name, pa.float64()) for name in CHECK_COLUMNS),
@@ -113,7 +115,7 @@ class CamActor(ModelActor):
                     "confidence": probabilities[kept].max(axis=1),
                     "probabilities": probabilities[kept], "method": [method] * count,
                     "layer": [layer] * count, "cam": slot_maps, "empty": checks.is_empty(slot_maps),
-                    **self._localisation(batch, kept, slot_maps, slot_targets, images.shape[1:3]),
+                    **self._localisation(batch, kept, slot_maps, slot_targets, images.shape[1:-1]),
                 }
                 if self.overlays:
                     columns["overlay_file"] = [
@@ -126,13 +128,13 @@ class CamActor(ModelActor):
         return pa.concat_tables(parts) if parts else MAPS_SCHEMA.empty_table()
 
     def _localisation(self, batch: dict, kept: np.ndarray, maps: np.ndarray, targets: np.ndarray,
-                      size: tuple[int, int]) -> dict:
+                      size: tuple[int, ...]) -> dict:
         """Cheap, so on every image that has a lesion mask: the image's mask, or with one mask per
         label (N, K, H, W) the mask of the label the map explains."""
         if not self.checks or "mask" not in batch:
             return {}
         masks = batch["mask"][kept]
-        if masks.ndim == 4:
+        if masks.ndim == maps.ndim + 1:  # one mask per label
             masks = masks[np.arange(len(masks)), targets]
         upsampled = checks.upsample_maps(maps, size)
         return {"pointing_game": checks.pointing_game(upsampled, masks),
@@ -150,7 +152,8 @@ class CamActor(ModelActor):
 
 def maps_table(columns: dict) -> pa.Table:
     maps = np.asarray(columns["cam"])
-    count, height, width = maps.shape
+    count, *grid = maps.shape
+    depth, height, width = ([1] + grid)[-3:]
     arrays = {
         **{name: columns[name] for name in ("row_id", "method", "layer")},
         **{name: np.asarray(columns[name], np.int64) for name in ("label", "prediction", "target")},
@@ -160,6 +163,7 @@ def maps_table(columns: dict) -> pa.Table:
         "cam": list(maps.reshape(count, -1).astype(np.float16)),
         "cam_height": np.full(count, height, np.int32),
         "cam_width": np.full(count, width, np.int32),
+        "cam_depth": np.full(count, depth, np.int32),
         "empty": np.asarray(columns["empty"], bool),
         "overlay_file": columns.get("overlay_file", [None] * count),
         **{name: columns.get(name, np.full(count, np.nan)) for name in CHECK_COLUMNS},
@@ -168,7 +172,10 @@ def maps_table(columns: dict) -> pa.Table:
                      schema=MAPS_SCHEMA)
     if "overlay_pixels" in columns:  # the original (H, W) gray or (H, W, 3) RGB uint8, for `encode_overlays`
         table = table.append_column("overlay_pixels", pa.array(columns["overlay_pixels"], pa.binary()))
-        for axis, name in enumerate(("overlay_height", "overlay_width")):
+        # a volume's (D, H, W), told from its map's three grid axes (an RGB image's shape is (H, W, 3))
+        names = ("overlay_depth", "overlay_height", "overlay_width") if len(grid) == 3 else ("overlay_height",
+                                                                                             "overlay_width")
+        for axis, name in enumerate(names):
             table = table.append_column(name, pa.array([columns["overlay_shape"][axis]] * count, pa.int32()))
     return table
 
@@ -204,7 +211,7 @@ def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: 
         for table in split_by_images(block, explain_config.batch_size):
             if "overlay" in table.column_names:
                 write_overlays(table, overlay_dir)
-                table = table.drop_columns(["overlay"])
+                table = write_volume_maps(table.drop_columns(["overlay"]), out_dir)
             shard = maps_dir / f"part-{next_index:06d}.parquet"
             partial = maps_dir / f".{shard.name}.tmp"
             pq.write_table(table, partial)
@@ -252,7 +259,7 @@ def cam_dataset(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: st
     mapped.context.downstream_capacity_backpressure_ratio = None
     if not explain_config.overlays:
         return mapped
-    return mapped.map_batches(encode_overlays, fn_kwargs={"colorbar": explain_config.colorbar},
+    return mapped.map_batches(encode_overlay_table, fn_kwargs={"colorbar": explain_config.colorbar},
                               batch_size=None, batch_format="pyarrow")
 
 

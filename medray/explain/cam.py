@@ -16,6 +16,7 @@ import numpy as np
 from medray.errors import MedrayError
 from medray.explain.methods import CAM_METHODS, CamMethod
 from medray.explain.graph import CamGraph
+from medray.explain.spatial import grid_axes, resize_grid, spatial_axes
 from medray.explain.targets import CamTarget
 from medray.keras_setup import tf
 
@@ -25,7 +26,7 @@ SCORE_BATCH = 256
 
 @dataclass(frozen=True)
 class CamBatch:
-    # (method, layer) -> (N, T, h, w) float32 in [0, 1] at the layer's resolution
+    # (method, layer) -> (N, T, h, w), or (N, T, d, h, w) for volumes, float32 in [0, 1] at the layer's resolution
     maps: dict[tuple[str, str], np.ndarray]
     targets: np.ndarray  # (N, T) the class each map explains
     probabilities: np.ndarray  # (N, K)
@@ -114,14 +115,16 @@ class CamExplainer:
         """(N, T, C): the target logits of the input multiplied by each channel's upsampled,
         min-max normalised activation map (Score-CAM), SCORE_BATCH masked inputs per forward pass."""
         count, channels = tf.shape(images)[0], activations.shape[-1]
-        masks = tf.image.resize(activations, tf.shape(images)[1:3], method="bilinear")
-        low = tf.reduce_min(masks, axis=(1, 2), keepdims=True)
-        high = tf.reduce_max(masks, axis=(1, 2), keepdims=True)
-        masks = tf.transpose(tf.math.divide_no_nan(masks - low, high - low), (3, 0, 1, 2))  # (C, N, H, W)
+        masks = resize_grid(activations, images.shape[1:-1])
+        low = tf.reduce_min(masks, axis=spatial_axes(masks), keepdims=True)
+        high = tf.reduce_max(masks, axis=spatial_axes(masks), keepdims=True)
+        rank = masks.shape.rank
+        # (C, N, *grid): channels first, so that a block of channels masks every image
+        masks = tf.transpose(tf.math.divide_no_nan(masks - low, high - low), (rank - 1, *range(rank - 1)))
         chunk = tf.maximum(1, self._score_batch // count)
         pieces = tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False)
         for start in tf.range(0, channels, chunk):
-            block = masks[start:start + chunk]  # (k, N, H, W)
+            block = masks[start:start + chunk]  # (k, N, *grid)
             masked = images[tf.newaxis] * block[..., tf.newaxis]
             flat = tf.reshape(masked, tf.concat([[-1], tf.shape(images)[1:]], axis=0))
             logits = tf.reshape(self._masked_score(flat), (tf.shape(block)[0], count, -1))
@@ -136,7 +139,7 @@ class CamExplainer:
 
 
 def _normalise(maps: tf.Tensor) -> tf.Tensor:
-    peaks = tf.reduce_max(maps, axis=(1, 2), keepdims=True)
+    peaks = tf.reduce_max(maps, axis=grid_axes(maps), keepdims=True)
     return tf.math.divide_no_nan(maps, peaks)
 
 

@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage, stats
 
+from medray.explain.spatial import resize_grid
 from medray.keras_setup import tf
 
 # The baseline pixels are removed to, or revealed from: the image blurred with sigma = side / 4,
@@ -30,9 +31,11 @@ BLUR_FRACTION = 4
 PREDICT_BATCH = 256
 
 
-def upsample_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(N, h, w) maps at feature resolution -> (N, H, W), bilinear, as the overlays show them."""
-    return tf.image.resize(np.asarray(maps, np.float32)[..., np.newaxis], size, method="bilinear").numpy()[..., 0]
+def upsample_maps(maps: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """(N, h, w) maps at feature resolution -> (N, H, W), bilinear, as the overlays show them;
+    a volume's (N, d, h, w) -> (N, D, H, W), trilinear."""
+    return resize_grid(tf.convert_to_tensor(np.asarray(maps, np.float32)[..., np.newaxis]),
+                       tuple(size)).numpy()[..., 0]
 
 
 def pointing_game(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:

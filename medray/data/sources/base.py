@@ -93,6 +93,8 @@ class SourceKind:
     suffixes: tuple[str, ...] = ()
     # pieces one Ray Data read task takes: parquet and .npz pieces hold hundreds of rows
     pieces_per_read_task: int = 1
+    # spatial axes of its rows: 2 for images (H, W), 3 for volumes (D, H, W); the model must match
+    spatial_dims: int = 2
 
     def discover(self, data_config) -> Source:
         """The splits, classes and read tasks of data.path, from listings and metadata only."""
