@@ -17,7 +17,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from medray.data.dicom import dicom_to_gray, is_dicom
-from medray.data.volumes import Volume, resize_mask_volume, resize_volume, volume_voxels
+from medray.data.volumes import VOLUME_MODE, Volume, resize_mask_volume, resize_volume, volume_voxels
 from medray.errors import BadImage
 
 # Modes whose values are not 0-255 and are stretched to 8 bits instead of clipped.
@@ -54,7 +54,7 @@ def decode_native(content: bytes | np.ndarray, max_pixels: int, where: str, what
 def _decode_native(content: bytes | np.ndarray, max_pixels: int, where: str, what: str,
                    warnings: list[str], color: str) -> tuple[np.ndarray, str]:
     if isinstance(content, Volume):  # (D, H, W): volumes are gray whatever data.color says
-        return volume_voxels(content, where), "volume"
+        return volume_voxels(content, where), VOLUME_MODE
     if isinstance(content, np.ndarray):  # .npz rows arrive decoded (H x W, H x W x 1 or H x W x 3)
         content = np.asarray(content[..., 0] if content.ndim == 3 and content.shape[2] == 1 else content, np.uint8)
         mode = "L" if content.ndim == 2 else "RGB"

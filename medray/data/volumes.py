@@ -18,6 +18,8 @@ from medray.errors import BadImage
 # One volume's voxels may not exceed this many (512^3): a header that promises more is refused
 # before anything is allocated.
 MAX_VOXELS = 512 ** 3
+# The stored mode decoding reports for a volume (beside Pillow's "L", "RGB", ... of images).
+VOLUME_MODE = "volume"
 
 
 @dataclass(frozen=True)
@@ -76,3 +78,11 @@ def spatial_shape(size: int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
     """A model input size as its spatial shape: an int is a square image's side, a sequence of three
     is a volume's (D, H, W)."""
     return (int(size), int(size)) if np.ndim(size) == 0 else tuple(int(side) for side in size)
+
+
+def flat_preview(pixels: np.ndarray, mode: str) -> np.ndarray:
+    """A decoded row as one 2-D picture: an image as it is; a volume (mode "volume") as its middle
+    axial slice beside its axial maximum-intensity projection, (H, 2W) uint8."""
+    if mode != VOLUME_MODE:
+        return pixels
+    return np.concatenate([pixels[len(pixels) // 2], pixels.max(axis=0)], axis=1)

@@ -36,7 +36,7 @@ def peak_slices(voxels: np.ndarray, heat: np.ndarray) -> list[tuple[str, np.ndar
     """(view name, slice of the voxels, slice of the map) through the map's maximum, then the
     maximum-intensity projections along D of both."""
     peak = np.unravel_index(int(np.argmax(heat)), heat.shape)
-    views = [(f"{name} {axis}={peak[axis]}", np.take(voxels, peak[axis], axis=axis), np.take(heat, peak[axis], axis=axis))
+    views = [(f"{name} slice {peak[axis]}", np.take(voxels, peak[axis], axis=axis), np.take(heat, peak[axis], axis=axis))
              for axis, name in enumerate(VIEWS)]
     return views + [("MIP (axial)", voxels.max(axis=0), heat.max(axis=0))]
 
