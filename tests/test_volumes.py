@@ -179,10 +179,58 @@ def test_demo_3d_runs_end_to_end_with_panels_and_volume_maps(volume_dataset, tmp
     assert main(args) in (0, None)
     explain = tmp_path / "v3" / "explain"
     maps = pq.read_table(explain / "maps").to_pandas()
-    assert len(maps) == 12 and set(maps["cam_depth"]) == {SIDE // 2}
+    assert len(maps) == 12 and set(maps["cam_depth"]) == {SIDE}  # the first of two blocks: not pooled yet
     stored = np.load(explain / "volume_maps" / maps["map_file"].iloc[0], allow_pickle=False)
     assert stored.shape == (SIDE, SIDE, SIDE)
     assert maps.loc[(maps["label"] > 0) & ~maps["empty"], "pointing_game"].notna().all()
     assert maps.loc[maps["label"] == 0, "pointing_game"].isna().all()
     with Image.open(explain / "overlays" / maps["overlay_file"].iloc[0]) as panel:
         assert panel.width > 3 * panel.height
+
+
+def nifti_config(path, *overrides):
+    return config_for(path, "data.source=nifti", "data.class_names=null", *overrides)
+
+
+def test_nifti_class_folders_hold_the_same_volumes_as_the_npz(volume_dataset):
+    from medray.data.readers import rows_of
+    from medray.data.sources.base import reader_settings
+
+    config = nifti_config(volume_dataset.parent.parent / "nifti")
+    job = prepare_job(config)
+    assert job.source.class_names == sorted(CLASS_NAMES) and job.source.num_rows("test") == 12
+    arrays = np.load(volume_dataset, allow_pickle=False)
+    piece = next(piece for piece in job.source.pieces["test"] if piece["row_ids"][0].endswith("test_00004.nii.gz"))
+    row = next(rows_of("nifti", piece, reader_settings(job.source, config.data)))
+    assert np.array_equal(decode_native(row.content, 10**9, row.where)[0], arrays["test_images"][4])
+
+
+def test_nifti_is_turned_to_canonical_orientation_whatever_its_affine(tmp_path):
+    import nibabel
+
+    from medray.data.sources.nifti import read_nifti
+
+    ras = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)  # (R, A, S)
+    # The same head stored left-to-right reversed (LAS), with 2 mm slices.
+    las = nibabel.Nifti1Image(ras[::-1].copy(), np.diag([-1.0, 1.0, 2.0, 1.0]))
+    volume = read_nifti(las.to_bytes(), "las.nii")
+    assert np.array_equal(volume.voxels, ras.transpose(2, 1, 0))
+    assert volume.spacing == (2.0, 1.0, 1.0)
+
+
+def test_a_4d_nifti_and_a_truncated_one_and_a_gzip_bomb_are_bad_images_naming_the_file():
+    import gzip
+
+    import nibabel
+
+    from medray.data.sources.nifti import HEADER_ALLOWANCE, read_nifti
+
+    series = nibabel.Nifti1Image(np.zeros((4, 4, 4, 3), np.int16), np.eye(4)).to_bytes()
+    with pytest.raises(BadImage, match=r"fmri.nii: holds a 4-D array \(4, 4, 4, 3\)"):
+        read_nifti(series, "fmri.nii")
+    whole = nibabel.Nifti1Image(np.zeros((8, 8, 8), np.int16), np.eye(4)).to_bytes()
+    with pytest.raises(BadImage, match="cut.nii: cannot read the NIfTI file"):
+        read_nifti(whole[:-100], "cut.nii")
+    bomb = gzip.compress(whole[:352] + bytes(HEADER_ALLOWANCE + 8 * 1000 + 1), compresslevel=1)
+    with pytest.raises(BadImage, match="bomb.nii.gz: decompresses to more than"):
+        read_nifti(bomb, "bomb.nii.gz", max_voxels=1000)

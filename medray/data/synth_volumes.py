@@ -2,6 +2,8 @@
 
   npz/volumes.npz   {split}_images (N, D, H, W) uint8, {split}_labels (N, 1) uint8 class indices,
                     {split}_masks (N, D, H, W) uint8 lesion masks (255 = lesion, all 0 without one)
+  nifti/{split}/{class}/{split}_00012.nii.gz   the same volumes as NIfTI (RAS+, 1 mm voxels), in class
+                    folders (data.source: nifti); masks are in the .npz only
   dataset.json      the summary and parameters, written last
 
 Written into a hidden sibling folder renamed into place at the end, as the 2-D demo is (synth.py).
@@ -37,9 +39,21 @@ def write_volume_dataset(out_dir, *, train: int, val: int, test: int, size: int,
             arrays |= {f"{split}_images": images, f"{split}_labels": labels.astype(np.uint8)[:, np.newaxis],
                        f"{split}_masks": np.where(masks, 255, 0).astype(np.uint8)}
             counts[split] = {name: int(np.sum(labels == index)) for index, name in enumerate(CLASS_NAMES)}
+            write_nifti_split(staging / "nifti" / split, split, images, labels)
         (staging / VOLUMES_FILE).parent.mkdir(parents=True)
         np.savez_compressed(staging / VOLUMES_FILE, **arrays)
         return {"path": str(out_dir), "classes": list(CLASS_NAMES), "counts": counts,
                 "npz": str(out_dir / VOLUMES_FILE)}
 
     return _write_in_place(out_dir, split_sizes, size, seed, parameters, write_splits, min_size=MIN_VOLUME_SIZE)
+
+
+def write_nifti_split(folder: Path, split: str, images: np.ndarray, labels: np.ndarray) -> None:
+    """One .nii.gz per volume in folder/<class>/: medray's (D, H, W) = (S, A, R) stored as NIfTI's
+    (R, A, S) with an identity affine (RAS+, 1 mm), so reading it back gives the same voxels."""
+    import nibabel
+
+    for index, (volume, label) in enumerate(zip(images, labels)):
+        path = folder / CLASS_NAMES[int(label)] / f"{split}_{index:05d}.nii.gz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nibabel.save(nibabel.Nifti1Image(np.ascontiguousarray(volume.transpose(2, 1, 0)), np.eye(4)), path)

@@ -18,17 +18,23 @@ POOLING_3D = {"max": keras.layers.GlobalMaxPooling3D, "avg": keras.layers.Global
 
 
 def build_cnn3d(input_size: tuple[int, int, int], channels: int, head: Head, model_config) -> keras.Model:
-    """model.conv_filters conv blocks (conv 3x3x3 -> [batch norm] -> relu -> max pool 2x2x2)."""
+    """model.conv_filters conv blocks (conv 3x3x3 -> [batch norm] -> relu -> max pool 2x2x2).
+
+    Its CAM layer is the activation of the last block but one (of the only block, with one entry):
+    twice as fine a grid as the last block's. Lesions a few voxels across fall between the last
+    block's cells (one per 4^3 voxels at 32^3): on the 3-D demo's validation volumes, the last
+    block's Grad-CAM peaked inside 0 of 13 dark lesions, the block before it inside 12 (bright
+    lesions: 23 of 23 either way). The last block still shapes the map through the gradients.
+    """
     inputs = keras.Input((*input_size, channels), name="image")
     x = inputs
     filters = model_config.conv_filters
     for block, width in enumerate(filters):
-        last = block == len(filters) - 1
+        cam_block = block == max(len(filters) - 2, 0)
         x = keras.layers.Conv3D(width, 3, padding="same", use_bias=not model_config.batch_norm, name=f"conv{block}")(x)
         if model_config.batch_norm:
             x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{block}")(x)
-        # The last block's activations, before their pooling: the finest grid Grad-CAM can read.
-        x = keras.layers.Activation("relu", name=CAM_LAYER if last else f"relu{block}")(x)
+        x = keras.layers.Activation("relu", name=CAM_LAYER if cam_block else f"relu{block}")(x)
         x = keras.layers.MaxPooling3D(name=f"pool{block}")(x)
     return keras.Model(inputs, volume_head(x, head, model_config), name="cnn3d")
 
