@@ -4,6 +4,7 @@ augmentation, 3-D models with their CAM layer, 3-D Grad-CAM and its checks, the 
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -234,3 +235,56 @@ def test_a_4d_nifti_and_a_truncated_one_and_a_gzip_bomb_are_bad_images_naming_th
     bomb = gzip.compress(whole[:352] + bytes(HEADER_ALLOWANCE + 8 * 1000 + 1), compresslevel=1)
     with pytest.raises(BadImage, match="bomb.nii.gz: decompresses to more than"):
         read_nifti(bomb, "bomb.nii.gz", max_voxels=1000)
+
+
+def write_slice(path, plane: np.ndarray, z: float, series: str, slope=2.0, intercept=-1000.0):
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    dataset.SOPClassUID, dataset.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    dataset.SeriesInstanceUID = series
+    dataset.Rows, dataset.Columns = plane.shape
+    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 16, 15, 0
+    dataset.ImagePositionPatient = [-10.0, -10.0, z]
+    dataset.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    dataset.PixelSpacing = [0.5, 0.5]
+    dataset.RescaleSlope, dataset.RescaleIntercept = slope, intercept
+    dataset.PixelData = plane.astype(np.uint16).tobytes()
+    dataset.save_as(path, enforce_file_format=True)
+
+
+def test_a_dicom_series_is_stacked_by_position_not_file_name_and_a_missing_slice_is_named(tmp_path):
+    from pydicom.uid import generate_uid
+
+    from medray.data.readers import rows_of
+    from medray.data.sources.base import reader_settings
+
+    stored = np.random.default_rng(0).integers(0, 1000, (6, 8, 8)).astype(np.uint16)
+    root = tmp_path / "studies"
+    for split in ("train", "val", "test"):
+        for label in ("a", "b"):
+            for study in ("s1", "s2"):
+                folder = root / split / label / study
+                folder.mkdir(parents=True)
+                series = generate_uid()
+                # File names run against the slices' order along the patient axis.
+                names = np.random.default_rng(len(str(folder))).permutation(6)
+                for index, plane in enumerate(stored):
+                    if (split, label, study) == ("test", "b", "s2") and index == 3:
+                        continue  # this study lacks its fourth slice
+                    write_slice(folder / f"IM{names[index]:04d}", plane, z=2.5 * index - 5, series=series)
+    config = config_for(root, "data.source=dicom_series", "data.class_names=null")
+    source = prepare_job(config).source
+    settings = reader_settings(source, config.data)
+    rows = {piece["row_ids"][0]: next(rows_of("dicom_series", piece, settings)) for piece in source.pieces["test"]}
+    volume = rows["test/a/s1"].content
+    assert isinstance(volume, Volume) and volume.spacing == (2.5, 0.5, 0.5)
+    np.testing.assert_array_equal(volume.voxels, stored * 2.0 - 1000)  # voxel by voxel, rescaled
+    broken = rows["test/b/s2"].content
+    assert isinstance(broken, BadImage)
+    assert re.search(r"test/b/s2: 1 slice missing between IM\d{4} and IM\d{4} \(5 mm apart", str(broken))

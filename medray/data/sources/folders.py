@@ -39,11 +39,11 @@ class FolderSource(SourceKind):
                 split_dirs.setdefault(SPLIT_ALIASES[storage.name(child).lower()], child)
         ignored: list[str] = []
         if split_dirs:  # root/<split>/<class>/*: the splits are used as given
-            files = {split: _class_files(split_dirs[split], ignored, self.accepts) if split in split_dirs else {}
+            files = {split: self.class_rows(split_dirs[split], ignored) if split in split_dirs else {}
                      for split in SPLITS}
             ignored += [child for child, is_dir in children if not is_dir]
         else:  # root/<class>/*: medray makes a stratified split
-            files = stratified_split(_class_files(root, ignored, self.accepts), data_config.split)
+            files = stratified_split(self.class_rows(root, ignored), data_config.split)
         found = sorted({name for by_class in files.values() for name in by_class})
         class_names = data_config.class_names or found
         labeller = self.labeller(class_names, data_config)
@@ -56,6 +56,10 @@ class FolderSource(SourceKind):
                     piece = piece_of_rows(file, 0, [0], [row_id], label, split)
                     pieces[split] += [piece] if piece else []
         return labelled_source(self, root, class_names, pieces, labeller, ignored_files=sorted(ignored))
+
+    def class_rows(self, folder: str, ignored: list[str]) -> dict[str, list[str]]:
+        """class -> the rows (files) under folder/<class>/; what is not a row goes to `ignored`."""
+        return _class_files(folder, ignored, self.accepts)
 
     def accepts(self, file: str) -> bool:
         """Whether a file in a class folder is one of this kind's rows (others are ignored, counted)."""
