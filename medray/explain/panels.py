@@ -1,6 +1,7 @@
-"""What a person sees of a volume's map: one PNG panel of the three orthogonal slices through the
-map's peak (axial, coronal, sagittal) and a maximum-intensity projection, each with the map over
-the voxels; and the map itself, upsampled to the volume, as one .npy file per map.
+"""What a person sees of a volume's map: one PNG panel (2 x 2, square like an image's overlay, so
+galleries tile it alike) of the three orthogonal slices through the map's peak (axial, coronal,
+sagittal) and a maximum-intensity projection, each with the map over the voxels; and the map
+itself, upsampled to the volume, as one .npy file per map.
 
 A volume cannot be looked at whole: slicing through the map's peak shows where the model looked
 at full resolution, and the projection shows whether the map has other hot spots off those
@@ -22,6 +23,8 @@ from medray.explain.overlay import ALPHA, COLORMAP, encode_overlays
 VOLUME_MAPS = "volume_maps"
 # Inches per panel of the figure, and its resolution: 4 panels of about 200 px each.
 PANEL_INCHES, PANEL_DPI = 2.2, 90
+# Map values below this are not coloured, so the anatomy around the hot spot stays visible.
+SHOWN_FROM = 0.2
 VIEWS = ("axial", "coronal", "sagittal")
 
 
@@ -47,8 +50,8 @@ def volume_panel_png(voxels: np.ndarray, cam: np.ndarray, colorbar: bool = False
     with "empty map" in red, never as a blank heat map."""
     heat = upsample_volume_map(cam, voxels.shape)
     empty = heat.max() <= 0
-    figure = Figure(figsize=(PANEL_INCHES * len(VIEWS) + PANEL_INCHES + 0.6 * colorbar, PANEL_INCHES + 0.3))
-    axes = figure.subplots(1, len(VIEWS) + 1)
+    figure = Figure(figsize=(2 * PANEL_INCHES + 0.6 * colorbar, 2 * PANEL_INCHES + 0.4))
+    axes = figure.subplots(2, 2).ravel()
     shown = None
     centre_heat = np.zeros_like(heat)
     if empty:  # the peak of a zero map is voxel 0: show the centre instead
@@ -56,7 +59,8 @@ def volume_panel_png(voxels: np.ndarray, cam: np.ndarray, colorbar: bool = False
     for axis, (title, plane, plane_heat) in zip(axes, peak_slices(voxels, centre_heat if empty else heat)):
         axis.imshow(plane, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         if not empty:
-            shown = axis.imshow(plane_heat, cmap=COLORMAP, vmin=0, vmax=1, alpha=ALPHA, interpolation="bilinear")
+            shown = axis.imshow(np.ma.masked_less(plane_heat, SHOWN_FROM), cmap=COLORMAP, vmin=0, vmax=1,
+                                alpha=ALPHA, interpolation="bilinear")
         axis.set_title(title, fontsize=8)
         axis.set_axis_off()
     if empty:
