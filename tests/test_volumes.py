@@ -288,3 +288,31 @@ def test_a_dicom_series_is_stacked_by_position_not_file_name_and_a_missing_slice
     broken = rows["test/b/s2"].content
     assert isinstance(broken, BadImage)
     assert re.search(r"test/b/s2: 1 slice missing between IM\d{4} and IM\d{4} \(5 mm apart", str(broken))
+
+
+def test_deletion_of_a_volume_in_its_maps_order_drops_the_score_faster_than_random_order():
+    images = np.zeros((2, 8, 8, 8, 1), np.float32)
+    images[:, 2:4, 2:4, 2:4] = 1.0  # the only evidence: a bright 2^3 cube
+
+    def predict(batch):  # the "class 1" probability grows with the cube's brightness
+        evidence = batch[:, 2:4, 2:4, 2:4].mean(axis=(1, 2, 3, 4))
+        return np.stack([1 - evidence, evidence], axis=1)
+
+    maps = np.zeros((2, 8, 8, 8), np.float32)
+    maps[:, 2:4, 2:4, 2:4] = 1.0
+    targets = np.array([1, 1])
+    deletion, insertion = checks.deletion_insertion_auc(images, maps, targets, predict, steps=8)
+    random_deletion, random_insertion = checks.deletion_insertion_auc(images, maps, targets, predict, steps=8,
+                                                                      order="random")
+    assert np.all(deletion < random_deletion) and np.all(insertion > random_insertion)
+
+
+def test_ssim_of_volume_maps_is_one_for_equal_maps_and_lower_for_moved_ones():
+    from medray.explain.sanity import structural_similarity
+
+    maps = np.zeros((2, 4, 4, 4), np.float32)
+    maps[:, 1, 1, 1] = 1.0
+    moved = np.roll(maps, 2, axis=3)
+    same = structural_similarity(maps, maps, (16, 16, 16))
+    assert same.shape == (2,) and np.allclose(same, 1.0)
+    assert np.all(structural_similarity(maps, moved, (16, 16, 16)) < 0.9)

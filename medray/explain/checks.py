@@ -74,9 +74,9 @@ class FaithfulnessBaseline:
 
 
 def faithfulness_baseline(images: np.ndarray, predict: Callable[[np.ndarray], np.ndarray]) -> FaithfulnessBaseline:
-    """images: (N, H, W, C) model input; predict: images -> (n, K) probabilities."""
-    height, width = images.shape[1:3]
-    blurred = ndimage.gaussian_filter(images, sigma=(0, height / BLUR_FRACTION, width / BLUR_FRACTION, 0))
+    """images: (N, H, W, C) model input, or volumes (N, D, H, W, C); predict: images -> (n, K) probabilities."""
+    sides = images.shape[1:-1]
+    blurred = ndimage.gaussian_filter(images, sigma=(0, *(side / BLUR_FRACTION for side in sides), 0))
     return FaithfulnessBaseline(blurred, _predict_all(images, predict), _predict_all(blurred, predict))
 
 
@@ -93,8 +93,8 @@ def deletion_insertion_auc(images: np.ndarray, maps: np.ndarray, targets: np.nda
     Each image costs 2 x (steps - 1) forward passes (the curves' ends come from the baseline),
     sent through `predict` a few images at a time so that memory stays at about PREDICT_BATCH images.
     """
-    count, height, width = maps.shape
-    pixels = height * width
+    count, grid = len(maps), maps.shape[1:]  # (H, W), or a volume's (D, H, W)
+    pixels = int(np.prod(grid))
     baseline = baseline if baseline is not None else faithfulness_baseline(images, predict)
     # Ties (a map's flat zero regions) are broken at random, not in reading order.
     tie_break = np.random.default_rng(seed).random((count, pixels))
@@ -113,7 +113,7 @@ def deletion_insertion_auc(images: np.ndarray, maps: np.ndarray, targets: np.nda
         part = slice(start, start + chunk)
         size = len(rows[part])
         changed = (ranks[part, np.newaxis, :] < inner[np.newaxis, :, np.newaxis]).reshape(
-            size, len(inner), height, width, 1)
+            size, len(inner), *grid, 1)
         image, blur = images[part, np.newaxis], baseline.blurred[part, np.newaxis]
         stack = np.concatenate([np.where(changed, blur, image), np.where(changed, image, blur)], axis=1)
         probabilities = predict(stack.reshape(-1, *images.shape[1:])).reshape(size, 2, len(inner), -1)
