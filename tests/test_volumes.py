@@ -316,3 +316,15 @@ def test_ssim_of_volume_maps_is_one_for_equal_maps_and_lower_for_moved_ones():
     same = structural_similarity(maps, maps, (16, 16, 16))
     assert same.shape == (2,) and np.allclose(same, 1.0)
     assert np.all(structural_similarity(maps, moved, (16, 16, 16)) < 0.9)
+
+
+def test_a_test_volume_that_is_also_a_train_volume_is_found_as_leakage(volume_dataset, tmp_path, ray_cluster):
+    from medray.data.inspect import inspect_data
+
+    arrays = dict(np.load(volume_dataset, allow_pickle=False))
+    arrays["test_images"][5] = arrays["train_images"][2]  # the same scan in two splits
+    leaky = tmp_path / "leaky.npz"
+    np.savez(leaky, **arrays)
+    report = inspect_data(config_for(leaky), tmp_path / "inspect")
+    assert report["modes"] == {"volume": 45}
+    assert report["duplicates_across_splits"]["train-test"]["images"] == 1

@@ -86,3 +86,8 @@ def flat_preview(pixels: np.ndarray, mode: str) -> np.ndarray:
     if mode != VOLUME_MODE:
         return pixels
     return np.concatenate([pixels[len(pixels) // 2], pixels.max(axis=0)], axis=1)
+
+
+def plane_shape(pixels: np.ndarray, mode: str) -> tuple[int, int]:
+    """(height, width) of a decoded row: of the image, or of a volume's slices (mode "volume")."""
+    return tuple(pixels.shape[-2:]) if mode == VOLUME_MODE else tuple(pixels.shape[:2])
