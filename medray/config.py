@@ -118,6 +118,10 @@ class DataConfig(_Section):
     # go to one split, so that no test patient was seen in training.
     patient_column: str | None = None
     max_image_pixels: int = Field(50_000_000, gt=0)
+    # Volumes (CT): the window mapped to 0-255, [level, width] in the stored units (Hounsfield after
+    # DICOM's rescale), or a standard CT window by name; None: each volume's own range.
+    window: tuple[float, Annotated[float, Field(gt=0)]] | Literal[
+        "brain", "subdural", "stroke", "lung", "mediastinum", "abdomen", "liver", "bone"] | None = None
     # gray: every image as gray; rgb: colour kept (gray images repeated over 3 channels); auto: rgb
     # when at least half of a sample of train images carry colour (medray/data/sources/color.py).
     color: Literal["auto", "gray", "rgb"] = "auto"

@@ -328,3 +328,16 @@ def test_a_test_volume_that_is_also_a_train_volume_is_found_as_leakage(volume_da
     report = inspect_data(config_for(leaky), tmp_path / "inspect")
     assert report["modes"] == {"volume": 45}
     assert report["duplicates_across_splits"]["train-test"]["images"] == 1
+
+
+def test_a_ct_window_maps_its_hounsfield_range_to_8_bits_and_clips_beyond(volume_dataset):
+    from medray.data.sources.base import reader_settings
+
+    config = config_for(volume_dataset, "data.window=brain")
+    settings = reader_settings(prepare_job(config).source, config.data)
+    assert settings["window"] == (40.0, 80.0)
+    hounsfield = np.array([-1000, 0, 40, 80, 1000], np.int16).reshape(1, 1, 5)
+    voxels, _ = decode_native(Volume(hounsfield, window=settings["window"]), 10**9, "ct")
+    assert voxels.ravel().tolist() == [0, 0, 128, 255, 255]
+    with pytest.raises(MedrayError, match="data.window"):
+        config_for(volume_dataset, "data.window=[40, -5]")

@@ -40,7 +40,7 @@ ROW_SETTINGS = ("source", "path", "image_column", "path_column", "label_column",
                 "max_image_pixels", "split")
 # Row settings added later: in the fingerprint only when set, so manifests written before them stay valid.
 LATER_ROW_SETTINGS = ("label_columns", "label_separator", "no_finding", "uncertain", "image_folder",
-                      "split_column", "patient_column")
+                      "split_column", "patient_column", "window")
 FINGERPRINT_KEY = b"medray.data"
 COLOR_KEY = b"medray.color"
 REPORTED_EXAMPLES = 200

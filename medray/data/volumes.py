@@ -22,16 +22,34 @@ MAX_VOXELS = 512 ** 3
 VOLUME_MODE = "volume"
 
 
+# Standard CT windows (level, width) in Hounsfield units, for data.window by name.
+CT_WINDOWS = {"brain": (40.0, 80.0), "subdural": (75.0, 215.0), "stroke": (40.0, 40.0),
+              "lung": (-600.0, 1500.0), "mediastinum": (50.0, 350.0), "abdomen": (40.0, 400.0),
+              "liver": (60.0, 160.0), "bone": (400.0, 1800.0)}
+
+
 @dataclass(frozen=True)
 class Volume:
-    """One stored volume: voxels (D, H, W) in any numeric dtype; spacing (mm) along D, H, W if known."""
+    """One stored volume: voxels (D, H, W) in any numeric dtype; spacing (mm) along D, H, W if known;
+    `window` (level, width) in the voxels' own units (Hounsfield for CT) maps level - width/2 ..
+    level + width/2 to 0..255, clipping beyond; None stretches the volume's own range."""
 
     voxels: np.ndarray
     spacing: tuple[float, float, float] | None = None
+    window: tuple[float, float] | None = None
+
+
+def resolve_window(window) -> tuple[float, float] | None:
+    """data.window as (level, width): a name of CT_WINDOWS, a [level, width] pair, or None."""
+    if window is None:
+        return None
+    level, width = CT_WINDOWS[window] if isinstance(window, str) else window
+    return float(level), float(width)
 
 
 def volume_voxels(volume: Volume, where: str) -> np.ndarray:
-    """(D, H, W) uint8: uint8 kept as stored, any other dtype stretched from its own min..max.
+    """(D, H, W) uint8: the volume's window mapped to 0..255; without one, uint8 kept as stored and
+    any other dtype stretched from its own min..max.
 
     Raises BadImage naming `where` for anything that is not three spatial axes (a 4-D fMRI or
     multi-echo series, a 2-D image) or holds more than MAX_VOXELS voxels.
@@ -47,6 +65,11 @@ def volume_voxels(volume: Volume, where: str) -> np.ndarray:
     if voxels.size > MAX_VOXELS:
         raise BadImage(f"{where}: volume of {'x'.join(map(str, voxels.shape))} voxels is over {MAX_VOXELS}; "
                        "crop or downsample it first", "over pixel limit")
+    if volume.window is not None:
+        level, width = volume.window
+        low, high = level - width / 2, level + width / 2
+        scaled = (np.clip(voxels.astype(np.float32), low, high) - low) * (255.0 / width)
+        return np.rint(scaled).astype(np.uint8)
     if voxels.dtype == np.uint8:
         return voxels
     values = voxels.astype(np.float32)

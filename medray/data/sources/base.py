@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from medray import storage
+from medray.data.volumes import resolve_window
 from medray.errors import BadImage, MedrayError
 
 SPLITS = ("train", "val", "test")
@@ -324,4 +325,5 @@ def reader_settings(source: Source, data_config) -> dict:
             "mask_columns": ([data_config.mask_columns.get(name) for name in source.class_names]
                              if per_label else None),
             "label_shape": (len(source.class_names),) if source.multi_label else (),
-            "max_pixels": data_config.max_image_pixels, "color": source.color}
+            "max_pixels": data_config.max_image_pixels, "color": source.color,
+            "window": resolve_window(getattr(data_config, "window", None))}

@@ -11,6 +11,7 @@ well above the usual spacing) or uneven spacing - is a bad row naming the study,
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -113,7 +114,7 @@ class DicomSeriesSource(FolderSource):
             files = {storage.name(file): storage.read_bytes(file)
                      for file, is_dir in storage.list_files(study, "data.path", recursive=False)
                      if not is_dir and not storage.name(file).startswith(".")}
-            content = read_series(files, study, settings["max_pixels"])
+            content = replace(read_series(files, study, settings["max_pixels"]), window=settings.get("window"))
         except OSError as error:
             content = BadImage(f"{study}: cannot read the study ({error.strerror or storage.first_line(error)})",
                                MISSING_FILE)

@@ -10,6 +10,7 @@ volume. A .nii.gz is decompressed with a ceiling, so a gzip bomb is refused befo
 from __future__ import annotations
 
 import zlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -86,7 +87,8 @@ class NiftiSource(FolderSource):
     def rows(self, piece: dict, settings: dict) -> Iterator[RawRow]:
         path = str(piece["file"])
         try:
-            content = read_nifti(storage.read_bytes(path), path, settings["max_pixels"])
+            content = replace(read_nifti(storage.read_bytes(path), path, settings["max_pixels"]),
+                              window=settings.get("window"))
         except OSError as error:
             content = BadImage(f"{path}: cannot read the file ({error.strerror or storage.first_line(error)})",
                                MISSING_FILE)

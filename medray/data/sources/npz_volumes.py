@@ -68,7 +68,8 @@ class NpzVolumeSource(NpzSource):
                      and f"{split}_masks" in arrays.files else [None] * len(positions))
         for position, voxels, mask, row_id, label in zip(positions, volumes, masks, piece["row_ids"],
                                                          piece["labels"]):
-            yield RawRow(str(row_id), row_label(label), f"{file} {split} row {position}", Volume(voxels),
+            yield RawRow(str(row_id), row_label(label), f"{file} {split} row {position}",
+                         Volume(voxels, window=settings.get("window")),
                          mask=None if mask is None else Volume(mask))
 
 
