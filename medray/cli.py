@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--test", type=int, default=360)
     synth.add_argument("--size", type=int, default=64, help="image side in pixels")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--volumes", action="store_true",
+                       help="3-D head-volume phantoms (--size voxels a side, 16-128) as MedMNIST-3D's .npz "
+                            "with lesion masks, in npz/volumes.npz (data.source: npz_volumes)")
     synth.add_argument("--second-scanner", metavar="CLASS",
                        help="plant an acquisition shortcut: every image of CLASS from a second scanner "
                             "(another intensity window, more noise), for `medray data inspect` to find")
@@ -210,6 +213,8 @@ def command_synth(args: argparse.Namespace) -> None:
     from medray.data.synth import write_demo_dataset, write_multilabel_dataset
 
     multi_label = args.task == "multi_label"
+    if args.volumes:
+        return command_synth_volumes(args)
     # Every class, or every combination of findings (none, either alone, both), in every split.
     smallest, what = (4, "one per combination of findings") if multi_label else (3, "one per class")
     for name in ("train", "val", "test"):
@@ -230,6 +235,22 @@ def command_synth(args: argparse.Namespace) -> None:
         if multi_label:
             print(" " * 7 + ", ".join(f"{name} {count}" for name, count in summary["combinations"][split].items()))
     print(f"wrote {summary['path']}")
+
+
+def command_synth_volumes(args: argparse.Namespace) -> None:
+    from medray.data.synth_volumes import write_volume_dataset
+
+    if args.task != "single_label" or args.second_scanner is not None:
+        raise MedrayError("--volumes: the volume phantoms are single-label without a second scanner; "
+                          "drop --task and --second-scanner")
+    for name in ("train", "val", "test"):
+        if getattr(args, name) < 3:
+            raise MedrayError(f"--{name}={getattr(args, name)}: each split needs at least 3 volumes (one per class)")
+    summary = write_volume_dataset(args.out, train=args.train, val=args.val, test=args.test, size=args.size,
+                                   seed=args.seed)
+    for split, counts in summary["counts"].items():
+        print(f"{split:<6} " + ", ".join(f"{name} {count}" for name, count in counts.items()))
+    print(f"wrote {summary['npz']}")
 
 
 def command_inspect(args: argparse.Namespace) -> None:

@@ -118,6 +118,10 @@ class DataConfig(_Section):
     # go to one split, so that no test patient was seen in training.
     patient_column: str | None = None
     max_image_pixels: int = Field(50_000_000, gt=0)
+    # Volumes (CT): the window mapped to 0-255, [level, width] in the stored units (Hounsfield after
+    # DICOM's rescale), or a standard CT window by name; None: each volume's own range.
+    window: tuple[float, Annotated[float, Field(gt=0)]] | Literal[
+        "brain", "subdural", "stroke", "lung", "mediastinum", "abdomen", "liver", "bone"] | None = None
     # gray: every image as gray; rgb: colour kept (gray images repeated over 3 channels); auto: rgb
     # when at least half of a sample of train images carry colour (medray/data/sources/color.py).
     color: Literal["auto", "gray", "rgb"] = "auto"
@@ -152,8 +156,10 @@ class ModelConfig(_Section):
     # Phase one: "all" (pretrained base frozen), "none" (everything trains) or N (top N base layers train)
     freeze: Literal["all", "none"] | Annotated[int, Field(ge=0)] = "all"
     head_units: int = Field(128, ge=1, le=65_536)
-    # Side of the square model input; None means the backbone's own default.
-    input_size: int | None = Field(None, ge=16, le=1024)
+    # Side of the square model input, or a volume model's [D, H, W] (cnn3d, resnet18_3d); None means
+    # the backbone's own default.
+    input_size: Annotated[int, Field(ge=16, le=1024)] | Annotated[
+        list[Annotated[int, Field(ge=8, le=512)]], Field(min_length=3, max_length=3)] | None = None
     # Global max pooling finds a small lesion anywhere; average pooling dilutes it. "flatten" keeps
     # where a feature was (baseline_cnn on small inputs only: the head grows with the grid).
     pooling: Literal["max", "avg", "flatten"] = "max"

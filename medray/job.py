@@ -18,7 +18,9 @@ from medray.cluster import connect
 from medray.config import RunConfig
 from medray.data.manifest import prepare_source, usable_unlabelled
 from medray.data.pipeline import TrainingData, read_split, training_data
-from medray.data.sources import Source, discover, discover_unlabelled
+from medray.data.sources import Source, discover, discover_unlabelled, get_source_kind
+from medray.data.volumes import spatial_shape
+from medray.errors import MedrayError
 from medray.models.registry import Backbone, get_backbone
 from medray.task import SingleLabelTask, Task, make_task
 
@@ -28,8 +30,9 @@ class Job:
     config: RunConfig
     # the backbone medray builds, or None for a model trained elsewhere (`medray explain --model`)
     backbone: Backbone | None
-    # side of the square model input in pixels: model.input_size, the model file's or the backbone's
-    image_size: int
+    # side of the square model input in pixels, or a volume model's (D, H, W): model.input_size, the
+    # model file's or the backbone's
+    image_size: int | tuple[int, ...]
     # as discovered; after `start`, only the manifest's usable rows
     source: Source
     # the problem's shape (medray.task): head, labels, loss, metrics, CAM target
@@ -79,12 +82,39 @@ def prepare_job(config: RunConfig, *, source: Source | None = None, input_size: 
     """
     backbone = get_backbone(config.model.backbone) if input_size is None else None
     image_size = input_size or config.model.input_size or backbone.input_size
+    image_size = image_size if isinstance(image_size, int) else tuple(image_size)
+    if backbone is not None:
+        check_spatial_dims(config, backbone, image_size)
     if source is None:
         source = (discover(config.data) if unlabelled_classes is None
                   else discover_unlabelled(config.data, unlabelled_classes))
+    if backbone is not None:
+        check_source_dims(config, backbone, source)
     # A model trained elsewhere classifies one class per image; what its maps differentiate is
     # read from its head (medray.explain.targets.target_for_head).
     task = (make_task(config.task, source.class_names, source.multi_label) if input_size is None
             else SingleLabelTask(tuple(source.class_names)))
     task.check_config(config)
     return Job(config, backbone, image_size, source, task, labelled=unlabelled_classes is None)
+
+
+SPACES = {2: "2-D images", 3: "3-D volumes"}
+
+
+def check_spatial_dims(config: RunConfig, backbone: Backbone, image_size: int | tuple[int, ...]) -> None:
+    """model.input_size has as many axes as the backbone's input: a side for images, [D, H, W] for volumes."""
+    dims = backbone.model_input.spatial_dims
+    if len(spatial_shape(image_size)) != dims:
+        wanted = "one side, e.g. 64" if dims == 2 else "[D, H, W], e.g. [32, 32, 32]"
+        shown = image_size if isinstance(image_size, int) else list(image_size)
+        raise MedrayError(f"model.input_size={shown}: "
+                          f"model.backbone {backbone.name} reads {SPACES[dims]}; give {wanted}")
+
+
+def check_source_dims(config: RunConfig, backbone: Backbone, source: Source) -> None:
+    """The data's spatial axes are the model's: volumes need a 3-D backbone, images a 2-D one."""
+    data_dims, model_dims = get_source_kind(source.kind).spatial_dims, backbone.model_input.spatial_dims
+    if data_dims != model_dims:
+        fitting = "cnn3d or resnet18_3d" if data_dims == 3 else "baseline_cnn or a keras.applications backbone"
+        raise MedrayError(f"data.source {source.kind} holds {SPACES[data_dims]} but model.backbone "
+                          f"{backbone.name} reads {SPACES[model_dims]}; choose {fitting}")

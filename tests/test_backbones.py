@@ -10,9 +10,12 @@ from medray.models.applications import APPLICATIONS
 from medray.models.classifier import build_classifier, initial_model_bytes, load_model_bytes, load_model_file
 from medray.models.preprocessing import to_model_input
 from medray.models.registry import backbone_names, get_backbone
+from medray.data.volumes import spatial_shape
 
 
-def tiny_size(name: str) -> int:
+def tiny_size(name: str) -> int | tuple[int, int, int]:
+    if get_backbone(name).model_input.spatial_dims == 3:
+        return (16, 16, 16)
     return APPLICATIONS[name].min_input_size if name in APPLICATIONS else 32
 
 
@@ -22,7 +25,7 @@ def test_backbone_builds_trains_one_step_and_explains_every_branch(name):
     size = tiny_size(name)
     model = build_classifier(backbone, size, 3, ModelConfig(backbone=name, head_units=8))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy")
-    pixels = np.random.default_rng(0).integers(0, 255, (2, size, size)).astype(np.uint8)
+    pixels = np.random.default_rng(0).integers(0, 255, (2, *spatial_shape(size))).astype(np.uint8)
     images = to_model_input(pixels, backbone.model_input)
     before = model.trainable_weights[-1].numpy().copy()
     loss = model.train_on_batch(images, np.eye(3)[[0, 2]])
@@ -31,7 +34,8 @@ def test_backbone_builds_trains_one_step_and_explains_every_branch(name):
     explained = CamExplainer(model, backbone.cam_layers, "gradcam")(images)
     assert set(explained.maps) == {("gradcam", layer) for layer in backbone.cam_layers}
     for maps in explained.maps.values():
-        assert maps.shape[:2] == (2, 1) and maps.ndim == 4 and 0 <= maps.min() and maps.max() <= 1
+        assert maps.shape[:2] == (2, 1) and maps.ndim == 2 + backbone.model_input.spatial_dims
+        assert 0 <= maps.min() and maps.max() <= 1
     assert len(backbone.cam_layers) == (2 if name == "ensemble" else 1)
 
 

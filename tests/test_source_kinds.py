@@ -68,7 +68,8 @@ def test_a_registered_kind_is_a_valid_data_source_and_an_unregistered_one_is_not
     assert DataConfig(path=tmp_path, source="listing").source == "listing"
     unregister("listing")
     with pytest.raises(MedrayError, match=r"data.source='listing' is not allowed: Input should be "
-                                          r"'parquet', 'folders', 'npz' or 'csv'"):
+                                          r"'parquet', 'folders', 'npz', 'csv', 'npz_volumes', 'nifti' or "
+                                          r"'dicom_series'"):
         validate_config({"data": {"path": str(tmp_path), "source": "listing"}})
 
 

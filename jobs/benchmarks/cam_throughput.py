@@ -18,6 +18,8 @@ trained briefly on phantoms (the speed of a map does not depend on how well the 
             driver writes the maps parquet; once with overlay PNGs off and once on. "steady"
             excludes actor start-up and the sample's checks by timing from the first written
             shard to the last.
+The row cnn3d (--volumes) is the 3-D demo's model on 32^3 head-volume phantoms (npz_volumes); its
+overlays are the slice panels and the upsampled maps' .npy files; the seeds' loop is 2-D only.
 The row nested_mobilenet_v2 is a user's model (`medray explain --model`): MobileNetV2 nested as one
 layer of a Functional model, saved as .h5; its CAM layer is found in the graph. The seeds' loop and
 the limit read `model.get_layer(layer).output`, which a nested backbone does not have (keras-io's
@@ -51,6 +53,7 @@ from medray.models.preprocessing import to_model_input
 from medray.models.registry import get_backbone
 
 SIZES = {"baseline_cnn": 64, "mobilenet_v2": 128, "nested_mobilenet_v2": 128}
+VOLUME_BACKBONE, VOLUME_SIDE = "cnn3d", 32
 NESTED = "nested_mobilenet_v2"
 BATCH = 64  # the default; --batch changes it for the throughput runs (the memory runs keep it)
 
@@ -66,6 +69,7 @@ def main() -> None:
                         help="images for the per-image loop (at most --images)")
     parser.add_argument("--memory-sizes", type=int, nargs="+", default=[2000, 20000])
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--volumes", action="store_true", help="add the 3-D row: cnn3d on 32^3 volume phantoms")
     parser.add_argument("--memory-overlays", action="store_true",
                         help="write overlay PNGs in the memory runs too (about 50 images/s on 2 CPUs)")
     parser.add_argument("--work-dir", type=Path, default=None)
@@ -85,6 +89,8 @@ def main() -> None:
     for name in args.backbones:
         results[name] = throughput(name, SIZES[name], args.images, min(args.loop_images, args.images), args.batch,
                                    work / name)
+    if args.volumes:
+        results[VOLUME_BACKBONE] = volume_throughput(args.images, args.batch, work / VOLUME_BACKBONE)
     if results:
         print_table(results)
     if NESTED in results and "mobilenet_v2" in results:
@@ -104,7 +110,8 @@ def print_table(results: dict) -> None:
     for name, r in results.items():
         for overlays in ("off", "on"):
             bulk, steady = r[f"bulk overlays {overlays}"], r[f"steady overlays {overlays}"]
-            print(f"{name:<14} {SIZES[name]:>5} {overlays:>8} {r['loop']:>8.1f} {r['limit']:>8.1f} "
+            size = f"{VOLUME_SIDE}^3" if name == VOLUME_BACKBONE else SIZES[name]
+            print(f"{name:<14} {size:>5} {overlays:>8} {r['loop']:>8.1f} {r['limit']:>8.1f} "
                   f"{r['explainer']:>10.1f} {bulk:>8.1f} {steady:>8.1f} {bulk / r['loop']:>9.1f}x "
                   f"{bulk / r['limit']:>10.2f}x {steady / r['limit']:>12.2f}x")
 
@@ -139,6 +146,37 @@ def throughput(name: str, size: int, images: int, loop_images: int, batch: int, 
     for overlays in ("off", "on"):
         result[f"bulk overlays {overlays}"], result[f"steady overlays {overlays}"] = bulk_job_rate(
             data / "parquet", model_path, run_as, size, batch, overlays == "on", work / f"run-overlays-{overlays}")
+    for key, value in result.items():
+        print(f"  {key:<10} {value:8.1f} maps/s")
+    return result
+
+
+def volume_throughput(images: int, batch: int, work: Path) -> dict:
+    """The 3-D row: the same measures (but the seeds' 2-D loop) for cnn3d on volume phantoms."""
+    from medray.data.phantoms3d import make_volume_phantoms
+    from medray.data.synth_volumes import VOLUMES_FILE, write_volume_dataset
+
+    print(f"\n== {VOLUME_BACKBONE} at {VOLUME_SIDE}^3, {images} volumes, batch {batch} ==")
+    backbone, shape = get_backbone(VOLUME_BACKBONE), (VOLUME_SIDE,) * 3
+    keras.utils.set_random_seed(0)
+    volumes, _, labels = make_volume_phantoms(128, VOLUME_SIDE, seed=0)
+    model = build_classifier(backbone, shape, 3, ModelConfig(backbone=VOLUME_BACKBONE, conv_filters=[16, 32, 64]))
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    model.fit(to_model_input(volumes, backbone.model_input), labels, epochs=2, batch_size=16, verbose=0)
+    model_path = work / "model.keras"
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(str(model_path))
+    write_volume_dataset(work / "data", train=3, val=3, test=images, size=VOLUME_SIDE, seed=1)
+    npz = work / "data" / VOLUMES_FILE
+    inputs = to_model_input(np.load(npz, allow_pickle=False)["test_images"], backbone.model_input)
+    layer = backbone.cam_layers[0]
+    result = {"loop": float("nan"), "limit": batched_limit(model, layer, inputs, batch),
+              "explainer": explainer_rate(model, layer, inputs, batch)}
+    data = {"source": "npz_volumes", "path": str(npz)}
+    for overlays in ("off", "on"):
+        result[f"bulk overlays {overlays}"], result[f"steady overlays {overlays}"] = bulk_job_rate(
+            npz, model_path, VOLUME_BACKBONE, list(shape), batch, overlays == "on", work / f"run-overlays-{overlays}",
+            data=data)
     for key, value in result.items():
         print(f"  {key:<10} {value:8.1f} maps/s")
     return result
@@ -218,13 +256,13 @@ def explain_settings(overlays: bool, batch: int = BATCH) -> ExplainConfig:
     return ExplainConfig(method="gradcam", batch_size=batch, concurrency=1, overlays=overlays, gallery_size=0)
 
 
-def bulk_job_rate(parquet: Path, model_path: Path, backbone: str | UserModelSpec, size: int, batch: int,
-                  overlays: bool,
-                  out: Path) -> tuple[float, float]:
+def bulk_job_rate(parquet: Path, model_path: Path, backbone: str | UserModelSpec, size: int | list[int], batch: int,
+                  overlays: bool, out: Path, data: dict | None = None) -> tuple[float, float]:
     from medray.explain.bulk import explain_split
     from medray.job import prepare_job
 
-    config = validate_config({"data": {"path": str(parquet)}, "model": {"input_size": size}})
+    config = validate_config({"data": data or {"path": str(parquet)},
+                              "model": {"input_size": size, **({"backbone": backbone} if data else {})}})
     job = prepare_job(config)
     shutil.rmtree(out, ignore_errors=True)
     written = []

@@ -144,3 +144,24 @@ def adjust_intensity(images: np.ndarray, brightness: np.ndarray, contrast: np.nd
     adjusted = images * factor
     adjusted += mean * (1 - factor) + brightness[per_image].astype(np.float32)
     return np.clip(adjusted, 0.0, 255.0, out=adjusted)
+
+
+def augment_volumes(volumes: np.ndarray, row_seeds: np.ndarray, settings) -> np.ndarray:
+    """(N, D, H, W) 8-bit volumes -> float32 of the same shape and range [0, 255]: each volume
+    flipped left-right, rotated, zoomed and shifted in the axial plane (the same transform for all
+    of its D slices, so the volume stays one rigid body) by the transforms its row seed draws, then
+    its brightness and contrast jittered. Rotation about the slice axis is the one head motion a
+    scanner's positioning leaves; tilts out of plane are left out."""
+    if len(volumes) == 0 or not is_active(settings):
+        return np.asarray(volumes, dtype=np.float32)
+    count, depth, height, width = volumes.shape
+    transforms = draw_transforms(row_seeds, width, settings)
+    per_slice = Transforms(**{name: np.repeat(getattr(transforms, name), depth) for name in _DRAWS})
+    eight_bit = volumes if volumes.dtype == np.uint8 else np.clip(np.rint(volumes), 0, 255).astype(np.uint8)
+    moved = affine_batch(eight_bit.reshape(count * depth, height, width), per_slice, settings.fill)
+    return adjust_intensity(moved.reshape(volumes.shape).astype(np.float32), transforms.brightness,
+                            transforms.contrast)
+
+
+# The augmentation of a batch by the model input's spatial axes: images (2) or volumes (3).
+AUGMENT_BY_SPATIAL_DIMS = {2: augment_pixels, 3: augment_volumes}

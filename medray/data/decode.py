@@ -17,6 +17,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from medray.data.dicom import dicom_to_gray, is_dicom
+from medray.data.volumes import VOLUME_MODE, Volume, resize_mask_volume, resize_volume, volume_voxels
 from medray.errors import BadImage
 
 # Modes whose values are not 0-255 and are stretched to 8 bits instead of clipped.
@@ -52,6 +53,8 @@ def decode_native(content: bytes | np.ndarray, max_pixels: int, where: str, what
 
 def _decode_native(content: bytes | np.ndarray, max_pixels: int, where: str, what: str,
                    warnings: list[str], color: str) -> tuple[np.ndarray, str]:
+    if isinstance(content, Volume):  # (D, H, W): volumes are gray whatever data.color says
+        return volume_voxels(content, where), VOLUME_MODE
     if isinstance(content, np.ndarray):  # .npz rows arrive decoded (H x W, H x W x 1 or H x W x 3)
         content = np.asarray(content[..., 0] if content.ndim == 3 and content.shape[2] == 1 else content, np.uint8)
         mode = "L" if content.ndim == 2 else "RGB"
@@ -118,8 +121,11 @@ def resize_gray(pixels: np.ndarray, size: int) -> np.ndarray:
     return resize_pixels(gray_array(pixels), size)
 
 
-def resize_pixels(pixels: np.ndarray, size: int) -> np.ndarray:
-    """(H x W) or (H x W x 3) uint8 -> (size, size) or (size, size, 3), channels kept."""
+def resize_pixels(pixels: np.ndarray, size: int | tuple[int, ...]) -> np.ndarray:
+    """(H x W) or (H x W x 3) uint8 -> (size, size) or (size, size, 3), channels kept; a volume
+    (D x H x W) -> `size` when size is the model's (D, H, W)."""
+    if np.ndim(size) == 1 and len(size) == 3:
+        return resize_volume(pixels, tuple(size))
     image = Image.fromarray(np.asarray(pixels, dtype=np.uint8))
     return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
@@ -131,7 +137,7 @@ COLOUR_SPREAD = 3.0
 
 def is_colour(pixels: np.ndarray) -> bool:
     """Whether an image carries colour: H x W x 3 with channels that differ, not gray saved as RGB."""
-    if pixels.ndim != 3:
+    if pixels.ndim != 3 or pixels.shape[2] != 3:  # (D, H, W) volumes are gray
         return False
     channels = pixels.astype(np.int16)
     return float((channels.max(axis=2) - channels.min(axis=2)).mean()) > COLOUR_SPREAD
@@ -148,14 +154,17 @@ def content_hash(pixels: np.ndarray) -> str:
     return hashlib.sha1(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()
 
 
-def decode_mask(data: bytes, size: int, max_pixels: int, where: str,
+def decode_mask(data: bytes | Volume, size: int | tuple[int, ...], max_pixels: int, where: str,
                 image_shape: tuple[int, int] | None = None) -> np.ndarray:
     """A lesion mask resized like its image, kept binary (255 = lesion) by nearest-neighbour.
 
     `image_shape`: the image's own (height, width). A mask of another shape (a transposed or
     cropped one) would be stretched onto the image and score the maps against the wrong pixels, so
     it raises BadImage; one of the same shape at another resolution lines up and is resized alike.
+    A Volume mask is resized to the (D, H, W) `size`.
     """
+    if isinstance(data, Volume):
+        return resize_mask_volume(data.voxels, tuple(size))
     with open_checked(data, max_pixels, where, "mask") as image:
         if image_shape is not None and not same_shape(image.height, image.width, *image_shape):
             raise BadImage(f"{where}: the mask is {image.width}x{image.height} pixels but its image "

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from medray import storage
 from medray.console import ProgressBar
 from medray.data.decode import content_hash, decode_row
+from medray.data.volumes import plane_shape
 from medray.data.dicom import is_dicom
 from medray.data.readers import pieces_of, read_tasks, rows_of
 from medray.data.sources import SPLITS, RawRow, Source, check_usable, count_labels, get_source_kind
@@ -39,7 +40,7 @@ ROW_SETTINGS = ("source", "path", "image_column", "path_column", "label_column",
                 "max_image_pixels", "split")
 # Row settings added later: in the fingerprint only when set, so manifests written before them stay valid.
 LATER_ROW_SETTINGS = ("label_columns", "label_separator", "no_finding", "uncertain", "image_folder",
-                      "split_column", "patient_column")
+                      "split_column", "patient_column", "window")
 FINGERPRINT_KEY = b"medray.data"
 COLOR_KEY = b"medray.color"
 REPORTED_EXAMPLES = 200
@@ -90,8 +91,9 @@ def describe_rows(batch: dict, settings: dict) -> dict:
             except BadImage as error:
                 record |= {"status": error.reason, "message": str(error)}
             else:
-                record |= {"content_hash": content_hash(pixels), "height": pixels.shape[0],
-                           "width": pixels.shape[1], "mode": mode, "bit_depth": bit_depth(mode),
+                height, width = plane_shape(pixels, mode)
+                record |= {"content_hash": content_hash(pixels), "height": height,
+                           "width": width, "mode": mode, "bit_depth": bit_depth(mode),
                            "mean": float(pixels.mean()), "std": float(pixels.std())}
             record["warning"] = "; ".join(warnings)
             records.append(record)

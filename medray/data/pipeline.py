@@ -20,11 +20,12 @@ import ray
 from ray.data import RandomSeedConfig
 from ray.data.expressions import random
 
-from medray.data.augment import SEED_COLUMN, augment_pixels
+from medray.data.augment import AUGMENT_BY_SPATIAL_DIMS, SEED_COLUMN
 from medray.data.decode import decode_mask, decode_row, resize_pixels
 from medray.data.oversample import plan_oversampling, repeat_rows
 from medray.data.readers import pieces_of, read_tasks, rows_of
 from medray.data.sources.base import Source, label_array, reader_settings
+from medray.data.volumes import spatial_shape
 from medray.models.preprocessing import ModelInput, to_model_input
 from medray.models.registry import Backbone
 
@@ -37,10 +38,11 @@ class TrainingData:
     train_rows: int
 
 
-def read_split(source: Source, split: str, image_size: int, data_config,
+def read_split(source: Source, split: str, image_size: int | tuple[int, ...], data_config,
                row_ids: frozenset[str] | None = None, originals: bool = False) -> ray.data.Dataset:
-    """Decoded rows of one split: row_id, pixels (uint8 image_size x image_size), height, width,
-    label (and mask; and with `originals` the image at its own size, see the module's docstring).
+    """Decoded rows of one split: row_id, pixels (uint8 image_size x image_size, or a volume of the
+    (D, H, W) that image_size gives), height, width (of an image, or of a volume's slices), label
+    (and mask; and with `originals` the image at its own size, see the module's docstring).
     With `row_ids`, only those rows are read and decoded (the read tasks are cut down first)."""
     pieces = source.pieces[split] if row_ids is None else pieces_with_rows(source.pieces[split], row_ids)
     return read_tasks(pieces, source.kind, read_pieces, {"settings": reader_settings(source, data_config),
@@ -58,7 +60,7 @@ def pieces_with_rows(pieces: list[dict], row_ids: frozenset[str]) -> list[dict]:
     return kept
 
 
-def read_pieces(batch: dict, settings: dict, image_size: int, originals: bool = False) -> dict:
+def read_pieces(batch: dict, settings: dict, image_size: int | tuple[int, ...], originals: bool = False) -> dict:
     row_ids, pixels, sizes, labels, masks, native = [], [], [], [], [], []
     per_label = settings.get("mask_columns")
     for piece in pieces_of(batch):
@@ -66,7 +68,8 @@ def read_pieces(batch: dict, settings: dict, image_size: int, originals: bool = 
             row_ids.append(row.row_id)
             decoded = decode_row(row, settings["max_pixels"], color=settings["color"])[0]
             pixels.append(resize_pixels(decoded, image_size))
-            sizes.append(decoded.shape[:2])
+            # an image's (height, width), or a volume's slices'
+            sizes.append(decoded.shape[:2] if np.ndim(image_size) == 0 else decoded.shape[1:3])
             if originals:  # bytes, not an array: images of many sizes share one column
                 native.append(np.ascontiguousarray(decoded).tobytes())
             labels.append(row.label)
@@ -80,7 +83,7 @@ def read_pieces(batch: dict, settings: dict, image_size: int, originals: bool = 
     rows = {
         "row_id": np.asarray(row_ids, dtype=object),
         "pixels": np.stack(pixels) if pixels else np.zeros(
-            (0, image_size, image_size, *((3,) if settings["color"] == "rgb" else ())), np.uint8),
+            (0, *spatial_shape(image_size), *((3,) if settings["color"] == "rgb" else ())), np.uint8),
         "height": np.asarray([size[0] for size in sizes], np.int32),
         "width": np.asarray([size[1] for size in sizes], np.int32),
         "label": np.asarray(labels, dtype=np.int64) if labels else np.zeros((0, *label_shape), np.int64),
@@ -89,14 +92,14 @@ def read_pieces(batch: dict, settings: dict, image_size: int, originals: bool = 
         rows["original"] = np.asarray(native, dtype=object)
     if per_label or settings["mask_column"]:
         mask_shape = (len(per_label),) if per_label else ()
-        rows["mask"] = np.stack(masks) if masks else np.zeros((0, *mask_shape, image_size, image_size), np.uint8)
+        rows["mask"] = np.stack(masks) if masks else np.zeros((0, *mask_shape, *spatial_shape(image_size)), np.uint8)
     return rows
 
 
-def label_mask(data: bytes | None, size: int, max_pixels: int, where: str,
+def label_mask(data: bytes | None, size: int | tuple[int, ...], max_pixels: int, where: str,
                image_shape: tuple[int, int] | None = None) -> np.ndarray:
     """One label's mask of a row; a label without a mask column has no lesion to localise (all zero)."""
-    return (np.zeros((size, size), np.uint8) if data is None
+    return (np.zeros(spatial_shape(size), np.uint8) if data is None
             else decode_mask(data, size, max_pixels, where, image_shape))
 
 
@@ -117,7 +120,7 @@ def one_batch_per_block(decoded: ray.data.Dataset, batch_size: int) -> ray.data.
     return decoded.repartition(target_num_rows_per_block=batch_size)
 
 
-def training_data(source: Source, backbone: Backbone, image_size: int, config) -> TrainingData:
+def training_data(source: Source, backbone: Backbone, image_size: int | tuple[int, ...], config) -> TrainingData:
     """Train rows (oversampled if configured) augmented afresh every epoch, validation rows as they
     are; both preprocessed. Training never reads lesion masks."""
     data_config = config.data.model_copy(update={"mask_column": None, "mask_columns": None})
@@ -180,7 +183,7 @@ def cached(decoded: ray.data.Dataset, rows: int, image_size: int, cache: str) ->
     object store before its random augmentation; so does this, for uint8 pixels (row_id and label
     are small beside them).
     """
-    decoded_bytes = rows * image_size * image_size
+    decoded_bytes = rows * int(np.prod(spatial_shape(image_size)))
     fits = decoded_bytes <= CACHE_SHARE * ray.cluster_resources().get("object_store_memory", 0.0)
     if cache == "always" or (cache == "auto" and fits):
         return decoded.materialize()
@@ -197,7 +200,7 @@ def oversampling_plan(source: Source, config):
 
 
 def augment_and_prepare(batch: dict, model_input: ModelInput, augment) -> dict:
-    pixels = augment_pixels(batch["pixels"], batch[SEED_COLUMN], augment)
+    pixels = AUGMENT_BY_SPATIAL_DIMS[model_input.spatial_dims](batch["pixels"], batch[SEED_COLUMN], augment)
     return {"image": to_model_input(pixels, model_input), "label": batch["label"]}
 
 

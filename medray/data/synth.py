@@ -102,13 +102,13 @@ def combination_name(present) -> str:
 
 
 def _write_in_place(out_dir: Path, split_sizes: dict[str, int], size: int, seed: int, parameters: dict,
-                    write_splits: Callable[[Path], dict]) -> dict:
+                    write_splits: Callable[[Path], dict], min_size: int = MIN_SIZE) -> dict:
     """Run write_splits(staging folder) -> summary, add dataset.json and rename the staging folder
     to out_dir; or return the summary of out_dir when it already holds this very dataset."""
     existing = _same_dataset(out_dir, parameters)
     if existing is not None:
         return existing
-    _check_arguments(out_dir, split_sizes, size, seed)
+    _check_arguments(out_dir, split_sizes, size, seed, min_size)
     staging = out_dir.parent / f".{out_dir.name}.incomplete-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)  # left by an earlier crash of a process with our id
     staging.mkdir(parents=True)
@@ -212,14 +212,15 @@ def _write_multilabel_split(root: Path, split: str, images: np.ndarray, masks: n
     pq.write_table(table, root / "parquet" / f"{split}-00000-of-00001.parquet", row_group_size=ROW_GROUP_ROWS)
 
 
-def _check_arguments(out_dir: Path, split_sizes: dict[str, int], size: int, seed: int) -> None:
+def _check_arguments(out_dir: Path, split_sizes: dict[str, int], size: int, seed: int,
+                     min_size: int = MIN_SIZE) -> None:
     for split, rows in split_sizes.items():
         if rows < 0:
             raise MedrayError(f"{split}={rows}: the number of {split} images cannot be negative")
     if seed < 0:
         raise MedrayError(f"seed={seed}: use a non-negative integer seed")
-    if size < MIN_SIZE:
-        raise MedrayError(f"size={size}: phantoms need at least {MIN_SIZE} pixels a side")
+    if size < min_size:
+        raise MedrayError(f"size={size}: phantoms need at least {min_size} pixels a side")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise MedrayError(
             f"{out_dir} already exists and is not empty; delete it or choose another output directory"

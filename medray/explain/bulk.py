@@ -37,6 +37,7 @@ from medray.explain import checks
 from medray.explain.cam import CamExplainer
 from medray.explain.gallery import write_galleries
 from medray.explain.overlay import encode_overlays, resize_map
+from medray.explain.panels import encode_overlay_table, write_volume_maps
 from medray.explain.sample import StratifiedSampler
 from medray.explain.sample_checks import SAMPLE_CHECKS, sample_checks
 from medray.explain.scorecard import score_methods, write_scorecard
@@ -62,6 +63,8 @@ MAPS_SCHEMA = pa.schema([
     ("cam", pa.list_(pa.float16())),
     ("cam_height", pa.int32()),
     ("cam_width", pa.int32()),
+    # a volume's map has cam_depth slices of cam_height x cam_width; an image's map has 1
+    ("cam_depth", pa.int32()),
     ("empty", pa.bool_()),
     ("overlay_file", pa.string()),
     *((name, pa.float64()) for name in CHECK_COLUMNS),
@@ -120,18 +123,30 @@ class CamActor(ModelActor):
                     "confidence": probabilities[kept].max(axis=1),
                     "probabilities": probabilities[kept], "method": [method] * count,
                     "layer": [layer] * count, "empty": checks.is_empty(slot_maps),
-                    "cam": [resize_map(cam, height, width) for cam, (height, width) in zip(slot_maps, sizes)],
-                    **self._localisation(batch, kept, slot_maps, slot_targets, images.shape[1:3]),
+                    "cam": self._stored_maps(slot_maps, sizes),
+                    **self._localisation(batch, kept, slot_maps, slot_targets, images.shape[1:-1]),
                 }
                 if self.overlays:
                     columns["overlay_file"] = [
                         self._overlay_file(method, layer, folder, row_id, target) for folder, row_id, target in
                         zip(self.task.overlay_folders(columns["label"], columns["prediction"], slot_targets),
                             columns["row_id"], slot_targets)]
-                    columns["overlay_pixels"] = list(self._originals(batch)[kept])
-                    columns["overlay_sizes"] = sizes
+                    if slot_maps.ndim == 4:  # volumes: panels of the model-size volume (medray.explain.panels)
+                        columns["overlay_pixels"] = [pixels.tobytes() for pixels in batch["pixels"][kept]]
+                        columns["overlay_sizes"] = [batch["pixels"].shape[1:4]] * count
+                    else:
+                        columns["overlay_pixels"] = list(self._originals(batch)[kept])
+                        columns["overlay_sizes"] = sizes
                 parts.append(maps_table(columns))
         return pa.concat_tables(parts) if parts else MAPS_SCHEMA.empty_table()
+
+    @staticmethod
+    def _stored_maps(maps: np.ndarray, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+        """An image's map resized to the scan's own (height, width); a volume's (N, d, h, w) maps as
+        they are (`write_volume_maps` upsamples them to the input volume)."""
+        if maps.ndim == 4:
+            return list(maps)
+        return [resize_map(cam, height, width) for cam, (height, width) in zip(maps, sizes)]
 
     @staticmethod
     def _originals(batch: dict) -> np.ndarray:
@@ -142,7 +157,7 @@ class CamActor(ModelActor):
         return batch["original"]
 
     def _localisation(self, batch: dict, kept: np.ndarray, maps: np.ndarray, targets: np.ndarray,
-                      size: tuple[int, int]) -> dict:
+                      size: tuple[int, ...]) -> dict:
         """Cheap, so on every image that has a lesion mask: the image's mask, or with one mask per
         label (N, K, H, W) the mask of the label the map explains. Scored at the model's input size,
         where the masks were resized exactly as their images: map and mask in the same geometry
@@ -150,7 +165,7 @@ class CamActor(ModelActor):
         if not self.checks or "mask" not in batch:
             return {}
         masks = batch["mask"][kept]
-        if masks.ndim == 4:
+        if masks.ndim == maps.ndim + 1:  # one mask per label
             masks = masks[np.arange(len(masks)), targets]
         upsampled = checks.upsample_maps(maps, size)
         return {"pointing_game": checks.pointing_game(upsampled, masks, self.pointing_tolerance_px),
@@ -167,7 +182,8 @@ class CamActor(ModelActor):
 
 
 def maps_table(columns: dict) -> pa.Table:
-    """`columns["cam"]`: one (height, width) map per row, each in its own image's geometry."""
+    """`columns["cam"]`: one map per row, each in its own image's (height, width) geometry, or a
+    volume's (depth, height, width) at the model's input size."""
     maps = columns["cam"]
     count = len(maps)
     arrays = {
@@ -177,8 +193,9 @@ def maps_table(columns: dict) -> pa.Table:
         "probabilities": list(np.asarray(columns["probabilities"], np.float32)),
         "labels": [np.asarray(labels, np.int64) for labels in columns["labels"]],
         "cam": [np.asarray(cam, np.float16).ravel() for cam in maps],
-        "cam_height": np.asarray([np.shape(cam)[0] for cam in maps], np.int32),
-        "cam_width": np.asarray([np.shape(cam)[1] for cam in maps], np.int32),
+        "cam_height": np.asarray([np.shape(cam)[-2] for cam in maps], np.int32),
+        "cam_width": np.asarray([np.shape(cam)[-1] for cam in maps], np.int32),
+        "cam_depth": np.asarray([np.shape(cam)[0] if np.ndim(cam) == 3 else 1 for cam in maps], np.int32),
         "empty": np.asarray(columns["empty"], bool),
         "overlay_file": columns.get("overlay_file", [None] * count),
         **{name: columns.get(name, np.full(count, np.nan)) for name in CHECK_COLUMNS},
@@ -187,8 +204,12 @@ def maps_table(columns: dict) -> pa.Table:
                      schema=MAPS_SCHEMA)
     if "overlay_pixels" in columns:  # the original (H, W) gray or (H, W, 3) RGB uint8, for `encode_overlays`
         table = table.append_column("overlay_pixels", pa.array(columns["overlay_pixels"], pa.binary()))
-        for axis, name in enumerate(("overlay_height", "overlay_width")):
-            table = table.append_column(name, pa.array([size[axis] for size in columns["overlay_sizes"]], pa.int32()))
+        # an image's own (H, W), or a volume's (D, H, W)
+        sizes = columns["overlay_sizes"]
+        names = ("overlay_depth", "overlay_height", "overlay_width") if sizes and len(sizes[0]) == 3 else (
+            "overlay_height", "overlay_width")
+        for axis, name in enumerate(names):
+            table = table.append_column(name, pa.array([size[axis] for size in sizes], pa.int32()))
     return table
 
 
@@ -224,7 +245,7 @@ def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: 
         for table in split_by_images(block, explain_config.batch_size):
             if "overlay" in table.column_names:
                 write_overlays(table, overlay_dir)
-                table = table.drop_columns(["overlay"])
+                table = write_volume_maps(table.drop_columns(["overlay"]), out_dir)
             shard = maps_dir / f"part-{next_index:06d}.parquet"
             partial = maps_dir / f".{shard.name}.tmp"
             pq.write_table(table, partial)
@@ -277,7 +298,7 @@ def cam_dataset(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: st
     mapped.context.downstream_capacity_backpressure_ratio = None
     if not explain_config.overlays:
         return mapped
-    return mapped.map_batches(encode_overlays, fn_kwargs={"colorbar": explain_config.colorbar},
+    return mapped.map_batches(encode_overlay_table, fn_kwargs={"colorbar": explain_config.colorbar},
                               batch_size=None, batch_format="pyarrow")
 
 

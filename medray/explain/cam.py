@@ -16,6 +16,7 @@ import numpy as np
 from medray.errors import MedrayError
 from medray.explain.methods import CAM_METHODS, CamMethod
 from medray.explain.graph import CamGraph
+from medray.explain.spatial import grid_axes, resize_grid, spatial_axes
 from medray.explain.targets import CamTarget
 from medray.keras_setup import tf
 
@@ -28,7 +29,7 @@ IG_STEPS = 16
 
 @dataclass(frozen=True)
 class CamBatch:
-    # (method, layer) -> (N, T, h, w) float32 in [0, 1] at the layer's resolution
+    # (method, layer) -> (N, T, h, w), or (N, T, d, h, w) for volumes, float32 in [0, 1] at the layer's resolution
     maps: dict[tuple[str, str], np.ndarray]
     targets: np.ndarray  # (N, T) the class each map explains
     probabilities: np.ndarray  # (N, K)
@@ -124,19 +125,20 @@ class CamExplainer:
         """(N, T, C): the target logits of the input multiplied by each channel's upsampled,
         min-max normalised activation map (Score-CAM), SCORE_BATCH masked inputs per forward pass."""
         count, channels = tf.shape(images)[0], activations.shape[-1]
-        channels_first = tf.transpose(activations, (3, 0, 1, 2))  # (C, N, h, w)
+        rank = activations.shape.rank
+        channels_first = tf.transpose(activations, (rank - 1, *range(rank - 1)))  # (C, N, *grid)
         chunk = tf.maximum(1, self._score_batch // count)
         pieces = tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False)
         for start in tf.range(0, channels, chunk):
             # Upsampled a chunk of channels at a time: all of MobileNetV2's 1,280 channels at 96 px
             # for 24 images held 1.1 GB at once.
-            low_res = channels_first[start:start + chunk]  # (k, N, h, w)
-            block = tf.image.resize(tf.reshape(low_res, tf.concat([[-1], tf.shape(low_res)[2:], [1]], axis=0)),
-                                    tf.shape(images)[1:3], method="bilinear")[..., 0]
-            low = tf.reduce_min(block, axis=(1, 2), keepdims=True)
-            high = tf.reduce_max(block, axis=(1, 2), keepdims=True)
-            block = tf.math.divide_no_nan(block - low, high - low)  # each map min-max normalised
-            block = tf.reshape(block, tf.concat([tf.shape(low_res)[:2], tf.shape(images)[1:3]], axis=0))  # (k, N, H, W)
+            low_res = channels_first[start:start + chunk]  # (k, N, *grid)
+            block = resize_grid(tf.reshape(low_res, tf.concat([[-1], tf.shape(low_res)[2:], [1]], axis=0)),
+                                images.shape[1:-1])  # (k * N, *input grid, 1)
+            low = tf.reduce_min(block, axis=spatial_axes(block), keepdims=True)
+            high = tf.reduce_max(block, axis=spatial_axes(block), keepdims=True)
+            block = tf.math.divide_no_nan(block - low, high - low)[..., 0]  # each map min-max normalised
+            block = tf.reshape(block, tf.concat([tf.shape(low_res)[:2], tf.shape(images)[1:-1]], axis=0))  # (k, N, *G)
             masked = images[tf.newaxis] * block[..., tf.newaxis]
             flat = tf.reshape(masked, tf.concat([[-1], tf.shape(images)[1:]], axis=0))
             logits = tf.reshape(self._masked_score(flat), (tf.shape(block)[0], count, -1))
@@ -175,7 +177,7 @@ def explain_in_batches(explainer: CamExplainer, images: np.ndarray, targets: np.
 
 
 def _normalise(maps: tf.Tensor) -> tf.Tensor:
-    peaks = tf.reduce_max(maps, axis=(1, 2), keepdims=True)
+    peaks = tf.reduce_max(maps, axis=grid_axes(maps), keepdims=True)
     return tf.math.divide_no_nan(maps, peaks)
 
 

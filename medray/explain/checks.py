@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage, stats
 
+from medray.explain.spatial import resize_grid
 from medray.keras_setup import tf
 
 # The baseline pixels are removed to, or revealed from: the image blurred with sigma = side / 4,
@@ -30,9 +31,11 @@ BLUR_FRACTION = 4
 PREDICT_BATCH = 256
 
 
-def upsample_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(N, h, w) maps at feature resolution -> (N, H, W), bilinear, as the overlays show them."""
-    return tf.image.resize(np.asarray(maps, np.float32)[..., np.newaxis], size, method="bilinear").numpy()[..., 0]
+def upsample_maps(maps: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """(N, h, w) maps at feature resolution -> (N, H, W), bilinear, as the overlays show them;
+    a volume's (N, d, h, w) -> (N, D, H, W), trilinear."""
+    return resize_grid(tf.convert_to_tensor(np.asarray(maps, np.float32)[..., np.newaxis]),
+                       tuple(size)).numpy()[..., 0]
 
 
 def pointing_game(maps: np.ndarray, masks: np.ndarray, tolerance_px: float = 0.0) -> np.ndarray:
@@ -86,9 +89,9 @@ class FaithfulnessBaseline:
 
 
 def faithfulness_baseline(images: np.ndarray, predict: Callable[[np.ndarray], np.ndarray]) -> FaithfulnessBaseline:
-    """images: (N, H, W, C) model input; predict: images -> (n, K) probabilities."""
-    height, width = images.shape[1:3]
-    blurred = ndimage.gaussian_filter(images, sigma=(0, height / BLUR_FRACTION, width / BLUR_FRACTION, 0))
+    """images: (N, H, W, C) model input, or volumes (N, D, H, W, C); predict: images -> (n, K) probabilities."""
+    sides = images.shape[1:-1]
+    blurred = ndimage.gaussian_filter(images, sigma=(0, *(side / BLUR_FRACTION for side in sides), 0))
     return FaithfulnessBaseline(blurred, _predict_all(images, predict), _predict_all(blurred, predict))
 
 
@@ -105,8 +108,8 @@ def deletion_insertion_auc(images: np.ndarray, maps: np.ndarray, targets: np.nda
     Each image costs 2 x (steps - 1) forward passes (the curves' ends come from the baseline),
     sent through `predict` a few images at a time so that memory stays at about PREDICT_BATCH images.
     """
-    count, height, width = maps.shape
-    pixels = height * width
+    count, grid = len(maps), maps.shape[1:]  # (H, W), or a volume's (D, H, W)
+    pixels = int(np.prod(grid))
     baseline = baseline if baseline is not None else faithfulness_baseline(images, predict)
     # Ties (a map's flat zero regions) are broken at random, not in reading order.
     tie_break = np.random.default_rng(seed).random((count, pixels))
@@ -125,7 +128,7 @@ def deletion_insertion_auc(images: np.ndarray, maps: np.ndarray, targets: np.nda
         part = slice(start, start + chunk)
         size = len(rows[part])
         changed = (ranks[part, np.newaxis, :] < inner[np.newaxis, :, np.newaxis]).reshape(
-            size, len(inner), height, width, 1)
+            size, len(inner), *grid, 1)
         image, blur = images[part, np.newaxis], baseline.blurred[part, np.newaxis]
         stack = np.concatenate([np.where(changed, blur, image), np.where(changed, image, blur)], axis=1)
         probabilities = predict(stack.reshape(-1, *images.shape[1:])).reshape(size, 2, len(inner), -1)

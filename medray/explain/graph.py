@@ -8,7 +8,7 @@ soon as the layer sits inside a nested backbone; tf-keras-vis rebuilds the graph
 reason. Both tf-keras and Keras 3 models replay here, each through its own node structure.
 
 The CAM layer (Selvaraju et al. 2017, section 3: "the last convolutional layer") is found as the
-4-D feature map with a spatial grid above 1 x 1 that feeds the model's last global pooling or
+4-D feature map (5-D for a volume model) with a spatial grid above 1 x 1 that feeds the model's last global pooling or
 Flatten; paths of nested layers read `outer/inner`.
 """
 
@@ -23,7 +23,10 @@ from medray.errors import MedrayError
 from medray.explain.targets import CamTarget, target_for_head
 from medray.keras_setup import keras, tf
 
-POOLING = {"GlobalAveragePooling2D", "GlobalMaxPooling2D", "GlobalAvgPool2D", "GlobalMaxPool2D", "Flatten"}
+POOLING = {"GlobalAveragePooling2D", "GlobalMaxPooling2D", "GlobalAvgPool2D", "GlobalMaxPool2D", "Flatten",
+           "GlobalAveragePooling3D", "GlobalMaxPooling3D", "GlobalAvgPool3D", "GlobalMaxPool3D"}
+# Ranks of a feature map CAM can read: (N, h, w, C) of an image model, (N, d, h, w, C) of a volume model.
+FEATURE_RANKS = (4, 5)
 # Output activations whose input is the class score Grad-CAM differentiates: near saturation their
 # output's gradient vanishes (to exactly zero in float32), the score's does not.
 SQUASHING = {"softmax", "sigmoid"}
@@ -127,7 +130,8 @@ def find_cam_layer(calls: list[Call], model_name: str) -> str:
     for call in calls:  # a nested model's output is its last inner layer's: the inner call wins
         for tensor in call.outputs:
             producers.setdefault(id(tensor), call)
-    pooling = [call for call in calls if type(call.layer).__name__ in POOLING and len(call.inputs[0].shape) == 4]
+    pooling = [call for call in calls
+               if type(call.layer).__name__ in POOLING and len(call.inputs[0].shape) in FEATURE_RANKS]
     if not pooling:
         raise MedrayError(f"model {model_name}: no global pooling or Flatten layer follows a 4-D feature map; "
                           f"name the CAM layer with explain.cam_layer ({_candidates(calls)})")
@@ -137,7 +141,7 @@ def find_cam_layer(calls: list[Call], model_name: str) -> str:
         if producer is None:
             raise MedrayError(f"model {model_name}: every feature map before {pooling[-1].path} is 1 x 1; "
                               f"a larger input size, or naming explain.cam_layer, gives a map ({_candidates(calls)})")
-        if np.prod(producer.outputs[0].shape[1:3]) > 1:
+        if np.prod(producer.outputs[0].shape[1:-1]) > 1:
             return producer.path
         tensor = producer.inputs[0]
 
@@ -150,15 +154,15 @@ def cam_layer_warnings(calls: list[Call], layers: Sequence[str]) -> list[str]:
     warnings = []
     for name in layers:
         call = known[name]
-        height, width = call.outputs[0].shape[1:3]
-        if min(height, width) < MIN_CAM_GRID:
-            warnings.append(f"CAM layer {name} is {height} x {width}: too coarse to show where in the image the "
+        grid = call.outputs[0].shape[1:-1]
+        if min(grid) < MIN_CAM_GRID:
+            warnings.append(f"CAM layer {name} is {' x '.join(map(str, grid))}: too coarse to show where in the image the "
                             "evidence lies; a larger input, or an earlier layer in explain.cam_layer, gives a finer "
                             "map")
         if _bypassed(calls, call):
             blocks = [other.path for other in calls
-                      if len(other.outputs[0].shape) == 4 and not _is_graph_model(other.layer)
-                      and np.prod(other.outputs[0].shape[1:3]) > 1 and not _bypassed(calls, other)]
+                      if len(other.outputs[0].shape) in FEATURE_RANKS and not _is_graph_model(other.layer)
+                      and np.prod(other.outputs[0].shape[1:-1]) > 1 and not _bypassed(calls, other)]
             better = f"; the last block output with a grid above 1 x 1 is {blocks[-1]}" if blocks else ""
             warnings.append(f"CAM layer {name} ({call.outputs[0].shape[-1]} channels) is one branch of a block, not "
                             f"the block's output: its map shows what that branch alone sees{better} "
@@ -181,7 +185,7 @@ def _bypassed(calls: list[Call], skipped: Call) -> bool:
 
 def _candidates(calls: list[Call]) -> str:
     paths = list(dict.fromkeys(call.path for call in calls
-                               if len(call.outputs[0].shape) == 4 and not _is_graph_model(call.layer)))
+                               if len(call.outputs[0].shape) in FEATURE_RANKS and not _is_graph_model(call.layer)))
     shown = paths[-CANDIDATES_SHOWN:]
     more = f", and {len(paths) - len(shown)} earlier" if len(paths) > len(shown) else ""
     return f"4-D layers, last first: {', '.join(reversed(shown))}{more}"
@@ -207,7 +211,7 @@ class CamGraph:
             self.layers = (cam_layers,) if isinstance(cam_layers, str) else tuple(cam_layers)
         known = {call.path: call for call in calls}
         for name in self.layers:
-            if name not in known or len(known[name].outputs[0].shape) != 4:
+            if name not in known or len(known[name].outputs[0].shape) not in FEATURE_RANKS:
                 raise MedrayError(f"model {model.name} has no layer {name!r} with a 4-D feature map; name one by "
                                   f"its path, nested layers as outer/inner ({_candidates(calls)})")
         # Spoken by the job that chose the layers (medray.explain.model_job), not by every actor.

@@ -1,6 +1,7 @@
 """CAM methods: each one only turns the mechanism's evidence into weights for the activations.
 
-The mechanism (`medray.explain.cam`) computes the CAM layer's activations A (N, h, w, C) and either
+The mechanism (`medray.explain.cam`) computes the CAM layer's activations A (N, h, w, C), or
+(N, d, h, w, C) for a volume, and either
 the gradients of the class score with respect to A, or, for Score-CAM, the class score of the
 input masked by each channel (N, C). A method returns weights that broadcast against A; the map
 is ReLU(sum over channels of A * weights) for every CAM method.
@@ -16,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Literal
 
+from medray.explain.spatial import spatial_axes
 from medray.keras_setup import tf
 
 
@@ -30,7 +32,7 @@ class CamMethod:
 
 def cam_weights_gradcam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
     """Grad-CAM (Selvaraju et al. 2017): the gradients averaged over the spatial grid."""
-    return tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+    return tf.reduce_mean(gradients, axis=spatial_axes(gradients), keepdims=True)
 
 
 def cam_weights_gradcam_plus_plus(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
@@ -38,9 +40,9 @@ def cam_weights_gradcam_plus_plus(activations: tf.Tensor, gradients: tf.Tensor) 
     which lets several instances of a class each count, not only the strongest."""
     squared = tf.square(gradients)
     cubed = squared * gradients
-    activation_sums = tf.reduce_sum(activations, axis=(1, 2), keepdims=True)
+    activation_sums = tf.reduce_sum(activations, axis=spatial_axes(activations), keepdims=True)
     alpha = tf.math.divide_no_nan(squared, 2 * squared + activation_sums * cubed)
-    return tf.reduce_sum(alpha * tf.nn.relu(gradients), axis=(1, 2), keepdims=True)
+    return tf.reduce_sum(alpha * tf.nn.relu(gradients), axis=spatial_axes(gradients), keepdims=True)
 
 
 def cam_weights_hirescam(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
@@ -63,7 +65,9 @@ def cam_weights_scorecam(activations: tf.Tensor, masked_scores: tf.Tensor) -> tf
     spread = tf.reduce_max(masked_scores, axis=-1, keepdims=True) - tf.reduce_min(masked_scores, axis=-1, keepdims=True)
     size = tf.maximum(1.0, tf.reduce_max(tf.abs(masked_scores), axis=-1, keepdims=True))
     evidence = tf.cast(spread > NO_EVIDENCE * size, masked_scores.dtype)
-    return (tf.nn.softmax(masked_scores, axis=-1) * evidence)[:, tf.newaxis, tf.newaxis, :]
+    weights = tf.nn.softmax(masked_scores, axis=-1) * evidence  # (N, C)
+    grid = (1,) * len(spatial_axes(activations))
+    return tf.reshape(weights, tf.concat([tf.shape(weights)[:1], grid, tf.shape(weights)[1:]], axis=0))
 
 
 def input_attribution(activations: tf.Tensor, attribution: tf.Tensor) -> tf.Tensor:

@@ -57,7 +57,7 @@ def sample_checks(model_bytes: bytes, backbone_name: str | UserModelSpec, task: 
     model = loaded.model
     images = loaded.model_input(rows["pixels"])
     labels = np.asarray(rows["label"], np.int64)
-    count, size = len(images), images.shape[1:3]
+    count, size = len(images), images.shape[1:-1]  # (H, W), or a volume's (D, H, W)
     batch = explain_config.batch_size
     target = loaded.cam_target(task)
     methods = explain_config.methods

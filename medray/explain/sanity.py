@@ -113,11 +113,14 @@ def label_randomised_model(model: keras.Model, images: np.ndarray, labels: np.nd
 
 
 def structural_similarity(maps: np.ndarray, other: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """SSIM of each image's two maps ((N, h, w), values in [0, 1]) upsampled to `size`."""
-    first = upsample_maps(maps, size)[..., np.newaxis]
-    second = upsample_maps(other, size)[..., np.newaxis]
-    window = min(SSIM_WINDOW, *size)
-    return tf.image.ssim(first, second, max_val=1.0, filter_size=window).numpy().astype(np.float64)
+    """SSIM of each image's two maps ((N, h, w), values in [0, 1]) upsampled to `size`; for volumes
+    ((N, d, h, w) to a (D, H, W) `size`) the mean SSIM of their axial slices."""
+    first = upsample_maps(maps, size)
+    second = upsample_maps(other, size)
+    planes = [values.reshape(-1, *values.shape[-2:], 1) for values in (first, second)]
+    window = min(SSIM_WINDOW, *size[-2:])
+    ssim = tf.image.ssim(*planes, max_val=1.0, filter_size=window).numpy().astype(np.float64)
+    return ssim.reshape(len(maps), -1).mean(axis=1)
 
 
 def shared_structure_partners(labels: np.ndarray, seed: int = RANDOMISATION_SEED) -> np.ndarray:

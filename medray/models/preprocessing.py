@@ -20,10 +20,12 @@ CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
 @dataclass(frozen=True)
 class ModelInput:
-    """The channels a backbone reads and how its pixels are scaled."""
+    """The channels a backbone reads, how its pixels are scaled and its spatial axes (2: H, W;
+    3: D, H, W, a volume)."""
     channels: int
-    # float32 pixels in [0, 255], shape (N, H, W, channels) -> the model's input
+    # float32 pixels in [0, 255], shape (N, *spatial, channels) -> the model's input
     preprocess: Callable[[np.ndarray], np.ndarray]
+    spatial_dims: int = 2
 
 
 def to_model_input(pixels: np.ndarray, model_input: ModelInput) -> np.ndarray:
@@ -32,7 +34,7 @@ def to_model_input(pixels: np.ndarray, model_input: ModelInput) -> np.ndarray:
     3-channel backbone; RGB goes in as it is (the model was built with 3 input channels, see
     `input_channels`)."""
     images = np.asarray(pixels, dtype=np.float32)
-    if images.ndim == 3:
+    if images.ndim == model_input.spatial_dims + 1:  # no channel axis: gray
         images = images[..., np.newaxis]
         if model_input.channels != 1:
             images = np.repeat(images, model_input.channels, axis=-1)
@@ -47,8 +49,9 @@ def input_channels(model_input: ModelInput, color: str) -> int:
 def standardise_per_image(pixels: np.ndarray) -> np.ndarray:
     """Zero mean and unit variance per image: X-rays and MRI differ in exposure and gain from
     scanner to scanner, and a model trained from scratch should not learn the scanner's brightness."""
-    mean = pixels.mean(axis=(1, 2, 3), keepdims=True)
-    std = pixels.std(axis=(1, 2, 3), keepdims=True)
+    per_image = tuple(range(1, pixels.ndim))  # (H, W, C) or a volume's (D, H, W, C)
+    mean = pixels.mean(axis=per_image, keepdims=True)
+    std = pixels.std(axis=per_image, keepdims=True)
     return (pixels - mean) / np.maximum(std, np.float32(1.0))
 
 

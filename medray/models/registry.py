@@ -15,7 +15,8 @@ class Backbone:
     name: str
     # (input_size, channels, head (medray.task.Head), model config) -> a compiled-ready keras.Model
     build: Callable
-    input_size: int
+    # the square image's side, or a volume model's (D, H, W)
+    input_size: int | tuple[int, int, int]
     # all Ray Data's preprocessing tasks are sent: it imports no TensorFlow, unlike `build`
     model_input: ModelInput
     # the layers class activation maps are computed from: one per branch (ensembles have two)
@@ -26,7 +27,7 @@ def _registry() -> dict[str, Backbone]:
     # Imported here: building the registry imports TensorFlow, which the CLI's config checks do not need.
     from functools import partial
 
-    from medray.models import applications, baseline_cnn
+    from medray.models import applications, baseline_cnn, volume_cnn
 
     registry = {
         "baseline_cnn": Backbone("baseline_cnn", baseline_cnn.build, input_size=64,
@@ -37,6 +38,11 @@ def _registry() -> dict[str, Backbone]:
                              cam_layers=tuple(applications.APPLICATIONS[name].cam_layer
                                               for name in applications.ENSEMBLE_BRANCHES)),
     }
+    volume_input = ModelInput(1, standardise_per_image, spatial_dims=3)
+    registry["cnn3d"] = Backbone("cnn3d", volume_cnn.build_cnn3d, input_size=(32, 32, 32),
+                                 model_input=volume_input, cam_layers=(volume_cnn.CAM_LAYER,))
+    registry["resnet18_3d"] = Backbone("resnet18_3d", volume_cnn.build_resnet18_3d, input_size=(32, 32, 32),
+                                       model_input=volume_input, cam_layers=(volume_cnn.CAM_LAYER,))
     for name, application in applications.APPLICATIONS.items():
         registry[name] = Backbone(name, partial(applications.build_application, name), application.input_size,
                                   model_input=ModelInput(3, application.preprocess), cam_layers=(application.cam_layer,))

@@ -12,6 +12,7 @@ from PIL import Image
 from medray.config import RunConfig
 from medray.data.decode import decode_row
 from medray.data.readers import rows_of
+from medray.data.volumes import flat_preview
 from medray.errors import BadImage
 from medray.filenames import safe_filename
 
@@ -41,8 +42,9 @@ def test_images(run_dir: Path, config: dict, row_ids: list[str], thumbnails: set
             row = next(rows_of(data.source, piece, settings))
             found[record.row_id]["name"] = row.name or str(record.row_id)
             if record.row_id in thumbnails:
-                pixels, _ = decode_row(row, data.max_image_pixels)
-                found[record.row_id]["thumbnail"] = write_thumbnail(pixels, run_dir, record.row_id)
+                pixels, mode = decode_row(row, data.max_image_pixels)
+                found[record.row_id]["thumbnail"] = write_thumbnail(flat_preview(pixels, mode), run_dir,
+                                                                    record.row_id)
         except (BadImage, OSError):  # the data moved or changed since the run: the row id must do
             pass
     return found

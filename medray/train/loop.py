@@ -14,6 +14,7 @@ import ray.train
 
 from medray.config import RunConfig
 from medray.data.pipeline import derived_seed
+from medray.data.volumes import spatial_shape
 from medray.keras_setup import keras, tf
 from medray.models.applications import set_trainable_top
 from medray.models.classifier import KERAS_V3, build_classifier, copy_weights, load_model_bytes, load_model_file
@@ -56,7 +57,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             copy_weights(load_model_bytes(loop_config["initial_model"]), model)
     progress = restore_checkpoint(model, ray.train.get_checkpoint())
 
-    image_shape = (image_size, image_size, loop_config["channels"])
+    image_shape = (*spatial_shape(image_size), loop_config["channels"])
     train = ShardPasses(strategy, ray.train.get_dataset_shard("train"), loop_config["rows"]["train"], per_worker_batch,
                         workers, task, class_weights, image_shape)
     val = ShardPasses(strategy, ray.train.get_dataset_shard("val"), loop_config["rows"]["val"], per_worker_batch,

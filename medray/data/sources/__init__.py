@@ -26,6 +26,9 @@ from medray.data.sources import parquet  # noqa: E402,F401,I001
 from medray.data.sources import folders  # noqa: E402,F401,I001
 from medray.data.sources import npz  # noqa: E402,F401,I001
 from medray.data.sources import csv  # noqa: E402,F401,I001
+from medray.data.sources import npz_volumes  # noqa: E402,F401,I001
+from medray.data.sources import nifti  # noqa: E402,F401,I001
+from medray.data.sources import dicom_series  # noqa: E402,F401,I001
 
 __all__ = ["SPLITS", "RawRow", "Source", "SourceKind", "check_usable", "count_labels", "describe_kinds", "discover",
            "discover_unlabelled", "get_source_kind", "guess_kind", "has_labels", "register", "row_sources",

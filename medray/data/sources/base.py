@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from medray import storage
+from medray.data.volumes import resolve_window
 from medray.errors import BadImage, MedrayError
 
 SPLITS = ("train", "val", "test")
@@ -93,6 +94,8 @@ class SourceKind:
     suffixes: tuple[str, ...] = ()
     # pieces one Ray Data read task takes: parquet and .npz pieces hold hundreds of rows
     pieces_per_read_task: int = 1
+    # spatial axes of its rows: 2 for images (H, W), 3 for volumes (D, H, W); the model must match
+    spatial_dims: int = 2
 
     def discover(self, data_config) -> Source:
         """The splits, classes and read tasks of data.path, from listings and metadata only."""
@@ -322,4 +325,5 @@ def reader_settings(source: Source, data_config) -> dict:
             "mask_columns": ([data_config.mask_columns.get(name) for name in source.class_names]
                              if per_label else None),
             "label_shape": (len(source.class_names),) if source.multi_label else (),
-            "max_pixels": data_config.max_image_pixels, "color": source.color}
+            "max_pixels": data_config.max_image_pixels, "color": source.color,
+            "window": resolve_window(getattr(data_config, "window", None))}

@@ -39,11 +39,11 @@ class FolderSource(SourceKind):
                 split_dirs.setdefault(SPLIT_ALIASES[storage.name(child).lower()], child)
         ignored: list[str] = []
         if split_dirs:  # root/<split>/<class>/*: the splits are used as given
-            files = {split: _class_files(split_dirs[split], ignored) if split in split_dirs else {}
+            files = {split: self.class_rows(split_dirs[split], ignored) if split in split_dirs else {}
                      for split in SPLITS}
             ignored += [child for child, is_dir in children if not is_dir]
         else:  # root/<class>/*: medray makes a stratified split
-            files = stratified_split(_class_files(root, ignored), data_config.split)
+            files = stratified_split(self.class_rows(root, ignored), data_config.split)
         found = sorted({name for by_class in files.values() for name in by_class})
         class_names = data_config.class_names or found
         labeller = self.labeller(class_names, data_config)
@@ -56,6 +56,14 @@ class FolderSource(SourceKind):
                     piece = piece_of_rows(file, 0, [0], [row_id], label, split)
                     pieces[split] += [piece] if piece else []
         return labelled_source(self, root, class_names, pieces, labeller, ignored_files=sorted(ignored))
+
+    def class_rows(self, folder: str, ignored: list[str]) -> dict[str, list[str]]:
+        """class -> the rows (files) under folder/<class>/; what is not a row goes to `ignored`."""
+        return _class_files(folder, ignored, self.accepts)
+
+    def accepts(self, file: str) -> bool:
+        """Whether a file in a class folder is one of this kind's rows (others are ignored, counted)."""
+        return is_image_name(file)
 
     def rows(self, piece: dict, settings: dict) -> Iterator[RawRow]:
         path = str(piece["file"])
@@ -99,16 +107,17 @@ class FolderSource(SourceKind):
         return (prefix_match.group(0).lower() if prefix_match else ""), "/".join(parts[skip:-1])
 
 
-def _class_files(folder: str, ignored: list[str]) -> dict[str, list[str]]:
-    """class -> image files under folder/<class>/ (nested folders too); anything else goes to `ignored`."""
+def _class_files(folder: str, ignored: list[str], accepts=is_image_name) -> dict[str, list[str]]:
+    """class -> image files under folder/<class>/ (nested folders too) that `accepts` takes; anything
+    else goes to `ignored`."""
     by_class = {}
     for child, is_dir in storage.list_files(folder, "data.path", recursive=False):
         if not is_dir:
             ignored.append(child)
             continue
         files = sorted((file for file, _ in storage.list_files(child, "data.path")), key=folder_order)
-        by_class[storage.name(child)] = [file for file in files if is_image_name(file)]
-        ignored += [file for file in files if not is_image_name(file)]
+        by_class[storage.name(child)] = [file for file in files if accepts(file)]
+        ignored += [file for file in files if not accepts(file)]
     return by_class
 
 

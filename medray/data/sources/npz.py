@@ -25,6 +25,8 @@ class NpzSource(SourceKind):
     name = "npz"
     layout = "<split>_images and <split>_labels arrays"
     suffixes = (".npz",)
+    # rows one read task (a piece) takes
+    rows_per_piece = NPZ_ROWS_PER_PIECE
 
     def discover(self, data_config) -> Source:
         """MedMNIST layout: train_images / train_labels, val_*, test_* in one .npz file."""
@@ -44,7 +46,7 @@ class NpzSource(SourceKind):
                     if key not in arrays.files:
                         raise MedrayError(f"{path}: no array {key!r} (arrays: {', '.join(arrays.files)}); "
                                           "medray reads the MedMNIST layout train_/val_/test_images and _labels")
-                images = check_npz_images(path, f"{split}_images", *npz_header(arrays, f"{split}_images", path))
+                images = self.check_images(path, f"{split}_images", *npz_header(arrays, f"{split}_images", path))
                 split_labels = _load_array(arrays, f"{split}_labels", path)
                 check_npz_labels(path, f"{split}_labels", split_labels.shape, split_labels.dtype)
                 width = split_labels.shape[1] if split_labels.ndim == 2 else 1
@@ -66,14 +68,18 @@ class NpzSource(SourceKind):
         labeller = self.labeller(class_names, data_config, multi_label)
         pieces: dict[str, list[dict]] = {split: [] for split in SPLITS}
         for split in SPLITS:
-            for start in range(0, len(raw[split]), NPZ_ROWS_PER_PIECE):
-                positions = list(range(start, min(start + NPZ_ROWS_PER_PIECE, len(raw[split]))))
+            for start in range(0, len(raw[split]), self.rows_per_piece):
+                positions = list(range(start, min(start + self.rows_per_piece, len(raw[split]))))
                 row_ids = [f"{storage.name(path)}#{split}#{n}" for n in positions]
                 labels = labeller.rows([raw[split][n] for n in positions], row_ids,
                                        [f"{path} {split} row {n}" for n in positions], split)
                 piece = piece_of_rows(path, 0, positions, row_ids, labels, split)
                 pieces[split] += [piece] if piece else []
         return labelled_source(self, path, class_names, pieces, labeller)
+
+    def check_images(self, path: str, key: str, shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:
+        """The images array's shape, if this kind reads it (see `check_npz_images`)."""
+        return check_npz_images(path, key, shape, dtype)
 
     def rows(self, piece: dict, settings: dict) -> Iterator[RawRow]:
         file, split = str(piece["file"]), str(piece["split"])
@@ -100,8 +106,8 @@ def check_npz_images(path: str, key: str, shape: tuple[int, ...], dtype: np.dtyp
     """N x H x W (gray), N x H x W x 1 (gray) or N x H x W x 3 (RGB) uint8: what MedMNIST's 2-D sets hold."""
     problem = None
     if len(shape) == 4 and shape[3] not in (1, 3):
-        problem = (f"looks like 3-D volumes ({shape[1]}x{shape[2]}x{shape[3]}); medray classifies 2-D "
-                   "images, so export slices" if shape[3] > 4 else
+        problem = (f"looks like 3-D volumes ({shape[1]}x{shape[2]}x{shape[3]}); read volumes with "
+                   "data.source: npz_volumes" if shape[3] > 4 else
                    f"has {shape[3]} channels; medray reads gray (1) or RGB (3), so drop the extra channels")
     elif len(shape) not in (3, 4):
         problem = "is not a stack of images"
