@@ -32,6 +32,9 @@ NOISE = 0.01
 # (row offset, column offset, weight) of the neighbours an imputed pixel is the weighted mean of.
 NEIGHBOURS = ((-1, -1, 1 / 12), (-1, 0, 1 / 6), (-1, 1, 1 / 12), (0, -1, 1 / 6),
               (0, 1, 1 / 6), (1, -1, 1 / 12), (1, 0, 1 / 6), (1, 1, 1 / 12))
+# A volume's voxel: the mean of its six face neighbours.
+VOLUME_NEIGHBOURS = tuple((*offset, 1 / 6) for axis in range(3) for step in (-1, 1)
+                          for offset in [tuple(step if a == axis else 0 for a in range(3))])
 # Images sent through the model in one call, and removed pixels imputed in one sparse solve.
 PREDICT_BATCH = 256
 SOLVE_PIXELS = 400_000
@@ -43,8 +46,8 @@ def noisy_linear_imputation(images: np.ndarray, removed: np.ndarray, noise: floa
     the weighted mean of its neighbours (removed ones included: one linear system per image, all
     images' systems solved together as one block-diagonal sparse system), plus Gaussian noise of
     `noise` x the images' standard deviation. Each image must keep at least one pixel."""
-    count, height, width, channels = images.shape
-    pixels = height * width
+    count, *grid, channels = images.shape
+    pixels = int(np.prod(grid))
     flat_removed = np.asarray(removed, bool).reshape(-1)
     unknown = np.flatnonzero(flat_removed)
     result = np.array(images, np.float64).reshape(-1, channels)
@@ -55,15 +58,15 @@ def noisy_linear_imputation(images: np.ndarray, removed: np.ndarray, noise: floa
     variable = np.full(flat_removed.size, -1, np.int64)
     variable[unknown] = np.arange(unknown.size)
     image_of, within = np.divmod(unknown, pixels)
-    row, col = np.divmod(within, width)
+    position = np.unravel_index(within, grid)
     diagonal = np.zeros(unknown.size)
     rhs = np.zeros((unknown.size, channels))
     rows, cols, weights = [], [], []
     # A loop over the eight offsets; every pixel of every image is handled at once within each.
-    for d_row, d_col, weight in NEIGHBOURS:
-        r, c = row + d_row, col + d_col
-        inside = np.flatnonzero((r >= 0) & (r < height) & (c >= 0) & (c < width))
-        neighbour = image_of[inside] * pixels + r[inside] * width + c[inside]
+    for *offset, weight in (NEIGHBOURS if len(grid) == 2 else VOLUME_NEIGHBOURS):
+        shifted = [axis + step for axis, step in zip(position, offset)]
+        inside = np.flatnonzero(np.logical_and.reduce([(axis >= 0) & (axis < side) for axis, side in zip(shifted, grid)]))
+        neighbour = image_of[inside] * pixels + np.ravel_multi_index([axis[inside] for axis in shifted], grid)
         diagonal[inside] += weight  # the weights of the neighbours that exist (fewer at the border)
         known = ~flat_removed[neighbour]
         rhs[inside[known]] += weight * result[neighbour[known]]
@@ -84,14 +87,14 @@ def noisy_linear_imputation(images: np.ndarray, removed: np.ndarray, noise: floa
 def removal_masks(maps: np.ndarray, percentiles=PERCENTILES, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(MoRF, LeRF) masks, each (N, P, H, W) bool: at percentile p, the p % of pixels with the
     highest (MoRF) or lowest (LeRF) map values. Ties (flat regions, an empty map) are broken at random."""
-    count, height, width = maps.shape
-    pixels = height * width
+    count, *grid = maps.shape
+    pixels = int(np.prod(grid))
     tie_break = np.random.default_rng(seed).random((count, pixels))
     ranks = np.argsort(np.lexsort((tie_break, -maps.reshape(count, -1)), axis=-1), axis=1)  # 0: highest
     removed = np.rint(np.asarray(percentiles) / 100 * pixels).astype(np.int64)[np.newaxis, :, np.newaxis]
     morf = ranks[:, np.newaxis, :] < removed
     lerf = ranks[:, np.newaxis, :] >= pixels - removed
-    return morf.reshape(count, -1, height, width), lerf.reshape(count, -1, height, width)
+    return morf.reshape(count, -1, *grid), lerf.reshape(count, -1, *grid)
 
 
 def road_curves(images: np.ndarray, maps: np.ndarray, targets: np.ndarray,

@@ -42,7 +42,7 @@ def tta_uncertainty(explainer: CamExplainer, images: np.ndarray, targets: np.nda
                     ) -> dict[tuple[str, str], dict[str, np.ndarray]]:
     """{(method, layer): {"entropy": (N,), "map_spread": (N,), "spread_map": (N, H, W)}} for the
     (N,) target classes, each pass `batch_size` images at a time."""
-    size = images.shape[1:3]
+    size = images.shape[1:-1]  # (H, W), or a volume's (D, H, W)
     maps: dict[tuple[str, str], list[np.ndarray]] = {}
     probabilities = []
     for _, spec in augmentations(size):
