@@ -200,6 +200,16 @@ class TrainConfig(_Section):
     # split's look. On PneumoniaMNIST, whose test X-rays look unlike train and validation, 0.1 raised
     # test AUC (README, "Sweeps"). The loss reported as loss and val_loss is the smoothed one.
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # What each batch minimises (medray/train/losses.py), for any task: "cross_entropy"; "focal" (Lin
+    # et al. 2017), cross-entropy scaled by (1 - p_t)^focal_gamma so that confident right answers add
+    # little, a sigmoid head's positives weighted by focal_alpha and negatives by 1 - focal_alpha
+    # (None: no such weights; softmax heads balance classes with class_balance instead); "ohem",
+    # online hard example mining (Shrivastava et al. 2016): cross-entropy averaged over the
+    # ohem_fraction of each batch's images with the highest loss.
+    loss: Literal["cross_entropy", "focal", "ohem"] = "cross_entropy"
+    focal_gamma: float = Field(2.0, ge=0, le=10)
+    focal_alpha: float | None = Field(None, gt=0, lt=1)
+    ohem_fraction: float = Field(0.5, gt=0, le=1)
     # Which epoch's model is exported (and, in a sweep, ranked and tested): the best by `monitor`, or
     # the last. "last" suits a schedule that ends at a small learning rate when the validation split
     # is saturated: picking its best epoch then picks noise, often an early, overconfident epoch.

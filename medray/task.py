@@ -69,6 +69,19 @@ class Task:
         raise NotImplementedError
 
     def loss(self, train_config, positive_weights: list[float] | None = None):
+        """The Keras loss `train_config.loss` names for this head, one value per image (N,):
+        cross-entropy, its focal form, or hard example mining over cross-entropy
+        (medray.train.losses). `positive_weights`: per label, multi-label only."""
+        from medray.train.losses import HardExampleMining
+
+        gamma = train_config.focal_gamma if train_config.loss == "focal" else 0.0
+        alpha = train_config.focal_alpha if train_config.loss == "focal" else None
+        loss = self.cross_entropy(train_config.label_smoothing, gamma, alpha, positive_weights)
+        return HardExampleMining(loss, train_config.ohem_fraction) if train_config.loss == "ohem" else loss
+
+    def cross_entropy(self, label_smoothing: float, focal_gamma: float, focal_alpha: float | None,
+                      positive_weights: list[float] | None):
+        """This head's cross-entropy, focal when `focal_gamma` > 0 (Lin et al. 2017)."""
         raise NotImplementedError
 
     def keras_metrics(self) -> list:
@@ -207,10 +220,19 @@ class SingleLabelTask(Task):
         weights = tf.constant(class_weights or [1.0] * self.num_classes, dtype=tf.float32)
         return tf.one_hot(labels, self.num_classes), tf.gather(weights, labels)
 
-    def loss(self, train_config, positive_weights=None):
+    def cross_entropy(self, label_smoothing, focal_gamma, focal_alpha, positive_weights):
         from medray.keras_setup import keras
 
-        return keras.losses.CategoricalCrossentropy(label_smoothing=train_config.label_smoothing)
+        if focal_gamma:
+            return keras.losses.CategoricalFocalCrossentropy(alpha=1.0, gamma=focal_gamma,
+                                                             label_smoothing=label_smoothing)
+        return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+
+    def check_config(self, config) -> None:
+        if config.train.loss == "focal" and config.train.focal_alpha is not None:
+            raise MedrayError(f"train.focal_alpha={config.train.focal_alpha}: alpha weights the positives of a "
+                              "sigmoid head (task: binary or multi_label); a softmax head balances its classes "
+                              "with train.class_balance, so remove focal_alpha")
 
     def keras_metrics(self) -> list:
         from medray.keras_setup import keras
@@ -246,10 +268,14 @@ class BinaryTask(Task):
         weights = tf.constant(class_weights or [1.0, 1.0], dtype=tf.float32)
         return tf.cast(labels, tf.float32)[:, tf.newaxis], tf.gather(weights, labels)
 
-    def loss(self, train_config, positive_weights=None):
+    def cross_entropy(self, label_smoothing, focal_gamma, focal_alpha, positive_weights):
         from medray.keras_setup import keras
 
-        return keras.losses.BinaryCrossentropy(label_smoothing=train_config.label_smoothing)
+        if focal_gamma or focal_alpha is not None:
+            return keras.losses.BinaryFocalCrossentropy(
+                apply_class_balancing=focal_alpha is not None, alpha=0.25 if focal_alpha is None else focal_alpha,
+                gamma=focal_gamma, label_smoothing=label_smoothing)
+        return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
 
     def keras_metrics(self) -> list:
         from medray.keras_setup import keras
@@ -291,11 +317,11 @@ class MultiLabelTask(Task):
         labels = tf.cast(labels, tf.float32)
         return labels, tf.ones_like(labels[:, 0])
 
-    def loss(self, train_config, positive_weights=None):
+    def cross_entropy(self, label_smoothing, focal_gamma, focal_alpha, positive_weights):
         from medray.train.losses import MaskedBinaryCrossentropy
 
-        return MaskedBinaryCrossentropy(positive_weights or [1.0] * self.num_classes,
-                                        label_smoothing=train_config.label_smoothing)
+        return MaskedBinaryCrossentropy(positive_weights or [1.0] * self.num_classes, label_smoothing=label_smoothing,
+                                        focal_gamma=focal_gamma, focal_alpha=focal_alpha)
 
     def keras_metrics(self) -> list:
         from medray.train.losses import MaskedAUC, MaskedBinaryAccuracy

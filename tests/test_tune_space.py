@@ -109,3 +109,31 @@ def test_a_grid_runs_each_point_once_per_pass_in_a_seeded_random_order(tmp_path)
     assert grid_order(sweep.model_copy(update={"seed": 1})) != order
     random_search, _ = load_sweep(write_sweep(tmp_path, search="random"))
     assert grid_order(random_search) is None
+
+
+def test_the_loss_and_its_parameters_are_searchable(tmp_path):
+    space = {"train.loss": {"choice": ["cross_entropy", "focal", "ohem"]}, "train.focal_gamma": {"uniform": [0.5, 3.0]},
+             "train.ohem_fraction": {"choice": [0.25, 0.5, 1.0]}}
+    sweep, base = load_sweep(write_sweep(tmp_path, space=space))
+    trial = trial_config(base, {"train.loss": "ohem", "train.focal_gamma": 1.5, "train.ohem_fraction": 0.25})
+    assert (trial.train.loss, trial.train.ohem_fraction) == ("ohem", 0.25)
+    with pytest.raises(MedrayError, match=r"space\.train\.ohem_fraction: 1\.5 gives an invalid trial"):
+        load_sweep(write_sweep(tmp_path, space={"train.ohem_fraction": {"choice": [0.5, 1.5]}}))
+
+
+@pytest.mark.parametrize("metric", ["test_auc", "test_accuracy"])
+def test_a_test_metric_as_the_objective_is_refused_in_one_line_before_ray_starts(tmp_path, metric, monkeypatch, capsys):
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda *args, **kwargs: pytest.fail("Ray was started for a refused sweep"))
+    with pytest.raises(MedrayError, match=rf"metric='{metric}' is not allowed: a test metric cannot choose a "
+                                          r"model: .*validation split.*use val_auc") as error:
+        load_sweep(write_sweep(tmp_path, metric=metric))
+    assert "\n" not in str(error.value)
+    assert main(["tune", "--config", str(write_sweep(tmp_path, metric=metric))]) == 2
+    assert "test metric cannot choose a model" in capsys.readouterr().err
+
+
+def test_top_k_is_refused_because_only_the_winner_is_tested(tmp_path):
+    with pytest.raises(MedrayError, match=r"top_k: a sweep evaluates only its winner .* remove top_k"):
+        load_sweep(write_sweep(tmp_path, top_k=3))

@@ -1,5 +1,5 @@
 """Real sweeps on the tiny phantoms: the leaderboard matches the trials, ASHA stops a bad trial,
-the top trial is tested and exported, MLflow holds the sweep and its trials, and a sweep whose
+only the winner (chosen on validation) is tested, once, and exported, MLflow holds the sweep and its trials, and a sweep whose
 driver was killed resumes without running its finished trial again."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ GOOD_LRS, BAD_LR = [0.003, 0.01], 10.0
 
 def write_sweep(folder: Path, data: Path, output: Path, extra_set: dict | None = None, **changes) -> Path:
     sweep = {
-        "name": "tiny", "base": str(DEMO_CONFIG), "search": "grid", "metric": "val_loss", "top_k": 1,
+        "name": "tiny", "base": str(DEMO_CONFIG), "search": "grid", "metric": "val_loss",
         "set": {"data": {"path": str(data)}, "model": {"input_size": 32},
                 "train": {"epochs": 3, "batch_size": 16, "lr_plateau_patience": 0},
                 "explain": {"enabled": False, "batch_size": 16}, "report": {"enabled": True},
@@ -82,11 +82,22 @@ def test_asha_stops_the_bad_trial_after_its_first_rung(finished_sweep):
     assert board["epochs"].max() == 3  # the best trial ran its whole budget
 
 
-def test_only_the_top_trial_is_tested_and_exported_with_its_config(finished_sweep):
+def test_only_the_winner_chosen_on_validation_is_tested_once_and_exported_with_its_config(finished_sweep):
     sweep_dir = finished_sweep.sweep_dir
     board = pd.read_csv(sweep_dir / "leaderboard.csv")
     top = board.iloc[0]
     assert pd.notna(top["test_accuracy"]) and board["test_accuracy"].iloc[1:].isna().all()
+    assert [path.parent.name for path in sweep_dir.glob("*/metrics.json")] == [top["trial"]]
+    assert [path.parent.name for path in sweep_dir.glob("*/predictions.parquet")] == [top["trial"]]
+    assert top["chosen_by"] == "val_loss (validation split)" and board["chosen_by"].iloc[1:].isna().all()
+    selection = json.loads((sweep_dir / "selection.json").read_text())
+    assert selection["winner"] == top["trial"] and selection["chosen_on"] == "validation"
+    assert selection["metric"] == "val_loss" and selection["value"] == pytest.approx(top["val_loss"])
+    assert selection["test"]["trials_evaluated"] == [top["trial"]]
+    assert selection["test"]["accuracy"] == pytest.approx(top["test_accuracy"])
+    summary = (sweep_dir / "summary.txt").read_text()
+    assert f"best       {top['trial']}, chosen on the validation split by val_loss" in summary
+    assert "(the winner alone, evaluated once)" in summary
     metrics = json.loads((sweep_dir / top["trial"] / "metrics.json").read_text())
     assert top["test_accuracy"] == pytest.approx(metrics["accuracy"])
     assert (sweep_dir / top["trial"] / "predictions.parquet").is_file()

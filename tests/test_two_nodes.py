@@ -211,7 +211,7 @@ def test_demo_job_on_two_nodes_survives_losing_one_and_writes_everything_to_the_
     sweep = Job(two_nodes, object_store, [
         "jobs/tune.py", "--config", "configs/demo_sweep.yaml",
         *sum((["--set", item] for item in (
-            "name=two-node-sweep", "num_samples=2", "top_k=1", "asha.enabled=false", "set.train.epochs=1",
+            "name=two-node-sweep", "num_samples=2", "asha.enabled=false", "set.train.epochs=1",
             "set.model.input_size=32", f"set.data.path={data}", f"set.output.dir={object_store.uri(*run[:2])}")),
             [])])
     code, log = sweep.wait()

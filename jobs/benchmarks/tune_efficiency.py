@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def search(folder: Path, name: str, data: Path, args, asha: bool) -> tuple[pd.Series, float, float, str]:
     """(epochs each trial trained, best validation value, seconds, "min" or "max" for the metric)."""
     sweep = {
-        "name": name, "base": str(ROOT / "configs" / "demo.yaml"), "search": "grid", "metric": args.metric, "top_k": 1,
+        "name": name, "base": str(ROOT / "configs" / "demo.yaml"), "search": "grid", "metric": args.metric,
         "seed": args.seed,  # the order the grid's points run in, the same for both searches
         "set": {"data": {"path": str(data)}, "model": {"input_size": args.size},
                 # No early stopping: the grid's epochs are exactly trials x epochs.

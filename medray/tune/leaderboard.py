@@ -2,9 +2,10 @@
 
 Each trial folder `<sweep>/<trial id>/` holds what Tune wrote (`params.json`, one `result.json`
 line per epoch), what the trial wrote (`config.yaml`, `outcome.json` if its training ended by
-itself) and, for the top-k, the test split's `metrics.json`. `sweep.yaml` names the metric.
+itself) and, for the winner alone, the test split's `metrics.json`. `sweep.yaml` names the metric.
 Rows are ranked by the validation value of the epoch each trial exports (`train.export_epoch`: its
-best by the sweep's metric, or its last); test metrics never rank.
+best by the sweep's metric, or its last); test metrics never rank. The `chosen_by` column names
+what chose the winner (the metric and the validation split); it is empty for every other row.
 """
 
 from __future__ import annotations
@@ -116,7 +117,11 @@ def build_leaderboard(sweep_dir: str | Path) -> pd.DataFrame:
     board = pd.DataFrame(rows)
     board = board.sort_values(sweep.metric, ascending=sweep.mode == "min", na_position="last", kind="stable")
     board.insert(0, "rank", range(1, len(board) + 1))
-    return board.reset_index(drop=True)
+    board = board.reset_index(drop=True)
+    board["chosen_by"] = ""
+    if pd.notna(board[sweep.metric].iloc[0]):
+        board.loc[0, "chosen_by"] = f"{sweep.metric} (validation split)"
+    return board
 
 
 def write_leaderboard(sweep_dir: str | Path) -> pd.DataFrame:
@@ -142,7 +147,7 @@ def to_markdown(board: pd.DataFrame) -> str:
 
 
 def plot_leaderboard(board: pd.DataFrame, metric: str, path: Path) -> Path:
-    """Best validation value per trial, coloured by why the trial stopped; test AUC marked for the top-k."""
+    """Best validation value per trial, coloured by why the trial stopped; the winner's test AUC marked."""
     import matplotlib
 
     matplotlib.use("Agg")

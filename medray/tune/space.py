@@ -92,12 +92,21 @@ class SweepConfig(_Section):
     search: Literal["grid", "random", "optuna"] = "random"
     # Trials for random and optuna (default 8); for grid, how often the whole grid runs (default 1).
     num_samples: int | None = Field(None, ge=1, le=100_000)
-    # Selection is on the validation split; the test split is read only for the top_k trials.
+    # What ranks the trials, stops them early (ASHA, train.early_stopping_patience) and picks each
+    # trial's exported epoch: a validation metric only. The test split is read once, for the winner.
     metric: Metric = "val_auc"
-    top_k: int = Field(3, ge=1, le=100)
     seed: int = Field(0, ge=0, lt=2**32)
     asha: AshaConfig = AshaConfig()
     resources: TrialResources = TrialResources()
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _not_a_test_metric(cls, metric: Any) -> Any:
+        if isinstance(metric, str) and "test" in metric.lower():
+            raise ValueError("a test metric cannot choose a model: trials are ranked and stopped on the validation "
+                             "split and only the winner is evaluated on the test split, once; use val_auc, "
+                             "val_loss or val_accuracy")
+        return metric
 
     @field_validator("space")
     @classmethod
@@ -161,6 +170,9 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[SweepConfig
 
 
 def parse_sweep(raw: dict, source: str) -> SweepConfig:
+    if "top_k" in raw:
+        raise MedrayError(f"{source}: top_k: a sweep evaluates only its winner (chosen on the validation split) on "
+                          "the test split, once, so that no test score takes part in the choice; remove top_k")
     try:
         return SweepConfig.model_validate(raw)
     except ValidationError as error:

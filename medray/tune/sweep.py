@@ -3,12 +3,15 @@
     results/<sweep name>/
       sweep.yaml, base.yaml        the sweep and its resolved base run config (all a resume needs)
       <trial id>/                  Tune's folder of each trial: params.json, result.json, config.yaml,
-                                   checkpoints/; the top-k add metrics.json and predictions.parquet
+                                   checkpoints/; the winner adds metrics.json and predictions.parquet
       leaderboard.csv|md|png       every trial, best validation value first
-      best/model.keras, config.yaml  the best trial's model (chosen on validation) and its run config
+      selection.json, summary.txt  the winner, the split and metric that chose it, its one test evaluation
+      best/model.keras, config.yaml  the winner's model and its run config
       report.html
 
-Selection is on the validation split only; the test split is read once, for the top-k trials.
+Selection is on the validation split only: trials are ranked, stopped by ASHA and early stopping,
+and their exported epoch picked by the sweep's validation metric. The test split is then read once,
+for the winner alone, so that no test score can take part in any choice.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ TUNE_BOOKKEEPING = ["config", "timestamp", "checkpoint_dir_name", "done", "train
                     "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
                     "iterations_since_restore", "checkpoint_path"]
 BEST_DIR = "best"
+SELECTION_FILE = "selection.json"
+SUMMARY_FILE = "summary.txt"
 TRIAL_DRIVER_MEMORY = 256 * 1024**2
 
 
@@ -227,13 +232,16 @@ def finish_sweep(folder: RunFolder, sweep: SweepConfig, base: RunConfig, source:
         history = epoch_history(trial_dir)
         if not history.empty:
             history.drop(columns=TUNE_BOOKKEEPING, errors="ignore").to_csv(trial_dir / "history.csv", index=False)
-    ranked = build_leaderboard(sweep_dir)
-    top = ranked.dropna(subset=[sweep.metric]).head(sweep.top_k)
-    for trial_id in top["trial"]:
-        evaluate_on_test(sweep_dir / trial_id, sweep, source, folder.location)
+    ranked = build_leaderboard(sweep_dir).dropna(subset=[sweep.metric])
+    if not ranked.empty:
+        winner = sweep_dir / ranked["trial"].iloc[0]
+        # Once: a resumed sweep whose winner was already tested reads its metrics, not the test split again.
+        if not (winner / "metrics.json").is_file():
+            evaluate_on_test(winner, sweep, source, folder.location)
+        export_best(winner, sweep_dir / BEST_DIR)
     board = write_leaderboard(sweep_dir)
-    if not top.empty:
-        export_best(sweep_dir / top["trial"].iloc[0], sweep_dir / BEST_DIR)
+    if not ranked.empty:
+        write_selection(sweep_dir, sweep, board)
     report = None
     if base.report.enabled:
         from medray.report import build_report
@@ -243,8 +251,26 @@ def finish_sweep(folder: RunFolder, sweep: SweepConfig, base: RunConfig, source:
         from medray.tracking import log_sweep
 
         log_sweep(sweep_dir, base.tracking, base.output.dir)
+    outcome = SweepOutcome(sweep_dir, sweep.metric, board, report, folder.location)
+    (sweep_dir / SUMMARY_FILE).write_text(summarise(outcome))
     mark_finished(folder)
-    return SweepOutcome(sweep_dir, sweep.metric, board, report, folder.location)
+    return outcome
+
+
+def write_selection(sweep_dir: Path, sweep: SweepConfig, board: pd.DataFrame) -> dict:
+    """selection.json: the winner, the split and metric that chose it, and its single test evaluation."""
+    best = board.iloc[0]
+    tested = sorted(path.parent.name for path in sweep_dir.glob("*/metrics.json"))
+    test = json.loads((sweep_dir / best["trial"] / "metrics.json").read_text())
+    selection = {
+        "winner": best["trial"], "chosen_on": "validation", "metric": sweep.metric, "mode": sweep.mode,
+        "value": float(best[sweep.metric]), "exported_epoch": int(best["exported_epoch"]),
+        "trials_ranked": int(board[sweep.metric].notna().sum()),
+        "test": {"split": "test", "trials_evaluated": tested, "accuracy": test.get("accuracy"),
+                 "roc_auc": test.get("roc_auc_ovr"), "macro_f1": test.get("macro_f1")},
+    }
+    (sweep_dir / SELECTION_FILE).write_text(json.dumps(selection, indent=2))
+    return selection
 
 
 def exported_checkpoint(trial_dir: Path, metric: str, mode: str, sweep_location: str = "") -> str:
@@ -263,7 +289,7 @@ def exported_checkpoint(trial_dir: Path, metric: str, mode: str, sweep_location:
 
 
 def evaluate_on_test(trial_dir: Path, sweep: SweepConfig, source: Source, sweep_location: str = "") -> dict:
-    """The test split, once, with the trial's exported checkpoint: metrics.json + predictions.parquet."""
+    """The test split, once, with the winning trial's exported checkpoint: metrics.json + predictions.parquet."""
     config = load_config(trial_dir / TRIAL_CONFIG)
     checkpoint = exported_checkpoint(trial_dir, sweep.metric, sweep.mode, sweep_location)
     (trial_dir / "model.keras").write_bytes(storage.read_bytes(storage.join(checkpoint, CHECKPOINT_MODEL)))
@@ -289,9 +315,11 @@ def summarise(outcome: SweepOutcome) -> str:
              + ", ".join(f"{count} {reason}" for reason, count in board["stop_reason"].value_counts().items())]
     if not board.empty and pd.notna(board[metric].iloc[0]):
         best = board.iloc[0]
-        test = "" if pd.isna(best.get("test_auc")) else (f", test AUC {best['test_auc']:.4f} "
-                                                           f"accuracy {best['test_accuracy']:.4f}")
-        lines.append(f"  best       {best['trial']} ({metric} {best[metric]:.4f}{test})")
+        lines.append(f"  best       {best['trial']}, chosen on the validation split by {metric} {best[metric]:.4f}")
+        if pd.notna(best.get("test_accuracy")):
+            auc = "n/a" if pd.isna(best.get("test_auc")) else f"{best['test_auc']:.4f}"
+            lines.append(f"  test       ROC AUC {auc}  accuracy {best['test_accuracy']:.4f}  "
+                         f"(the winner alone, evaluated once)")
     lines.append(f"  results    {outcome.location or outcome.sweep_dir}")
     if outcome.report is not None:
         lines.append(f"  report     {outcome.report}")
