@@ -18,10 +18,11 @@ from ray.data import RandomSeedConfig
 from ray.data.expressions import random
 
 from medray.data.augment import SEED_COLUMN, augment_pixels
-from medray.data.decode import decode_mask, decode_row, resize_pixels
+from medray.data.decode import decode_for_model, decode_mask
 from medray.data.oversample import plan_oversampling, repeat_rows
 from medray.data.readers import pieces_of, read_tasks, rows_of
 from medray.data.sources.base import Source, label_array, reader_settings
+from medray.errors import BadImage
 from medray.models.preprocessing import ModelInput, to_model_input
 from medray.models.registry import Backbone
 
@@ -60,8 +61,10 @@ def read_pieces(batch: dict, settings: dict, image_size: int) -> dict:
     for piece in pieces_of(batch):
         for row in rows_of(settings["kind"], piece, settings):
             row_ids.append(row.row_id)
-            pixels.append(resize_pixels(decode_row(row, settings["max_pixels"], color=settings["color"])[0],
-                                        image_size))
+            if isinstance(row.content, BadImage):
+                raise row.content
+            pixels.append(decode_for_model(row.content, image_size, settings["max_pixels"], row.where,
+                                           settings["color"]))
             labels.append(row.label)
             if per_label:
                 masks.append(np.stack([label_mask(mask, image_size, settings["max_pixels"], f"{row.where} ({column})")
