@@ -187,3 +187,29 @@ def test_the_replica_keeps_serving_after_bad_requests(served, tmp_path, tiny_dat
     assert post(served, "/predict", data=image, explain="hirescam").status_code == 400
     after = post(served, "/predict", data=image)
     assert after.status_code == 200 and after.json() == before
+
+
+def test_a_run_in_the_bucket_is_served_as_the_same_run_on_disk(served, finished_run, object_store, tiny_dataset,
+                                                                tmp_path):
+    """The replica reads the run from the loopback S3 bucket (credentials from the cluster's worker
+    env), as a second application beside the local one."""
+    from ray import serve
+
+    from medray.serve.launch import start_server
+
+    location = object_store.upload(finished_run, "served-runs", "tiny")
+    config = yaml.safe_load((ROOT / "configs" / "serve.yaml").read_text())
+    config["applications"][0].update({"name": "medray-s3", "route_prefix": "/s3"})
+    config["applications"][0]["deployments"][0]["ray_actor_options"]["num_cpus"] = 0.25
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
+    host, port = served.url.removeprefix("http://").split(":")
+    from_bucket = start_server(location, tmp_path / "serve.yaml", host=host, port=int(port), announce=lambda token: None)
+    try:
+        image = next(iter(split_images(tiny_dataset).values()))
+        local = post(served, "/predict", data=image, explain="gradcam").json()
+        remote = requests.post(f"{from_bucket.url}/predict", data=image, params={"explain": "gradcam"},
+                               headers={"Authorization": f"Bearer {from_bucket.token}"}, timeout=TIMEOUT)
+        assert remote.status_code == 200, remote.text
+        assert remote.json() == local
+    finally:
+        serve.delete("medray-s3")
