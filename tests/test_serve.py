@@ -213,3 +213,17 @@ def test_a_run_in_the_bucket_is_served_as_the_same_run_on_disk(served, finished_
         assert remote.json() == local
     finally:
         serve.delete("medray-s3")
+
+
+@pytest.mark.parametrize("arguments, words", [
+    (["/nowhere/run"], "/nowhere/run/model.keras does not exist"),
+    (["/nowhere/model.keras"], "set args.class_names"),
+    (["/nowhere/run", "--set", "max_batch_sise=4"], "unknown key max_batch_sise"),
+    (["/nowhere/run", "--set", "methods=[gradcam, lime]"], "methods.1='lime' is not allowed"),
+])
+def test_a_wrong_model_or_setting_stops_medray_serve_in_one_line_before_ray_starts(arguments, words, capsys):
+    from medray.cli import main
+
+    assert main(["serve", *arguments, "--config", str(ROOT / "configs" / "serve.yaml")]) == 2
+    error = capsys.readouterr().err
+    assert words in error and error.count("\n") == 1
