@@ -73,6 +73,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_verbose_argument(resume)
     resume.set_defaults(command=command_resume)
 
+    serve_parser = commands.add_parser("serve", help="a run's model (or a model file) as an HTTP endpoint on "
+                                                     "Ray Serve: predictions and Grad-CAM maps")
+    serve_parser.add_argument("model", metavar="RUN_OR_MODEL",
+                              help="a finished run's folder (local or s3://...) or a .keras/.h5 file")
+    serve_parser.add_argument("--config", help="Serve config YAML (args and deployment options), "
+                                               "e.g. configs/serve.yaml; without it, the defaults")
+    serve_parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                              help="override one of the application's args, e.g. --set max_batch_size=32")
+    serve_parser.add_argument("--host", help="address to listen on (default 127.0.0.1, or the config's)")
+    serve_parser.add_argument("--port", type=int, help="port to listen on (default 8000, or the config's)")
+    serve_parser.add_argument("--trust-model-code", action="store_true",
+                              help="load a model file holding Lambda layers (their code runs on load)")
+    serve_parser.add_argument("--detach", action="store_true",
+                              help="return once deployed, leaving the application on the cluster "
+                                   "(`serve shutdown` ends it); otherwise serve until Ctrl-C")
+    add_verbose_argument(serve_parser)
+    serve_parser.set_defaults(command=command_serve)
+
     data = commands.add_parser("data", help="dataset tools").add_subparsers(required=True, metavar="TOOL")
     synth = data.add_parser("synth", help="write the synthetic brain-MRI phantom dataset")
     synth.add_argument("--out", required=True, help="folder to write parquet/, folders/ and masks/ "
@@ -207,6 +225,30 @@ def command_explain(args: argparse.Namespace) -> None:
         else:
             out_dir = explain_run(config, args.run_dir).maps_dir.parent
     print((out_dir / "summary.txt").read_text(), end="")
+
+
+def command_serve(args: argparse.Namespace) -> None:
+    import time
+
+    overrides = [*args.overrides, *(["trust_model_code=true"] if args.trust_model_code else [])]
+    with console.quiet(args.verbose):
+        from medray.serve.launch import start_server
+
+        started = start_server(args.model, args.config, overrides, args.host, args.port,
+                               announce=lambda token: console.say(f"token     {token}  (clients send 'Authorization: "
+                                                            f"Bearer <token>'; set MEDRAY_SERVE_TOKEN to choose it)"))
+    print(f"serving   {args.model}\nendpoint  {started.url}/predict  (GET {started.url}/info, /healthz)", flush=True)
+    if args.detach:
+        return
+    import ray
+    from ray import serve
+
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
 
 
 def command_synth(args: argparse.Namespace) -> None:

@@ -225,3 +225,11 @@ def decode_row(row, max_pixels: int, warnings: list[str] | None = None,
     if isinstance(row.content, BadImage):
         raise row.content
     return decode_native(row.content, max_pixels, row.where, warnings=warnings, color=color)
+
+
+def decode_for_model(content: bytes | np.ndarray, size: int, max_pixels: int, where: str,
+                     color: str = "gray") -> np.ndarray:
+    """Image bytes as every stage's model sees them: (size, size) gray or (size, size, 3) RGB uint8.
+    The one path from bytes to model pixels, shared by the Ray Data readers and `medray serve`, so
+    an image served over HTTP gets exactly the pixels the batch job gave it. BadImage if unusable."""
+    return resize_pixels(decode_native(content, max_pixels, where, color=color)[0], size)
