@@ -36,7 +36,7 @@ from medray.errors import MedrayError
 from medray.explain import checks
 from medray.explain.cam import CamExplainer
 from medray.explain.gallery import write_galleries
-from medray.explain.overlay import encode_overlays, resize_map
+from medray.explain.overlay import resize_map
 from medray.explain.panels import encode_overlay_table, write_volume_maps
 from medray.explain.sample import StratifiedSampler
 from medray.explain.sample_checks import SAMPLE_CHECKS, sample_checks
