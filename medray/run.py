@@ -117,6 +117,15 @@ def pretrained_model(backbone, image_size: int, head: Head, model_config) -> byt
         ) from None
 
 
+def undefined_by_reason(metrics: dict) -> dict[str, list[str]]:
+    """The metrics that could not be computed, one entry per reason ("no test image was predicted
+    as this class": ["a precision", "b precision"])."""
+    grouped: dict[str, list[str]] = {}
+    for what, why in metrics.get("undefined", {}).items():
+        grouped.setdefault(why, []).append(what)
+    return grouped
+
+
 def summarise(outcome: RunOutcome) -> str:
     metrics, training, source = outcome.metrics, outcome.training, outcome.source
     lines = [
@@ -131,11 +140,9 @@ def summarise(outcome: RunOutcome) -> str:
         *([f"  left out   {len(source.rejected)} rows (see data.json)"] if source.rejected else []),
         *(f"  stopped    {reason}" for reason in training.stop_reasons),
         f"  test       {outcome.task.describe_metrics(metrics, source.class_counts['test'])}",
-        *(f"  n/a        {what}: {why}" for what, why in metrics.get("undefined", {}).items()),
+        *(f"  n/a        {', '.join(whats)}: {why}" for why, whats in undefined_by_reason(metrics).items()),
     ]
-    if outcome.explained is not None:
-        lines.append(f"  explain    {outcome.explained.rows} maps ({', '.join(outcome.explained.scores)}), "
-                     f"{outcome.explained.empty_maps} empty")
+    if outcome.explained is not None:  # the scorecard's first line per method counts the maps
         lines += ["  " + line for line in format_scorecard(outcome.explained.scores).splitlines()]
     lines.append(f"  results    {outcome.location}")
     return "\n".join(lines) + "\n"

@@ -58,11 +58,11 @@ def test_the_sample_checks_with_one_cascade_step_score_the_fully_re_initialised_
     pixels = np.random.default_rng(0).integers(0, 256, (4, 8, 8), np.uint8)
     explain = load_config(DEMO_CONFIG, ["explain.cascade_steps=1", "explain.deletion_steps=2",
                                         "explain.label_randomisation_epochs=0"]).explain
-    table, steps = sample_checks((tmp_path / "four.keras").read_bytes(),
-                                 UserModelSpec(".keras", ModelInput(1, DECLARED_PREPROCESSING["unit"]), None),
-                                 SingleLabelTask(("a", "b")), {"row_id": np.array([f"r{i}" for i in range(4)]),
-                                                               "pixels": pixels, "label": np.array([0, 1, 0, 1])},
-                                 explain)
+    table, steps, _cost = sample_checks((tmp_path / "four.keras").read_bytes(),
+                                       UserModelSpec(".keras", ModelInput(1, DECLARED_PREPROCESSING["unit"]), None),
+                                       SingleLabelTask(("a", "b")), {"row_id": np.array([f"r{i}" for i in range(4)]),
+                                                                     "pixels": pixels, "label": np.array([0, 1, 0, 1])},
+                                       explain)
     assert steps == ["conv1..head"]
     score = sample_figures(table.to_pandas(), steps, ["a", "b"])
     assert len(score["cascade"]["rank_corr"]) == 1

@@ -47,9 +47,9 @@ def test_cam_actors_request_the_configured_gpus_and_decoding_stays_in_cpu_tasks(
     assert "ActorPoolMapOperator[MapBatches(CamActor)]" in cam_line and "read_pieces" not in cam_line
     assert decode_line.lstrip("+- ").startswith("TaskPoolMapOperator[")
     # overlays are encoded after the actors, in CPU tasks of their own
-    overlay_line = next(line for line in physical if "encode_overlays" in line)
+    overlay_line = next(line for line in physical if "encode_overlay_table" in line)
     assert overlay_line.lstrip("+- ").startswith("TaskPoolMapOperator[") and "CamActor" not in overlay_line
-    assert not operators["MapBatches(encode_overlays)"].ray_remote_args.get("num_gpus")
+    assert not operators["MapBatches(encode_overlay_table)"].ray_remote_args.get("num_gpus")
     # The driver reads one block of maps at a time; Ray Data's downstream-capacity backpressure
     # would pause the actors between batches (jobs/benchmarks/README.md: 310-360 against 510-540
     # maps/s), so this pipeline runs without it.

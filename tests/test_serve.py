@@ -16,6 +16,8 @@ import requests
 import yaml
 from PIL import Image
 
+from medray.explain.overlay import resize_map
+
 from conftest import ROOT
 from data_factory import image_bytes
 from test_dicom import RAMP, write_dicom
@@ -84,8 +86,11 @@ def test_served_probabilities_and_maps_equal_the_batch_jobs(served, finished_run
         [served_map] = body["explanation"]["maps"]
         stored = maps.loc[row_id]
         assert served_map["cam_layer"] == stored["layer"]
-        assert served_map["shape"] == [stored["cam_height"], stored["cam_width"]]
-        cam = np.asarray(served_map["map"], np.float32).ravel()
+        # the answer carries the map at the CAM layer's grid; the bulk job stores it at the scan's own
+        # size, resized with the same function
+        cam = np.asarray(served_map["map"], np.float32)
+        assert list(cam.shape) == served_map["shape"]
+        cam = resize_map(cam, stored["cam_height"], stored["cam_width"]).ravel()
         assert np.allclose(cam, stored["cam"].astype(np.float32), atol=FLOAT16_HALF_STEP + 1e-5, rtol=0), row_id
         with Image.open(io.BytesIO(base64.b64decode(served_map["overlay_png_base64"]))) as overlay:
             assert overlay.format == "PNG" and overlay.width >= 224

@@ -19,6 +19,7 @@ from medray.errors import MedrayError
 from medray.report import plots
 from medray.report.analysis import DEFAULT_EXAMPLES_PER_CLASS, picture_galleries
 from medray.report.multilabel_analysis import errors_by_label, has_pictures
+from medray.report.explanations import explanation_verdicts
 from medray.report.multilabel_metrics import (
     DEFAULT_THRESHOLD,
     MULTI_LABEL,
@@ -110,4 +111,5 @@ def describe_multilabel_run(run_dir: Path, examples_per_class: int = DEFAULT_EXA
         "label_errors": label_errors,
         "label_pictures": has_pictures(label_errors),
         "galleries": picture_galleries(run_dir),
+        "explanations": explanation_verdicts(run_dir),
     }
