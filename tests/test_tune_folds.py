@@ -155,3 +155,14 @@ def test_more_folds_than_the_smallest_class_has_images_is_refused_naming_the_key
         run_sweep(sweep, base)
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "results").exists()  # refused before anything was written or started
+
+
+def test_asha_rungs_count_folds_so_a_rung_compares_means_over_the_same_folds(tmp_path, tiny_dataset):
+    from medray.tune.sweep import scheduler
+
+    sweep, base = load_sweep(write_sweep(tmp_path, tiny_dataset / "parquet", tmp_path / "results",
+                                         asha={"enabled": True, "grace_period": 1, "reduction_factor": 2},
+                                         cross_validation={"folds": 4}))
+    asha = scheduler(sweep, base)
+    assert asha._time_attr == "fold" and asha._max_t == 5
+    assert sorted(milestone for milestone, _recorded in asha._brackets[0]._rungs) == [1, 2, 4]
