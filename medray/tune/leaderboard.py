@@ -6,6 +6,11 @@ itself) and, for the winner alone, the test split's `metrics.json`. `sweep.yaml`
 Rows are ranked by the validation value of the epoch each trial exports (`train.export_epoch`: its
 best by the sweep's metric, or its last); test metrics never rank. The `chosen_by` column names
 what chose the winner (the metric and the validation split); it is empty for every other row.
+
+A cross-validated sweep (`cross_validation.folds: K`) ranks by the trials' `folds.json` instead:
+its rows give `folds` (how many of the K were trained), each validation metric's mean over those
+folds, the sweep metric's standard deviation over them (`<metric>_sd`) and each fold's exported
+epoch (`fold_epochs`). Trials that trained all K folds come first; only they can win.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import pandas as pd
 
 from medray.config import load_config
 from medray.errors import MedrayError
-from medray.tune.trial import OUTCOME, TRIAL_CONFIG
+from medray.tune.trial import FOLD_RESULTS, OUTCOME, TRIAL_CONFIG
 
 SWEEP_FILE = "sweep.yaml"
 LEADERBOARD_CSV, LEADERBOARD_MD, LEADERBOARD_PNG = "leaderboard.csv", "leaderboard.md", "leaderboard.png"
@@ -62,6 +67,9 @@ def stop_reason(trial_dir: Path, last_epoch: int | None = None) -> str:
     better than from result.json (which Tune may not have flushed yet)."""
     if (trial_dir / TUNE_ERROR_FILE).is_file():
         return "error"
+    if (trial_dir / FOLD_RESULTS).is_file():  # cross-validated: ASHA stops a trial between folds
+        record = json.loads((trial_dir / FOLD_RESULTS).read_text())
+        return "completed" if len(record["folds"]) >= record["folds_planned"] else "ASHA stopped"
     outcome_path = trial_dir / OUTCOME
     if outcome_path.is_file():
         return "early stopping" if json.loads(outcome_path.read_text())["stop_reasons"] else "completed"
@@ -99,6 +107,9 @@ def build_leaderboard(sweep_dir: str | Path) -> pd.DataFrame:
     sweep = read_sweep(sweep_dir)
     rows = []
     for trial_dir in trial_dirs(sweep_dir):
+        if sweep.folds:
+            rows.append(fold_row(trial_dir, sweep))
+            continue
         params = json.loads((trial_dir / "params.json").read_text())
         history = epoch_history(trial_dir)
         exported = exported_row(trial_dir, history, sweep.metric, sweep.mode)
@@ -108,20 +119,48 @@ def build_leaderboard(sweep_dir: str | Path) -> pd.DataFrame:
                "exported_epoch": int(exported["epoch"]) if exported is not None else None,
                **{name: (float(exported[name]) if exported is not None and name in exported else math.nan)
                   for name in VAL_METRICS}}
-        metrics_path = trial_dir / "metrics.json"
-        test = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-        row.update({column: test.get(name) for name, column in TEST_METRICS.items()})
+        row.update(test_columns(trial_dir))
         rows.append(row)
     if not rows:
         raise MedrayError(f"{sweep_dir} holds no trial folders (*/params.json); did the sweep start?")
     board = pd.DataFrame(rows)
     board = board.sort_values(sweep.metric, ascending=sweep.mode == "min", na_position="last", kind="stable")
+    if sweep.folds:  # a mean over fewer folds is not comparable with a K-fold mean
+        board = board.sort_values("folds", ascending=False, kind="stable")
     board.insert(0, "rank", range(1, len(board) + 1))
     board = board.reset_index(drop=True)
     board["chosen_by"] = ""
-    if pd.notna(board[sweep.metric].iloc[0]):
-        board.loc[0, "chosen_by"] = f"{sweep.metric} (validation split)"
+    if not ranked_trials(board, sweep).empty:
+        board.loc[0, "chosen_by"] = (f"{sweep.metric} mean over {sweep.folds} folds (stratified K-fold on "
+                                     "train+validation)" if sweep.folds else f"{sweep.metric} (validation split)")
     return board
+
+
+def ranked_trials(board: pd.DataFrame, sweep) -> pd.DataFrame:
+    """The rows that can win: a validation value, and with cross-validation all K folds trained."""
+    ranked = board.dropna(subset=[sweep.metric])
+    return ranked[ranked["folds"] == sweep.folds] if sweep.folds else ranked
+
+
+def fold_row(trial_dir: Path, sweep) -> dict:
+    """A cross-validated trial's leaderboard row, from its folds.json."""
+    params = json.loads((trial_dir / "params.json").read_text())
+    path = trial_dir / FOLD_RESULTS
+    record = json.loads(path.read_text()) if path.is_file() else {"folds": []}
+    sd = f"{sweep.metric}_sd"
+    return {"trial": trial_dir.name, "stop_reason": stop_reason(trial_dir), "folds": len(record["folds"]),
+            **{key: params.get(key) for key in sweep.space},
+            "fold_epochs": " ".join(str(fold["exported_epoch"]) for fold in record["folds"]),
+            sweep.metric: record.get(sweep.metric, math.nan), sd: record.get(sd, math.nan),
+            **{name: record.get(name, math.nan) for name in VAL_METRICS if name != sweep.metric},
+            **test_columns(trial_dir)}
+
+
+def test_columns(trial_dir: Path) -> dict:
+    """The test metrics of the winner (its metrics.json); None for every other trial."""
+    metrics_path = trial_dir / "metrics.json"
+    test = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    return {column: test.get(name) for name, column in TEST_METRICS.items()}
 
 
 def write_leaderboard(sweep_dir: str | Path) -> pd.DataFrame:
@@ -130,7 +169,10 @@ def write_leaderboard(sweep_dir: str | Path) -> pd.DataFrame:
     board = build_leaderboard(sweep_dir)
     board.to_csv(sweep_dir / LEADERBOARD_CSV, index=False)
     (sweep_dir / LEADERBOARD_MD).write_text(to_markdown(board))
-    plot_leaderboard(board, read_sweep(sweep_dir).metric, sweep_dir / LEADERBOARD_PNG)
+    sweep = read_sweep(sweep_dir)
+    label = (f"{sweep.metric}, mean over {sweep.folds} folds of train+validation" if sweep.folds
+             else f"best {sweep.metric} (validation)")
+    plot_leaderboard(board, sweep.metric, sweep_dir / LEADERBOARD_PNG, label)
     return board
 
 
@@ -146,7 +188,7 @@ def to_markdown(board: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_leaderboard(board: pd.DataFrame, metric: str, path: Path) -> Path:
+def plot_leaderboard(board: pd.DataFrame, metric: str, path: Path, label: str = "") -> Path:
     """Best validation value per trial, coloured by why the trial stopped; the winner's test AUC marked."""
     import matplotlib
 
@@ -165,7 +207,7 @@ def plot_leaderboard(board: pd.DataFrame, metric: str, path: Path) -> Path:
     if not tested.empty:
         handles.append(axes.scatter(tested["test_auc"], tested["trial"], marker="D", color="black", zorder=3,
                                     label="test AUC"))
-    axes.set_xlabel(f"best {metric} (validation)")
+    axes.set_xlabel(label or f"best {metric} (validation)")
     axes.legend(handles=handles, fontsize=8, loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=110)

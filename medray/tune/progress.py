@@ -42,12 +42,18 @@ class TrialLog(tune.Callback):
         best, last = (analysis.get(key) for key in (self.mode, "last"))
         score = "n/a" if best is None else f"best {best:.4f} last {last:.4f}"
         epochs = trial.last_result.get("epoch", 0)
+        folds = trial.last_result.get("fold")  # a cross-validated trial reports once per fold
         params = "  ".join(f"{key}={_short(value)}" for key, value in trial.config.items())
         # result.json may not be flushed yet: what Tune received says how far the trial got.
         trial_dir = Path(self.sweep_dir) / trial.trial_id
         if self.location:  # the trial wrote outcome.json (or not) to the bucket
             download(RunFolder(trial_dir, storage.join(self.location, trial.trial_id)))
         reason = stop_reason(trial_dir, last_epoch=int(epochs))
+        if folds is not None:
+            mean, sd = trial.last_result.get(self.metric), trial.last_result.get(f"{self.metric}_sd")
+            score = "n/a" if mean is None else f"mean {mean:.4f} sd {sd:.4f}"
+            say(f"trial {trial.trial_id}  {reason:<14}  {self.metric} {score}  folds {folds:g}  {params}")
+            return
         say(f"trial {trial.trial_id}  {reason:<14}  {self.metric} {score}  epochs {epochs:g}  {params}")
 
 

@@ -84,6 +84,15 @@ class TrialResources(_Section):
     max_failures: int = Field(0, ge=0, le=100)
 
 
+class CrossValidation(_Section):
+    """K-fold cross-validation for small datasets: each trial's configuration is trained K times on
+    stratified folds of the train and validation splits together, and scored by the mean of the
+    held-out folds' validation metric (see medray.tune.folds). The folds are drawn by the sweep's seed."""
+
+    # None: off (ranked on the dataset's own validation split); K >= 2 folds otherwise.
+    folds: int | None = Field(None, ge=2, le=100)
+
+
 class SweepConfig(_Section):
     name: str = Field("sweep", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     base: Path
@@ -98,6 +107,7 @@ class SweepConfig(_Section):
     seed: int = Field(0, ge=0, lt=2**32)
     asha: AshaConfig = AshaConfig()
     resources: TrialResources = TrialResources()
+    cross_validation: CrossValidation = CrossValidation()
 
     @field_validator("metric", mode="before")
     @classmethod
@@ -127,6 +137,11 @@ class SweepConfig(_Section):
     @property
     def samples(self) -> int:
         return self.num_samples or (1 if self.search == "grid" else 8)
+
+    @property
+    def folds(self) -> int | None:
+        """K of K-fold cross-validation, or None when trials are scored on the validation split."""
+        return self.cross_validation.folds
 
     @property
     def mode(self) -> Literal["min", "max"]:
@@ -192,7 +207,8 @@ def parse_sweep(raw: dict, source: str) -> SweepConfig:
 
 
 def _sweep_key_hint(loc: tuple) -> str:
-    models = {(): SweepConfig, ("asha",): AshaConfig, ("resources",): TrialResources}
+    models = {(): SweepConfig, ("asha",): AshaConfig, ("resources",): TrialResources,
+              ("cross_validation",): CrossValidation}
     model = models.get(tuple(loc[:-1]))
     if model is None:
         return ""
