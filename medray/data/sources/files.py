@@ -35,7 +35,7 @@ def read_listed_file(path: str, where: str, settings: dict, missing_hint: str = 
         content = storage.read_bytes(path)
     except OSError as error:
         reason = error.strerror or storage.first_line(error)
-        what = "the file" if where == path else f"file {path}"
+        what = "the file" if where == path else f"{'volume' if is_nifti_name(path) else 'image'} file {path}"
         return BadImage(f"{where}: cannot read {what} ({reason}){missing_hint}", MISSING_FILE)
     if not is_nifti_name(path):
         return content
