@@ -79,8 +79,8 @@ def read_pieces(batch: dict, settings: dict, image_size: int | tuple[int, ...], 
                                                   stored_shape(decoded, mode))
                                        for mask, column in zip(row.mask, per_label)]))
             elif settings["mask_column"]:
-                masks.append(label_mask(row.mask, image_size, settings["max_pixels"], f"{row.where} (mask)",
-                                        stored_shape(decoded, mode)))
+                masks.append(label_mask(row.mask, image_size, settings["max_pixels"],
+                                        row.mask_where or f"{row.where} (mask)", stored_shape(decoded, mode)))
     label_shape = tuple(settings.get("label_shape", ()))
     rows = {
         "row_id": np.asarray(row_ids, dtype=object),

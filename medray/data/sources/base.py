@@ -85,6 +85,8 @@ class RawRow:
     mask: bytes | Volume | BadImage | list[bytes | None] | None = None
     # the image's own file name, for people: the HF struct's `path`, the linked or folder file; None for arrays
     name: str | None = None
+    # where the mask was read from, for messages, when it has a file of its own (a CSV's mask column)
+    mask_where: str | None = None
 
 
 class SourceKind:

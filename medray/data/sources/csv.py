@@ -82,13 +82,15 @@ class CsvSource(SourceKind):
         listing = f"{settings.get('source_path', 'CSV')} line {int(piece['offset'])}"
         where = f"{listing} ({row_id})"
         content = read_listed_file(path, where, settings, "; fix the path in the CSV or data.image_folder")
-        mask = None
+        mask, mask_where = None, None
         if settings.get("mask_column") and piece.get("mask"):
             mask_path = str(piece["mask"])
             # Named with its image: a mask that does not fit says which two files disagree.
-            mask = read_listed_file(mask_path, f"{mask_path} (the mask of {path}, {listing})", settings,
+            mask_where = f"{mask_path} (the mask of {path}, {listing})"
+            mask = read_listed_file(mask_path, mask_where, settings,
                                     f"; fix the path in column {settings['mask_column']!r}")
-        yield RawRow(row_id, row_label(piece["labels"][0]), where, content, mask, name=Path(path).name)
+        yield RawRow(row_id, row_label(piece["labels"][0]), where, content, mask, name=Path(path).name,
+                     mask_where=mask_where)
 
     def row_source(self, piece: dict, row: int) -> str:
         return piece["file"]
