@@ -40,7 +40,8 @@ notebook recipe with its gradients averaged over three spatial axes instead of t
 two bulk runs, whose overlays are the slice panels (one matplotlib figure per map) and whose maps
 are also stored upsampled as one .npy per volume.
 
-    python jobs/benchmarks/cam_throughput.py --backbones --volumes --images 128 --batch 16 --loop-images 32
+    python jobs/benchmarks/cam_throughput.py --backbones --volumes --images 64 --batch 16 --loop-images 16 \
+        --check-sample 0                       # the sample's checks off: label randomisation retrains 3-D models
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="also the driver-memory runs (minutes each)")
     parser.add_argument("--memory-overlays", action="store_true",
                         help="write overlay PNGs in the memory runs too (about 50 images/s on 2 CPUs)")
+    parser.add_argument("--check-sample", type=int, default=None,
+                        help="explain.check_sample of the bulk runs (default: ExplainConfig's); 0 turns the sample's "
+                             "checks off (on volumes label randomisation retrains the 3-D model: minutes)")
     parser.add_argument("--volumes", action="store_true",
                         help=f"add the 3-D row: {VOLUME_BACKBONE} on {VOLUME_SIDE}^3 volume phantoms (--images volumes)")
     parser.add_argument("--work-dir", type=Path, default=None)
@@ -108,7 +112,7 @@ def main() -> None:
                                    work / name)
     if args.volumes:
         results[VOLUME_BACKBONE] = volume_throughput(args.images, min(args.loop_images, args.images), args.batch,
-                                                     work / VOLUME_BACKBONE)
+                                                     work / VOLUME_BACKBONE, args.check_sample)
     if results:
         print_table(results)
     if NESTED in results and "mobilenet_v2" in results:
@@ -184,7 +188,7 @@ def throughput(name: str, size: int, images: int, loop_images: int, batch: int, 
     return result
 
 
-def volume_throughput(volumes: int, loop_volumes: int, batch: int, work: Path) -> dict:
+def volume_throughput(volumes: int, loop_volumes: int, batch: int, work: Path, check_sample: int | None) -> dict:
     """The 3-D row: every reference and both bulk runs for cnn3d on the same `volumes` test phantoms
     (32^3, written as the 3-D demo writes them and read back with data.source npz_volumes)."""
     from medray.data.phantoms3d import make_volume_phantoms
@@ -219,7 +223,7 @@ def volume_throughput(volumes: int, loop_volumes: int, batch: int, work: Path) -
     for setting, overlays in BULK_SETTINGS.items():
         result[f"bulk {setting}"], result[f"steady {setting}"] = bulk_job_rate(
             npz, model_path, VOLUME_BACKBONE, list(shape), batch, overlays, work / f"run-overlays-{overlays}",
-            data=data)
+            data=data, check_sample=check_sample)
     for key, value in result.items():
         print(f"  {key:<17} {value:8.1f} maps/s")
     return result
@@ -317,14 +321,16 @@ def explainer_rate(model: keras.Model, layer: str, inputs: np.ndarray, batch: in
     return rate(len(inputs), lambda: [explainer(inputs[start:start + batch]) for start in range(0, len(inputs), batch)])
 
 
-def explain_settings(overlays: bool, batch: int = BATCH) -> ExplainConfig:
+def explain_settings(overlays: bool, batch: int = BATCH, check_sample: int | None = None) -> ExplainConfig:
     """The defaults a user gets (Grad-CAM, checks on the default sample, one actor, galleries with
-    the overlays), with the batch size and whether overlay PNGs are written."""
-    return ExplainConfig(batch_size=batch, overlays=overlays)
+    the overlays), with the batch size, whether overlay PNGs are written and (if given) the sample."""
+    return ExplainConfig(batch_size=batch, overlays=overlays,
+                         **({} if check_sample is None else {"check_sample": check_sample}))
 
 
 def bulk_job_rate(parquet: Path, model_path: Path, backbone: str | UserModelSpec, size: int | list[int], batch: int,
-                  overlays: bool, out: Path, data: dict | None = None) -> tuple[float, float]:
+                  overlays: bool, out: Path, data: dict | None = None,
+                  check_sample: int | None = None) -> tuple[float, float]:
     """(maps/s end to end, maps/s from the first written shard to the last); `data`: the data
     section when the test rows are not the parquet at `parquet` (the volumes' npz_volumes)."""
     from medray.explain.bulk import explain_split
@@ -337,7 +343,7 @@ def bulk_job_rate(parquet: Path, model_path: Path, backbone: str | UserModelSpec
     written = []
     started = time.perf_counter()
     outcome = explain_split(job.read_split("test"), model_path.read_bytes(), backbone,
-                            job.task, explain_settings(overlays=overlays, batch=batch), out,
+                            job.task, explain_settings(overlays=overlays, batch=batch, check_sample=check_sample), out,
                             on_shard=lambda shard: written.append((time.perf_counter(), shard)),
                             read_rows=lambda row_ids: job.read_split("test", row_ids))
     total = time.perf_counter() - started
