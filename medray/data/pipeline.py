@@ -22,11 +22,11 @@ from ray.data.expressions import random
 
 from medray.data.augment import AUGMENT_BY_SPATIAL_DIMS, SEED_COLUMN
 from medray.data.decode import decode_mask, decode_row, resize_pixels
-from medray.errors import BadImage
 from medray.data.oversample import plan_oversampling, repeat_rows
 from medray.data.readers import pieces_of, read_tasks, rows_of
 from medray.data.sources.base import Source, label_array, reader_settings
 from medray.data.volumes import Volume, spatial_shape, stored_shape
+from medray.errors import BadImage
 from medray.models.preprocessing import ModelInput, to_model_input
 from medray.models.registry import Backbone
 

@@ -30,12 +30,12 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from medray import storage
-from medray.data.sources.base import (MISSING_FILE, NO_IMAGE, SPLIT_ALIASES, SPLITS, RawRow, Source, SourceKind,
+from medray.data.sources.base import (NO_IMAGE, SPLIT_ALIASES, SPLITS, RawRow, Source, SourceKind,
                                       data_paths, labelled_source, missing_path, path_type, piece_of_rows, row_label)
 from medray.data.sources.files import HOLDS, file_spatial_dims, read_listed_file
 from medray.data.sources.registry import register
 from medray.data.sources.splits import group_split
-from medray.errors import BadImage, MedrayError
+from medray.errors import MedrayError
 
 # The first data row of a CSV is line 2 of the file (and row 2 of a spreadsheet): messages name that line.
 FIRST_LINE = 2

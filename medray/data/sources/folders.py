@@ -10,13 +10,13 @@ from typing import Iterator
 import pyarrow.fs as pafs
 
 from medray import storage
-from medray.data.sources.base import (MISSING_FILE, SPLIT_ALIASES, SPLITS, UNLABELLED, RawRow, Source, SourceKind,
+from medray.data.sources.base import (SPLIT_ALIASES, SPLITS, UNLABELLED, RawRow, Source, SourceKind,
                                       data_paths, is_image_name, labelled_source, local_paths, missing_path,
                                       path_type, piece_of_rows, row_label)
 from medray.data.sources.files import read_listed_file
 from medray.data.sources.registry import register
 from medray.data.sources.splits import folder_order, stratified_split
-from medray.errors import BadImage, MedrayError
+from medray.errors import MedrayError
 
 
 class FolderSource(SourceKind):
