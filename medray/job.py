@@ -18,7 +18,7 @@ from medray.cluster import connect
 from medray.config import RunConfig
 from medray.data.manifest import prepare_source, usable_unlabelled
 from medray.data.pipeline import TrainingData, read_split, training_data
-from medray.data.sources import Source, discover, discover_unlabelled, get_source_kind
+from medray.data.sources import Source, discover, discover_unlabelled
 from medray.data.volumes import spatial_shape
 from medray.errors import MedrayError
 from medray.models.registry import Backbone, get_backbone
@@ -113,7 +113,7 @@ def check_spatial_dims(config: RunConfig, backbone: Backbone, image_size: int | 
 
 def check_source_dims(config: RunConfig, backbone: Backbone, source: Source) -> None:
     """The data's spatial axes are the model's: volumes need a 3-D backbone, images a 2-D one."""
-    data_dims, model_dims = get_source_kind(source.kind).spatial_dims, backbone.model_input.spatial_dims
+    data_dims, model_dims = source.spatial_dims, backbone.model_input.spatial_dims
     if data_dims != model_dims:
         fitting = "cnn3d or resnet18_3d" if data_dims == 3 else "baseline_cnn or a keras.applications backbone"
         raise MedrayError(f"data.source {source.kind} holds {SPACES[data_dims]} but model.backbone "

@@ -344,7 +344,7 @@ def test_the_manifest_keeps_label_vectors_and_inspect_counts_positives(multilabe
     frame = scan_rows(source, config)
     assert {split: labels_by_row(source, split) for split in ("train", "val", "test")} == {
         split: {row_id: list(label) for piece in pieces for row_id, label in zip(piece["row_ids"], piece["labels"])}
-        for split, pieces in usable_pieces(frame).items()}
+        for split, pieces in usable_pieces(frame, source).items()}
     assert usable_source(source, frame).class_counts == source.class_counts
     report = quality_report(frame, source.class_names, multi_label=True)
     assert list(report["splits"]["train"]["class_counts"].values()) == source.class_counts["train"]

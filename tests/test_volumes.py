@@ -189,6 +189,28 @@ def test_demo_3d_runs_end_to_end_with_panels_and_volume_maps(volume_dataset, tmp
         assert panel.format == "PNG" and panel.width > 200
 
 
+def test_demo_3d_runs_on_its_nifti_listing_and_scores_the_maps_against_the_nifti_masks(volume_dataset, tmp_path,
+                                                                                      ray_cluster):
+    import pyarrow.parquet as pq
+
+    from medray.cli import main
+    from medray.data.synth_volumes import LISTING_FILE
+
+    args = ["run", "--config", str(DEMO_3D)]
+    for override in (f"data.path={volume_dataset.parent.parent / LISTING_FILE}", "data.source=csv",
+                     "data.split_column=split", "data.label_separator=null", f"model.input_size=[{SIDE},{SIDE},{SIDE}]", "train.epochs=1",
+                     "model.conv_filters=[4,8]", "explain.check_sample=0", f"output.dir={tmp_path}",
+                     "output.run_id=csv3"):
+        args += ["--set", override]
+    assert main(args) in (0, None)
+    maps = pq.read_table(tmp_path / "csv3" / "explain" / "maps").to_pandas()
+    assert len(maps) == 12 and maps["row_id"].str.endswith(".nii.gz").all()
+    # Lesion volumes are scored against their NIfTI masks; volumes without a mask file have no lesion.
+    assert maps.loc[(maps["label"] > 0) & ~maps["empty"], "pointing_game"].notna().all()
+    assert maps.loc[(maps["label"] > 0) & ~maps["empty"], "energy_in_lesion"].notna().all()
+    assert maps.loc[maps["label"] == 0, "pointing_game"].isna().all()
+
+
 def nifti_config(path, *overrides):
     return config_for(path, "data.source=nifti", "data.class_names=null", *overrides)
 
@@ -341,3 +363,155 @@ def test_a_ct_window_maps_its_hounsfield_range_to_8_bits_and_clips_beyond(volume
     assert voxels.ravel().tolist() == [0, 0, 128, 255, 255]
     with pytest.raises(MedrayError, match="data.window"):
         config_for(volume_dataset, "data.window=[40, -5]")
+
+
+# NIfTI volumes listed in a CSV (data.source: csv), with lesion masks as NIfTI files.
+
+SHAPE_RAS = (12, 14, 16)  # (R, A, S) as stored in an identity-affine NIfTI; canonical (D, H, W) = (16, 14, 12)
+# Left-right reversed (LAS) with 2 mm axial slices: a scanner's affine that is not RAS+.
+LAS_AFFINE = np.diag([-1.0, 1.0, 2.0, 1.0])
+
+
+def save_nifti(path, ras_voxels: np.ndarray, affine: np.ndarray = np.eye(4)) -> str:
+    """Write (R, A, S) voxels as NIfTI under `affine` (LAS stores them left-right reversed)."""
+    import nibabel
+
+    stored = ras_voxels[::-1] if affine[0, 0] < 0 else ras_voxels
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nibabel.save(nibabel.Nifti1Image(np.ascontiguousarray(stored), affine), path)
+    return path.name
+
+
+def lesion_mask(seed: int) -> np.ndarray:
+    """(R, A, S) uint8: an asymmetric block, so a flip or a transposition would move it."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(SHAPE_RAS, np.uint8)
+    r, a, s = rng.integers(1, 5), rng.integers(2, 7), rng.integers(3, 9)
+    mask[r:r + 5, a:a + 3, s:s + 6] = 1
+    return mask
+
+
+@pytest.fixture()
+def nifti_listing(tmp_path):
+    """volumes.csv (image, label, split, mask) of 2 classes x 3 splits x 2 volumes of SHAPE_RAS int16,
+    "lesion" volumes with a mask file; the first test lesion volume stored LAS with 2 mm slices and
+    its mask stored RAS (so only reorientation lines them up). Returns (csv, {row: (ras, mask)})."""
+    rows, truth = [], {}
+    for split in ("train", "val", "test"):
+        for label in ("clear", "lesion"):
+            for index in range(2):
+                seed = len(rows)
+                voxels = np.random.default_rng(seed).integers(0, 1000, SHAPE_RAS).astype(np.int16)
+                image, mask, truth_mask = f"{split}/{label}_{index}.nii.gz", "", None
+                if label == "lesion":
+                    mask, truth_mask = f"masks/{split}_{label}_{index}.nii", lesion_mask(seed)
+                    save_nifti(tmp_path / "volumes" / mask, truth_mask)
+                    voxels = voxels + 300 * truth_mask.astype(np.int16)  # the lesion is bright
+                odd = (split, label, index) == ("test", "lesion", 0)
+                save_nifti(tmp_path / "volumes" / image, voxels, LAS_AFFINE if odd else np.eye(4))
+                rows.append((image, label, split, mask))
+                truth[image] = (voxels, truth_mask)
+    listing = tmp_path / "volumes" / "volumes.csv"
+    listing.write_text("image,label,split,mask\n" + "".join(",".join(row) + "\n" for row in rows))
+    return listing, truth
+
+
+def csv_config(listing, *overrides):
+    canonical = list(SHAPE_RAS[::-1])
+    return config_for(listing, "data.source=csv", "data.class_names=null", "data.split_column=split",
+                      "data.label_separator=null",
+                      f"model.input_size={canonical}".replace(" ", ""), *overrides)
+
+
+def canonical(ras: np.ndarray) -> np.ndarray:
+    return ras.transpose(2, 1, 0)
+
+
+def test_nifti_volumes_listed_in_a_csv_are_read_reoriented_voxel_by_voxel_with_their_masks(nifti_listing):
+    from medray.data.readers import rows_of
+    from medray.data.sources.base import reader_settings
+
+    listing, truth = nifti_listing
+    config = csv_config(listing)
+    job = prepare_job(config)
+    source = job.source
+    assert source.spatial_dims == 3 and source.has_masks and not source.multi_label
+    assert source.class_names == ["clear", "lesion"]
+    assert [source.num_rows(split) for split in ("train", "val", "test")] == [4, 4, 4]
+    settings = reader_settings(source, config.data)
+    rows = {piece["row_ids"][0]: next(rows_of("csv", piece, settings)) for piece in source.pieces["test"]}
+    odd = rows["test/lesion_0.nii.gz"]  # stored LAS with 2 mm slices, its mask RAS
+    assert isinstance(odd.content, Volume) and odd.content.spacing == (2.0, 1.0, 1.0)
+    np.testing.assert_array_equal(odd.content.voxels, canonical(truth["test/lesion_0.nii.gz"][0]))
+    np.testing.assert_array_equal(odd.mask.voxels, canonical(truth["test/lesion_0.nii.gz"][1]))
+    lesion = odd.content.voxels.astype(int)
+    assert lesion[odd.mask.voxels > 0].min() >= 300  # the bright block sits where the mask says
+    plain = rows["test/clear_1.nii.gz"]
+    assert plain.mask is None and plain.content.spacing == (1.0, 1.0, 1.0)
+    np.testing.assert_array_equal(plain.content.voxels, canonical(truth["test/clear_1.nii.gz"][0]))
+
+
+def test_masks_of_a_nifti_listing_reach_the_decoded_split_reoriented_like_their_volumes(nifti_listing, ray_cluster):
+    from medray.data.pipeline import read_split
+
+    listing, truth = nifti_listing
+    config = csv_config(listing)
+    source = prepare_job(config).source
+    rows = read_split(source, "test", tuple(SHAPE_RAS[::-1]), config.data).take_all()
+    assert len(rows) == 4
+    for row in rows:
+        expected = truth[row["row_id"]][1]
+        wanted = np.zeros(SHAPE_RAS[::-1], np.uint8) if expected is None else canonical(expected) * 255
+        np.testing.assert_array_equal(row["mask"], wanted)  # voxel by voxel, LAS volume included
+    # The localisation checks score the maps against those masks: a map peaking in the lesion points.
+    from medray.explain import checks
+
+    lesion = next(row for row in rows if row["row_id"] == "test/lesion_0.nii.gz")
+    peak = np.zeros((1, *SHAPE_RAS[::-1]), np.float32)
+    peak[(0, *np.argwhere(lesion["mask"] > 0)[0])] = 1.0
+    assert checks.pointing_game(peak, lesion["mask"][None]).tolist() == [1.0]
+    assert checks.pointing_game(peak[:, ::-1, ::-1, ::-1], lesion["mask"][None]).tolist() == [0.0]
+
+
+def test_a_mask_of_another_shape_than_its_volume_is_one_line_naming_both_files(nifti_listing, ray_cluster):
+    from medray.data.pipeline import read_split
+    from medray.errors import user_error
+
+    listing, _ = nifti_listing
+    save_nifti(listing.parent / "masks" / "test_lesion_1.nii", np.ones((12, 14, 15), np.uint8))  # one slice short
+    config = csv_config(listing)
+    source = prepare_job(config).source
+    with pytest.raises(Exception) as caught:
+        read_split(source, "test", tuple(SHAPE_RAS[::-1]), config.data).materialize()
+    volume, mask = listing.parent / "test" / "lesion_1.nii.gz", listing.parent / "masks" / "test_lesion_1.nii"
+    assert str(user_error(caught.value)) == (
+        f"{mask} (the mask of {volume}, {listing} line 13): the mask is 15x14x12 voxels (D x H x W) but its "
+        "volume 16x14x12; give each volume a mask of its own shape")
+
+
+def test_a_bad_row_of_a_nifti_listing_is_named_by_file_and_line(nifti_listing):
+    from medray.data.decode import decode_row
+    from medray.data.readers import rows_of
+    from medray.data.sources.base import reader_settings
+
+    listing, _ = nifti_listing
+    broken = listing.parent / "test" / "clear_0.nii.gz"
+    broken.write_bytes(broken.read_bytes()[:200])  # cut short
+    config = csv_config(listing)
+    source = prepare_job(config).source
+    piece = next(piece for piece in source.pieces["test"] if piece["row_ids"][0] == "test/clear_0.nii.gz")
+    row = next(rows_of("csv", piece, reader_settings(source, config.data)))
+    with pytest.raises(BadImage, match=re.escape(f"{listing} line 10 (test/clear_0.nii.gz): cannot read the NIfTI")):
+        decode_row(row, 10**9)
+    # A 2-D image among volumes stops discovery at its line, before Ray starts.
+    text = listing.read_text().replace("test/clear_1.nii.gz", "test/clear_1.png")
+    listing.write_text(text)
+    with pytest.raises(MedrayError, match=re.escape(f"{listing} line 11: test/clear_1.png is a 2-D image but the "
+                                                    "other rows list 3-D volumes")):
+        discover(config.data)
+
+
+def test_a_2d_backbone_on_a_nifti_listing_is_refused_before_ray_starts(nifti_listing):
+    listing, _ = nifti_listing
+    with pytest.raises(MedrayError, match="data.source csv holds 3-D volumes but model.backbone baseline_cnn"):
+        prepare_job(csv_config(listing, "model.backbone=baseline_cnn", "model.input_size=32"))

@@ -34,6 +34,14 @@ layer of a Functional model, saved as .h5; its CAM layer is found in the graph. 
 recipes and the compiled pass read `model.get_layer(layer).output`, which a nested backbone does
 not have (keras-io's disconnected graph), so its limit is the explainer's rate; the last line
 compares its bulk rate with medray's own MobileNetV2 at the same size (goal: within 10 %).
+The row cnn3d (--volumes) is the 3-D demo's model (conv_filters [16, 32, 64]) on 32^3 head-volume
+phantoms read as data.source npz_volumes: the same references on the same decoded volumes (the
+notebook recipe with its gradients averaged over three spatial axes instead of two) and the same
+two bulk runs, whose overlays are the slice panels (one matplotlib figure per map) and whose maps
+are also stored upsampled as one .npy per volume.
+
+    python jobs/benchmarks/cam_throughput.py --backbones --volumes --images 64 --batch 16 --loop-images 16 \
+        --check-sample 0                       # the sample's checks off: label randomisation retrains 3-D models
 """
 
 from __future__ import annotations
@@ -62,6 +70,7 @@ from medray.models.preprocessing import to_model_input
 from medray.models.registry import get_backbone
 
 SIZES = {"baseline_cnn": 64, "mobilenet_v2": 128, "nested_mobilenet_v2": 128}
+VOLUME_BACKBONE, VOLUME_SIDE = "cnn3d", 32
 NESTED = "nested_mobilenet_v2"
 BATCH = 64  # the default; --batch changes it for the throughput runs (the memory runs keep it)
 
@@ -79,6 +88,11 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="also the driver-memory runs (minutes each)")
     parser.add_argument("--memory-overlays", action="store_true",
                         help="write overlay PNGs in the memory runs too (about 50 images/s on 2 CPUs)")
+    parser.add_argument("--check-sample", type=int, default=None,
+                        help="explain.check_sample of the bulk runs (default: ExplainConfig's); 0 turns the sample's "
+                             "checks off (on volumes label randomisation retrains the 3-D model: minutes)")
+    parser.add_argument("--volumes", action="store_true",
+                        help=f"add the 3-D row: {VOLUME_BACKBONE} on {VOLUME_SIDE}^3 volume phantoms (--images volumes)")
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--memory-child", nargs=3, metavar=("DATA", "MODEL", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -96,6 +110,9 @@ def main() -> None:
     for name in args.backbones:
         results[name] = throughput(name, SIZES[name], args.images, min(args.loop_images, args.images), args.batch,
                                    work / name)
+    if args.volumes:
+        results[VOLUME_BACKBONE] = volume_throughput(args.images, min(args.loop_images, args.images), args.batch,
+                                                     work / VOLUME_BACKBONE, args.check_sample)
     if results:
         print_table(results)
     if NESTED in results and "mobilenet_v2" in results:
@@ -117,7 +134,7 @@ def print_table(results: dict) -> None:
           "once, compiled = plain tf.function forward + backward, limit = max(compiled, explainer)")
     print(f"{'backbone':<20} {'size':>5} " + " ".join(f"{name:>10}" for name in REFERENCES))
     for name, r in results.items():
-        print(f"{name:<20} {SIZES[name]:>5} " + " ".join(f"{r[key]:>10.1f}" for key in REFERENCES))
+        print(f"{name:<20} {size_label(name):>5} " + " ".join(f"{r[key]:>10.1f}" for key in REFERENCES))
     print("\nmedray's bulk job, one actor (maps/s, and its rate over each reference's)")
     print(f"{'backbone':<20} {'bulk run':<9} {'bulk':>7} {'steady':>7} {'/notebook':>10} {'/once':>7} "
           f"{'/limit':>7} {'steady/limit':>13}")
@@ -126,6 +143,10 @@ def print_table(results: dict) -> None:
             bulk, steady = r[f"bulk {setting}"], r[f"steady {setting}"]
             print(f"{name:<20} {setting:<9} {bulk:>7.1f} {steady:>7.1f} {bulk / r['notebook']:>9.1f}x "
                   f"{bulk / r['once']:>6.1f}x {bulk / r['limit']:>6.2f}x {steady / r['limit']:>12.2f}x")
+
+
+def size_label(name: str) -> str:
+    return f"{VOLUME_SIDE}^3" if name == VOLUME_BACKBONE else str(SIZES[name])
 
 
 def throughput(name: str, size: int, images: int, loop_images: int, batch: int, work: Path) -> dict:
@@ -162,6 +183,47 @@ def throughput(name: str, size: int, images: int, loop_images: int, batch: int, 
     for setting, overlays in BULK_SETTINGS.items():
         result[f"bulk {setting}"], result[f"steady {setting}"] = bulk_job_rate(
             data / "parquet", model_path, run_as, size, batch, overlays, work / f"run-overlays-{overlays}")
+    for key, value in result.items():
+        print(f"  {key:<17} {value:8.1f} maps/s")
+    return result
+
+
+def volume_throughput(volumes: int, loop_volumes: int, batch: int, work: Path, check_sample: int | None) -> dict:
+    """The 3-D row: every reference and both bulk runs for cnn3d on the same `volumes` test phantoms
+    (32^3, written as the 3-D demo writes them and read back with data.source npz_volumes)."""
+    from medray.data.phantoms3d import make_volume_phantoms
+    from medray.data.synth_volumes import VOLUMES_FILE, write_volume_dataset
+
+    print(f"\n== {VOLUME_BACKBONE} at {VOLUME_SIDE}^3, {volumes} volumes, batch {batch} ==")
+    backbone, shape = get_backbone(VOLUME_BACKBONE), (VOLUME_SIDE,) * 3
+    keras.utils.set_random_seed(0)
+    training, _, labels = make_volume_phantoms(128, VOLUME_SIDE, seed=0)
+    model = build_classifier(backbone, shape, 3, ModelConfig(backbone=VOLUME_BACKBONE, input_size=list(shape),
+                                                             conv_filters=[16, 32, 64]))
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    started = time.perf_counter()
+    model.fit(to_model_input(training, backbone.model_input), labels, epochs=2, batch_size=16, verbose=0)
+    print(f"  trained 2 epochs on 128 volume phantoms in {time.perf_counter() - started:.0f} s")
+    model_path = work / "model.keras"
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(str(model_path))
+    write_volume_dataset(work / "data", train=3, val=3, test=volumes, size=VOLUME_SIDE, seed=1)
+    npz = work / "data" / VOLUMES_FILE
+    with np.load(npz, allow_pickle=False) as arrays:
+        inputs = to_model_input(arrays["test_images"], backbone.model_input)
+    layer = backbone.cam_layers[0]
+    result = {
+        "notebook": rate(loop_volumes, lambda: per_image_loop(model, layer, inputs[:loop_volumes])),
+        "once": rate(loop_volumes, lambda: per_image_loop_built_once(model, layer, inputs[:loop_volumes])),
+        "compiled": batched_forward_backward(model, layer, inputs, batch),
+        "explainer": explainer_rate(model, layer, inputs, batch),
+    }
+    result["limit"] = max(result["explainer"], result["compiled"])
+    data = {"source": "npz_volumes", "path": str(npz)}
+    for setting, overlays in BULK_SETTINGS.items():
+        result[f"bulk {setting}"], result[f"steady {setting}"] = bulk_job_rate(
+            npz, model_path, VOLUME_BACKBONE, list(shape), batch, overlays, work / f"run-overlays-{overlays}",
+            data=data, check_sample=check_sample)
     for key, value in result.items():
         print(f"  {key:<17} {value:8.1f} maps/s")
     return result
@@ -204,11 +266,17 @@ def per_image_loop(model: keras.Model, layer: str, inputs: np.ndarray) -> list[n
             conv_outputs, predictions = grad_model(image[np.newaxis])
             class_channel = predictions[:, tf.argmax(predictions[0])]
         grads = tape.gradient(class_channel, conv_outputs)
-        pooled_grads = tf.reduce_mean(grads, axis=(0, 1, 2))
+        pooled_grads = tf.reduce_mean(grads, axis=spatial_axes(grads))
         heatmap = tf.squeeze(conv_outputs[0] @ pooled_grads[..., tf.newaxis])
         heatmap = tf.maximum(heatmap, 0) / (tf.math.reduce_max(heatmap) + 1e-12)
         heatmaps.append(heatmap.numpy())
     return heatmaps
+
+
+def spatial_axes(grads) -> tuple[int, ...]:
+    """The batch and spatial axes of a (1, H, W, C) or (1, D, H, W, C) gradient: keras-io's (0, 1, 2),
+    and for a volume (0, 1, 2, 3)."""
+    return tuple(range(len(grads.shape) - 1))
 
 
 def per_image_loop_built_once(model: keras.Model, layer: str, inputs: np.ndarray) -> list[np.ndarray]:
@@ -221,7 +289,7 @@ def per_image_loop_built_once(model: keras.Model, layer: str, inputs: np.ndarray
             conv_outputs, predictions = grad_model(image[np.newaxis])
             class_channel = predictions[:, tf.argmax(predictions[0])]
         grads = tape.gradient(class_channel, conv_outputs)
-        pooled_grads = tf.reduce_mean(grads, axis=(0, 1, 2))
+        pooled_grads = tf.reduce_mean(grads, axis=spatial_axes(grads))
         heatmap = tf.squeeze(conv_outputs[0] @ pooled_grads[..., tf.newaxis])
         heatmap = tf.maximum(heatmap, 0) / (tf.math.reduce_max(heatmap) + 1e-12)
         heatmaps.append(heatmap.numpy())
@@ -253,25 +321,29 @@ def explainer_rate(model: keras.Model, layer: str, inputs: np.ndarray, batch: in
     return rate(len(inputs), lambda: [explainer(inputs[start:start + batch]) for start in range(0, len(inputs), batch)])
 
 
-def explain_settings(overlays: bool, batch: int = BATCH) -> ExplainConfig:
+def explain_settings(overlays: bool, batch: int = BATCH, check_sample: int | None = None) -> ExplainConfig:
     """The defaults a user gets (Grad-CAM, checks on the default sample, one actor, galleries with
-    the overlays), with the batch size and whether overlay PNGs are written."""
-    return ExplainConfig(batch_size=batch, overlays=overlays)
+    the overlays), with the batch size, whether overlay PNGs are written and (if given) the sample."""
+    return ExplainConfig(batch_size=batch, overlays=overlays,
+                         **({} if check_sample is None else {"check_sample": check_sample}))
 
 
-def bulk_job_rate(parquet: Path, model_path: Path, backbone: str | UserModelSpec, size: int, batch: int,
-                  overlays: bool,
-                  out: Path) -> tuple[float, float]:
+def bulk_job_rate(parquet: Path, model_path: Path, backbone: str | UserModelSpec, size: int | list[int], batch: int,
+                  overlays: bool, out: Path, data: dict | None = None,
+                  check_sample: int | None = None) -> tuple[float, float]:
+    """(maps/s end to end, maps/s from the first written shard to the last); `data`: the data
+    section when the test rows are not the parquet at `parquet` (the volumes' npz_volumes)."""
     from medray.explain.bulk import explain_split
     from medray.job import prepare_job
 
-    config = validate_config({"data": {"path": str(parquet)}, "model": {"input_size": size}})
+    config = validate_config({"data": data or {"path": str(parquet)},
+                              "model": {"input_size": size, **({"backbone": backbone} if data else {})}})
     job = prepare_job(config)
     shutil.rmtree(out, ignore_errors=True)
     written = []
     started = time.perf_counter()
     outcome = explain_split(job.read_split("test"), model_path.read_bytes(), backbone,
-                            job.task, explain_settings(overlays=overlays, batch=batch), out,
+                            job.task, explain_settings(overlays=overlays, batch=batch, check_sample=check_sample), out,
                             on_shard=lambda shard: written.append((time.perf_counter(), shard)),
                             read_rows=lambda row_ids: job.read_split("test", row_ids))
     total = time.perf_counter() - started

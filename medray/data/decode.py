@@ -154,17 +154,27 @@ def content_hash(pixels: np.ndarray) -> str:
     return hashlib.sha1(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()
 
 
-def decode_mask(data: bytes | Volume, size: int | tuple[int, ...], max_pixels: int, where: str,
-                image_shape: tuple[int, int] | None = None) -> np.ndarray:
+def decode_mask(data: bytes | Volume | BadImage, size: int | tuple[int, ...], max_pixels: int, where: str,
+                image_shape: tuple[int, ...] | None = None) -> np.ndarray:
     """A lesion mask resized like its image, kept binary (255 = lesion) by nearest-neighbour.
 
     `image_shape`: the image's own (height, width). A mask of another shape (a transposed or
     cropped one) would be stretched onto the image and score the maps against the wrong pixels, so
     it raises BadImage; one of the same shape at another resolution lines up and is resized alike.
-    A Volume mask is resized to the (D, H, W) `size`.
+    A Volume mask is resized to the (D, H, W) `size`; its shape must be its volume's (D, H, W)
+    `image_shape` exactly (both as read, e.g. after the same reorientation), else BadImage.
+    A BadImage (a mask file that could not be read) is raised as it is.
     """
+    if isinstance(data, BadImage):
+        raise data
     if isinstance(data, Volume):
-        return resize_mask_volume(data.voxels, tuple(size))
+        voxels = np.asarray(data.voxels)
+        voxels = voxels[..., 0] if voxels.ndim == 4 and voxels.shape[-1] == 1 else voxels
+        if image_shape is not None and voxels.shape != tuple(image_shape):
+            raise BadImage(f"{where}: the mask is {'x'.join(map(str, voxels.shape))} voxels (D x H x W) but its "
+                           f"volume {'x'.join(map(str, image_shape))}; give each volume a mask of its own shape",
+                           "mask shape")
+        return resize_mask_volume(voxels, tuple(size))
     with open_checked(data, max_pixels, where, "mask") as image:
         if image_shape is not None and not same_shape(image.height, image.width, *image_shape):
             raise BadImage(f"{where}: the mask is {image.width}x{image.height} pixels but its image "

@@ -202,7 +202,7 @@ def enforce_policy(frame: pd.DataFrame, on_bad_image: str, counted_in: str = "da
 
 def usable_source(source: Source, frame: pd.DataFrame) -> Source:
     """The source reduced to the manifest's usable rows: its read tasks, counts and reported rows."""
-    pieces = usable_pieces(frame)
+    pieces = usable_pieces(frame, source)
     counts = {split: count_labels(pieces[split], len(source.class_names)) for split in SPLITS}
     reported = frame[frame["status"] != OK][["row_id", "split", "source", "status", "message"]]
     usable = replace(source, pieces=pieces, class_counts=counts, rejected=reported.to_dict("records"))
@@ -210,15 +210,23 @@ def usable_source(source: Source, frame: pd.DataFrame) -> Source:
     return usable
 
 
-def usable_pieces(frame: pd.DataFrame) -> dict[str, list[dict]]:
-    """The read tasks of the manifest's usable rows, split by split."""
+# What every read task holds (base.py); a kind may add keys of its own (a CSV row's mask file).
+PIECE_KEYS = ("file", "part", "offset", "rows", "row_ids", "labels", "split")
+
+
+def usable_pieces(frame: pd.DataFrame, source: Source) -> dict[str, list[dict]]:
+    """The read tasks of the manifest's usable rows, split by split, with the keys their kind added
+    to `source`'s read tasks (numbered as `build_manifest` numbers them: `order`)."""
     used = frame[frame["status"] == OK]
+    originals = [piece for split in SPLITS for piece in source.pieces[split]]
     pieces: dict[str, list[dict]] = {split: [] for split in SPLITS}
-    for (split, _order), rows in used.groupby(["split", "order"], sort=False):
+    for (split, order), rows in used.groupby(["split", "order"], sort=False):
         first = rows.iloc[0]
+        own = ({key: value for key, value in originals[int(order)].items() if key not in PIECE_KEYS}
+               if int(order) < len(originals) else {})
         pieces[split].append({"file": first["file"], "part": int(first["part"]), "offset": int(first["offset"]),
                               "rows": rows["row"].astype(int).tolist(), "row_ids": rows["row_id"].tolist(),
-                              "labels": manifest_labels(rows["label"]), "split": split})
+                              "labels": manifest_labels(rows["label"]), "split": split, **own})
     return pieces
 
 
@@ -243,7 +251,7 @@ def usable_unlabelled(source: Source, data_config, manifest_path: Path) -> tuple
     skip are left out and counted. Returns the usable source and the number of rows left out."""
     frame = load_or_build_manifest(source, data_config, manifest_path)
     enforce_policy(frame, data_config.on_bad_image, counted_in=str(manifest_path))
-    pieces = usable_pieces(frame)
+    pieces = usable_pieces(frame, source)
     if not pieces["test"]:
         raise MedrayError(f"data.path {data_config.path}: none of the {len(frame)} images can be decoded "
                           f"(see {manifest_path})")

@@ -25,7 +25,8 @@ from medray.data.decode import decode_mask, decode_row, resize_pixels
 from medray.data.oversample import plan_oversampling, repeat_rows
 from medray.data.readers import pieces_of, read_tasks, rows_of
 from medray.data.sources.base import Source, label_array, reader_settings
-from medray.data.volumes import spatial_shape
+from medray.data.volumes import Volume, spatial_shape, stored_shape
+from medray.errors import BadImage
 from medray.models.preprocessing import ModelInput, to_model_input
 from medray.models.registry import Backbone
 
@@ -66,7 +67,7 @@ def read_pieces(batch: dict, settings: dict, image_size: int | tuple[int, ...], 
     for piece in pieces_of(batch):
         for row in rows_of(settings["kind"], piece, settings):
             row_ids.append(row.row_id)
-            decoded = decode_row(row, settings["max_pixels"], color=settings["color"])[0]
+            decoded, mode = decode_row(row, settings["max_pixels"], color=settings["color"])
             pixels.append(resize_pixels(decoded, image_size))
             # an image's (height, width), or a volume's slices'
             sizes.append(decoded.shape[:2] if np.ndim(image_size) == 0 else decoded.shape[1:3])
@@ -75,10 +76,11 @@ def read_pieces(batch: dict, settings: dict, image_size: int | tuple[int, ...], 
             labels.append(row.label)
             if per_label:
                 masks.append(np.stack([label_mask(mask, image_size, settings["max_pixels"], f"{row.where} ({column})",
-                                                  decoded.shape[:2]) for mask, column in zip(row.mask, per_label)]))
+                                                  stored_shape(decoded, mode))
+                                       for mask, column in zip(row.mask, per_label)]))
             elif settings["mask_column"]:
-                masks.append(decode_mask(row.mask, image_size, settings["max_pixels"], f"{row.where} (mask)",
-                                         decoded.shape[:2]))
+                masks.append(label_mask(row.mask, image_size, settings["max_pixels"],
+                                        row.mask_where or f"{row.where} (mask)", stored_shape(decoded, mode)))
     label_shape = tuple(settings.get("label_shape", ()))
     rows = {
         "row_id": np.asarray(row_ids, dtype=object),
@@ -96,9 +98,10 @@ def read_pieces(batch: dict, settings: dict, image_size: int | tuple[int, ...], 
     return rows
 
 
-def label_mask(data: bytes | None, size: int | tuple[int, ...], max_pixels: int, where: str,
-               image_shape: tuple[int, int] | None = None) -> np.ndarray:
-    """One label's mask of a row; a label without a mask column has no lesion to localise (all zero)."""
+def label_mask(data: bytes | Volume | BadImage | None, size: int | tuple[int, ...], max_pixels: int, where: str,
+               image_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """A row's mask, or one label's; a row or label without one (None: no mask column, a blank cell)
+    has no lesion to localise (all zero)."""
     return (np.zeros(spatial_shape(size), np.uint8) if data is None
             else decode_mask(data, size, max_pixels, where, image_shape))
 

@@ -111,6 +111,12 @@ def flat_preview(pixels: np.ndarray, mode: str) -> np.ndarray:
     return np.concatenate([pixels[len(pixels) // 2], pixels.max(axis=0)], axis=1)
 
 
+def stored_shape(pixels: np.ndarray, mode: str) -> tuple[int, ...]:
+    """The spatial shape of a decoded row at its own size: (height, width) of an image, gray or RGB;
+    (D, H, W) of a volume (mode "volume"). Its mask must have the same."""
+    return tuple(pixels.shape) if mode == VOLUME_MODE else tuple(pixels.shape[:2])
+
+
 def plane_shape(pixels: np.ndarray, mode: str) -> tuple[int, int]:
     """(height, width) of a decoded row: of the image, or of a volume's slices (mode "volume")."""
     return tuple(pixels.shape[-2:]) if mode == VOLUME_MODE else tuple(pixels.shape[:2])

@@ -12,7 +12,7 @@ from PIL import Image
 from medray.config import RunConfig
 from medray.data.decode import decode_row
 from medray.data.readers import rows_of
-from medray.data.volumes import flat_preview
+from medray.data.volumes import flat_preview, resolve_window
 from medray.errors import BadImage
 from medray.filenames import safe_filename
 
@@ -31,7 +31,8 @@ def test_images(run_dir: Path, config: dict, row_ids: list[str], thumbnails: set
     data = RunConfig.model_validate(config).data
     # The manifest's `file`/`part`/`row` say where a row lives; its source kind comes from the config.
     settings = {"image_column": data.image_column, "path_column": data.path_column,
-                "label_column": data.label_column, "mask_column": None}
+                "label_column": data.label_column, "mask_column": None, "max_pixels": data.max_image_pixels,
+                "window": resolve_window(data.window), "source_path": str(data.path)}
     rows = pq.read_table(manifest, filters=[("row_id", "in", list(row_ids))]).to_pandas()
     found = {}
     for record in rows.itertuples():

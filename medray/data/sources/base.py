@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from medray import storage
-from medray.data.volumes import resolve_window
+from medray.data.volumes import Volume, resolve_window
 from medray.errors import BadImage, MedrayError
 
 SPLITS = ("train", "val", "test")
@@ -62,6 +62,9 @@ class Source:
     multi_label: bool = False
     # rows of the dataset's own validation split left unread: data.split.val_from_train carves one from train
     discarded_val_rows: int = 0
+    # spatial axes of its rows: 2 for images (H, W), 3 for volumes (D, H, W); the model must match.
+    # Its kind's, or for a kind that lists files of either (a CSV), what its files are.
+    spatial_dims: int = 2
 
     def num_rows(self, split: str) -> int:
         # Counted from the read tasks: a multi-label image adds to several label counts or to none.
@@ -77,10 +80,13 @@ class RawRow:
     where: str
     # the stored image, or why it could not be read (raised when the row is decoded)
     content: bytes | np.ndarray | BadImage
-    # the lesion mask; for data.mask_columns one per label in class_names order (None: no column)
-    mask: bytes | list[bytes | None] | None = None
+    # the lesion mask (a Volume for a volume's mask), or why it could not be read; for data.mask_columns
+    # one per label in class_names order (None: no column, or a row without a lesion)
+    mask: bytes | Volume | BadImage | list[bytes | None] | None = None
     # the image's own file name, for people: the HF struct's `path`, the linked or folder file; None for arrays
     name: str | None = None
+    # where the mask was read from, for messages, when it has a file of its own (a CSV's mask column)
+    mask_where: str | None = None
 
 
 class SourceKind:
@@ -94,7 +100,7 @@ class SourceKind:
     suffixes: tuple[str, ...] = ()
     # pieces one Ray Data read task takes: parquet and .npz pieces hold hundreds of rows
     pieces_per_read_task: int = 1
-    # spatial axes of its rows: 2 for images (H, W), 3 for volumes (D, H, W); the model must match
+    # spatial axes of its rows (the Source's spatial_dims unless its discovery decides otherwise)
     spatial_dims: int = 2
 
     def discover(self, data_config) -> Source:
@@ -308,6 +314,7 @@ def piece_of_rows(file: str, part: int, positions: list[int], row_ids: list[str]
 def labelled_source(kind: SourceKind, path: str, class_names: list[str], pieces: dict[str, list[dict]],
                     labeller: Labeller, **extra) -> Source:
     counts = {split: count_labels(pieces[split], len(class_names)) for split in SPLITS}
+    extra.setdefault("spatial_dims", kind.spatial_dims)
     return Source(kind.name, path, list(class_names), pieces, counts, rejected=labeller.rejected,
                   multi_label=labeller.multi_label, **extra)
 

@@ -10,6 +10,12 @@ Labels, one of:
   data.uncertain) or blank. Blank - the finding was not mentioned in the report - counts as 0, as
   the CheXpert paper (Irvin et al. 2019) trains.
 
+Files: images (PNG, JPEG, DICOM) or volumes (NIfTI .nii / .nii.gz, read as medray.data.nifti reads
+them: canonical orientation, spacing kept); one listing holds one or the other, and the files
+decide which (sources/files.py). A column named data.mask_column (default "mask"), if the CSV has
+one, gives each row's lesion mask file, relative like the images: a PNG for an image, a NIfTI file
+for a volume (reoriented as its volume is); a blank cell is a row without a lesion.
+
 Splits: data.split_column if given (train / val / test or their aliases); else medray splits by
 data.split's fractions and seed - by patient when data.patient_column names one (all images of a
 patient in one split, so no test patient was seen in training), otherwise image by image.
@@ -24,11 +30,12 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from medray import storage
-from medray.data.sources.base import (MISSING_FILE, NO_IMAGE, SPLIT_ALIASES, SPLITS, RawRow, Source, SourceKind,
+from medray.data.sources.base import (NO_IMAGE, SPLIT_ALIASES, SPLITS, RawRow, Source, SourceKind,
                                       data_paths, labelled_source, missing_path, path_type, piece_of_rows, row_label)
+from medray.data.sources.files import HOLDS, file_spatial_dims, read_listed_file
 from medray.data.sources.registry import register
 from medray.data.sources.splits import group_split
-from medray.errors import BadImage, MedrayError
+from medray.errors import MedrayError
 
 # The first data row of a CSV is line 2 of the file (and row 2 of a spreadsheet): messages name that line.
 FIRST_LINE = 2
@@ -48,6 +55,8 @@ class CsvSource(SourceKind):
         lines = [FIRST_LINE + index for index in range(len(table))]
         where = [f"{csv_path} line {line} ({image})" for line, image in zip(lines, table[data_config.image_column])]
         folder = image_folder(data_config, csv_path)
+        spatial_dims = _spatial_dims(csv_path, table[data_config.image_column].tolist())
+        masks = _mask_files(table, data_config, folder)
         values, class_names, multi_label = _labels(csv_path, table, data_config)
         labeller = self.labeller(class_names, data_config, multi_label)
         splits = _splits(csv_path, table, data_config)
@@ -62,19 +71,26 @@ class CsvSource(SourceKind):
                 # `offset` carries the CSV line: a piece is one image, and messages name its line.
                 piece = piece_of_rows(image_location(folder, row_ids[index]), 0, [0], [row_ids[index]], [label],
                                       split, offset=lines[index])
+                if piece and masks is not None:
+                    piece["mask"] = masks[index]
                 pieces[split] += [piece] if piece else []
-        return labelled_source(self, csv_path, class_names, pieces, labeller)
+        return labelled_source(self, csv_path, class_names, pieces, labeller, has_masks=masks is not None,
+                               spatial_dims=spatial_dims)
 
     def rows(self, piece: dict, settings: dict) -> Iterator[RawRow]:
         path, row_id = str(piece["file"]), str(piece["row_ids"][0])
-        where = f"{settings.get('source_path', 'CSV')} line {int(piece['offset'])} ({row_id})"
-        try:
-            content = storage.read_bytes(path)
-        except OSError as error:
-            reason = error.strerror or storage.first_line(error)
-            content = BadImage(f"{where}: cannot read image file {path} ({reason}); fix the path in the CSV or "
-                               "data.image_folder", MISSING_FILE)
-        yield RawRow(row_id, row_label(piece["labels"][0]), where, content, name=Path(path).name)
+        listing = f"{settings.get('source_path', 'CSV')} line {int(piece['offset'])}"
+        where = f"{listing} ({row_id})"
+        content = read_listed_file(path, where, settings, "; fix the path in the CSV or data.image_folder")
+        mask, mask_where = None, None
+        if settings.get("mask_column") and piece.get("mask"):
+            mask_path = str(piece["mask"])
+            # Named with its image: a mask that does not fit says which two files disagree.
+            mask_where = f"{mask_path} (the mask of {path}, {listing})"
+            mask = read_listed_file(mask_path, mask_where, settings,
+                                    f"; fix the path in column {settings['mask_column']!r}")
+        yield RawRow(row_id, row_label(piece["labels"][0]), where, content, mask, name=Path(path).name,
+                     mask_where=mask_where)
 
     def row_source(self, piece: dict, row: int) -> str:
         return piece["file"]
@@ -110,6 +126,28 @@ def _check_columns(csv_path: str, table: pd.DataFrame, data_config) -> None:
         if column not in table.columns:
             raise MedrayError(f"{csv_path}: no column {column!r} (columns: {', '.join(table.columns)}); set {key} "
                               "to the right name")
+
+
+def _spatial_dims(csv_path: str, images: list[str]) -> int:
+    """2 when the listing names images, 3 when it names volumes (NIfTI); both in one listing stops
+    discovery naming the first row of the rarer kind."""
+    dims = [file_spatial_dims(image.strip()) if image.strip() else None for image in images]
+    counts = {value: dims.count(value) for value in (2, 3)}
+    if counts[2] and counts[3]:
+        odd = min(counts, key=counts.get)
+        index = dims.index(odd)
+        raise MedrayError(f"{csv_path} line {FIRST_LINE + index}: {images[index].strip()} is {HOLDS[odd]} but the "
+                          f"other rows list {HOLDS[5 - odd][2:]}s; one CSV lists images or volumes, not both: "
+                          "move it to a listing of its own")
+    return 3 if counts[3] else 2
+
+
+def _mask_files(table: pd.DataFrame, data_config, folder: str) -> list[str] | None:
+    """Each row's mask file location ("" for a row without one), if the CSV has data.mask_column."""
+    column = data_config.mask_column
+    if not column or column not in table.columns:
+        return None
+    return [image_location(folder, cell.strip()) if cell.strip() else "" for cell in table[column]]
 
 
 def image_folder(data_config, csv_path: str) -> str:

@@ -10,12 +10,13 @@ from typing import Iterator
 import pyarrow.fs as pafs
 
 from medray import storage
-from medray.data.sources.base import (MISSING_FILE, SPLIT_ALIASES, SPLITS, UNLABELLED, RawRow, Source, SourceKind,
+from medray.data.sources.base import (SPLIT_ALIASES, SPLITS, UNLABELLED, RawRow, Source, SourceKind,
                                       data_paths, is_image_name, labelled_source, local_paths, missing_path,
                                       path_type, piece_of_rows, row_label)
+from medray.data.sources.files import read_listed_file
 from medray.data.sources.registry import register
 from medray.data.sources.splits import folder_order, stratified_split
-from medray.errors import BadImage, MedrayError
+from medray.errors import MedrayError
 
 
 class FolderSource(SourceKind):
@@ -67,11 +68,7 @@ class FolderSource(SourceKind):
 
     def rows(self, piece: dict, settings: dict) -> Iterator[RawRow]:
         path = str(piece["file"])
-        try:
-            content = storage.read_bytes(path)
-        except OSError as error:
-            reason = error.strerror or storage.first_line(error)
-            content = BadImage(f"{path}: cannot read the file ({reason})", MISSING_FILE)
+        content = read_listed_file(path, path, settings)
         yield RawRow(str(piece["row_ids"][0]), row_label(piece["labels"][0]), path, content, name=Path(path).name)
 
     def holds(self, folder: Path) -> bool:
