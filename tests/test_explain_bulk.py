@@ -231,17 +231,22 @@ def test_gallery_captions_of_sampled_images_carry_their_entropy_and_map_spread(e
     assert sum("bits" in caption for caption, _ in captions) == SAMPLE
 
 
-def test_the_report_shows_each_class_under_each_method_and_the_map_stability(explained, tmp_path):
+def test_the_report_shows_each_class_under_each_method_and_the_map_stability(explained, tiny_dataset, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(explained.parent, run_dir)
     task = SingleLabelTask(CLASSES)
     predictions_from_maps(run_dir / "explain" / "maps", task).to_parquet(run_dir / "predictions.parquet")
-    (run_dir / "data.json").write_text(json.dumps({"class_names": list(CLASSES)}))
+    maps = pd.read_parquet(run_dir / "explain" / "maps", columns=COLUMNS_READ)
+    test_counts = {name: int((maps[maps["method"] == "gradcam"]["label"] == index).sum())
+                   for index, name in enumerate(CLASSES)}
+    # data.json and config.yaml as `medray run` leaves them
+    (run_dir / "data.json").write_text(json.dumps({"kind": "parquet", "path": str(tiny_dataset / "parquet"),
+                                                   "class_names": list(CLASSES), "class_counts": {"test": test_counts}}))
+    (run_dir / "config.yaml").write_text("model:\n  backbone: baseline_cnn\n")
     html = build_report(run_dir).read_text()
 
     table = html[html.index('id="methods-by-class-table"'):]
     table = table[:table.index("</table>")]
-    maps = pd.read_parquet(run_dir / "explain" / "maps", columns=COLUMNS_READ)
     assert '<th class="left">gradcam</th><th class="left">hirescam</th>' in table
     for index, name in enumerate(CLASSES):
         first = maps[(maps["method"] == "gradcam") & (maps["label"] == index)]
