@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from medray import console, storage
+from medray.calibration import CALIBRATION, with_calibrated_probabilities
 from medray.config import RunConfig, to_yaml
 from medray.data.manifest import describe_data_report
 from medray.data.sources import SPLITS, Source
@@ -67,12 +68,16 @@ def run_job(config: RunConfig) -> RunOutcome:
     pd.DataFrame(training.history).to_csv(run_dir / "history.csv", index=False)
 
     model_bytes = training.model_path.read_bytes()
-    # Decision thresholds (multi-label) are chosen on the validation split, never on test.
-    chosen = task.choose_thresholds(lambda: predict(job.read_split("val"), model_bytes, job.backbone.name, task,
-                                                    config.explain.batch_size, config.explain.concurrency))
+    # Decision thresholds (multi-label) and the temperature are chosen on the validation split, never on test.
+    validation = predict(job.read_split("val"), model_bytes, job.backbone.name, task,
+                         config.explain.batch_size, config.explain.concurrency)
+    chosen = task.choose_thresholds(lambda: validation)
     thresholds = None if chosen is None else chosen["thresholds"]
     if chosen is not None:
         (run_dir / THRESHOLDS).write_text(json.dumps(chosen, indent=2))
+    calibration = task.fit_temperature(validation)
+    if calibration is not None:
+        (run_dir / CALIBRATION).write_text(json.dumps(calibration, indent=2))
     test = job.read_split("test", originals=config.explain.enabled and config.explain.overlays)
     explained = None
     if config.explain.enabled:
@@ -89,6 +94,8 @@ def run_job(config: RunConfig) -> RunOutcome:
     else:
         predictions = predict(test, model_bytes, job.backbone.name, task, config.explain.batch_size,
                               config.explain.concurrency, thresholds)
+    # The raw probabilities stay; the calibrated ones are a column beside them (medray.calibration).
+    predictions = with_calibrated_probabilities(predictions, task, calibration)
     predictions.to_parquet(run_dir / "predictions.parquet", index=False)
     metrics = compute_metrics(predictions, task, thresholds)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -126,6 +133,18 @@ def undefined_by_reason(metrics: dict) -> dict[str, list[str]]:
     return grouped
 
 
+def describe_calibration(run_dir: Path, metrics: dict) -> str:
+    """The summary's calibration line: the temperature(s) fitted on val, and the test ECE before and after."""
+    record = json.loads((run_dir / CALIBRATION).read_text())
+    temperatures = ", ".join(f"{t:.2f}" for t in record["temperatures"])
+    line = (f"  calibrated temperature scaling fitted on val (n={record['images']}): "
+            f"T {temperatures} ({'one per label' if record['shared_by'] == 'label' else 'shared by the classes'})")
+    if "expected_calibration_error_calibrated" in metrics:
+        line += (f"; test ECE {metrics['expected_calibration_error']:.4f} -> "
+                 f"{metrics['expected_calibration_error_calibrated']:.4f}")
+    return line
+
+
 def summarise(outcome: RunOutcome) -> str:
     metrics, training, source = outcome.metrics, outcome.training, outcome.source
     lines = [
@@ -141,6 +160,7 @@ def summarise(outcome: RunOutcome) -> str:
         *(f"  stopped    {reason}" for reason in training.stop_reasons),
         f"  test       {outcome.task.describe_metrics(metrics, source.class_counts['test'])}",
         *(f"  n/a        {', '.join(whats)}: {why}" for why, whats in undefined_by_reason(metrics).items()),
+        *([describe_calibration(outcome.run_dir, metrics)] if (outcome.run_dir / CALIBRATION).is_file() else []),
     ]
     if outcome.explained is not None:  # the scorecard's first line per method counts the maps
         lines += ["  " + line for line in format_scorecard(outcome.explained.scores).splitlines()]

@@ -115,6 +115,25 @@ class Task:
 
         return class_metrics(predictions, list(self.class_names))
 
+    def fit_temperature(self, validation_predictions) -> dict | None:
+        """calibration.json: temperature scaling (Guo et al. 2017, medray.calibration) fitted on the
+        validation split's predictions table, one T shared by the classes (a binary head's [1 - p, p]
+        scaled as a softmax is its logit over T); None when the table has no labelled row."""
+        from medray.calibration import calibration_record, fit_softmax_temperature
+
+        labels = validation_predictions["label"].to_numpy().astype(np.int64)
+        if not (labels >= 0).any():
+            return None
+        probabilities = np.stack(validation_predictions["probabilities"].to_numpy())
+        return calibration_record([fit_softmax_temperature(labels, probabilities)], "classes",
+                                  list(self.class_names), int((labels >= 0).sum()))
+
+    def apply_temperature(self, probabilities: np.ndarray, temperatures: np.ndarray) -> np.ndarray:
+        """(N, K) calibrated probabilities from (N, K) probabilities and the fitted temperatures."""
+        from medray.calibration import scale_softmax
+
+        return scale_softmax(probabilities, float(np.asarray(temperatures).reshape(-1)[0]))
+
     def choose_thresholds(self, validation_predictions) -> dict | None:
         """Decision thresholds chosen on the validation split (`validation_predictions()` returns
         its predictions table, called only if the task has thresholds); None where it has none:
@@ -407,6 +426,25 @@ class MultiLabelTask(Task):
 
         labels, probabilities = multilabel_prediction_arrays(predictions)
         return multilabel_metrics(labels, probabilities, np.asarray(thresholds), list(self.class_names))
+
+    def fit_temperature(self, validation_predictions):
+        """One temperature per label (each sigmoid is calibrated on its own known validation entries;
+        1.0 for a label without any), so that a rare finding is not scaled by a common one's T."""
+        from medray.calibration import calibration_record, fit_sigmoid_temperature
+        from medray.report.multilabel_metrics import multilabel_prediction_arrays
+
+        labels, probabilities = multilabel_prediction_arrays(validation_predictions)
+        known = labels != UNKNOWN
+        if not known.any():
+            return None
+        temperatures = [fit_sigmoid_temperature(labels[known[:, k], k], probabilities[known[:, k], k])
+                        if known[:, k].any() else 1.0 for k in range(self.num_classes)]
+        return calibration_record(temperatures, "label", list(self.class_names), int(known.any(axis=1).sum()))
+
+    def apply_temperature(self, probabilities, temperatures):
+        from medray.calibration import scale_sigmoid
+
+        return scale_sigmoid(probabilities, temperatures)
 
     def choose_thresholds(self, validation_predictions):
         """Per label, the threshold with the best F1 on the validation split (thresholds.json)."""

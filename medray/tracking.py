@@ -22,10 +22,10 @@ from medray.filenames import safe_filename
 
 # The files worth keeping next to the numbers; model, checkpoints and per-image maps stay in the run folder.
 ARTIFACT_FILES = ["config.yaml", "data.json", "history.csv", "metrics.json", "predictions.parquet",
-                  "summary.txt", "report.html", "confusion_matrix.png"]
+                  "summary.txt", "report.html", "confusion_matrix.png", "calibration.json"]
 ARTIFACT_DIRS = ["plots"]
 TEST_METRICS = ["accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "roc_auc_ovr",
-                "expected_calibration_error"]
+                "expected_calibration_error", "expected_calibration_error_calibrated"]
 PER_CLASS_METRICS = ["precision", "recall", "f1"]
 # A sweep's parent run: its leaderboard and report (each trial's own files go with its child run).
 SWEEP_FILE = "sweep.yaml"

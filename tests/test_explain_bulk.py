@@ -3,6 +3,7 @@ galleries and checks on disk, and a job killed mid-way that resumes to exactly o
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,11 +16,16 @@ from PIL import Image
 
 from medray.cli import main
 from medray.config import load_config
+from medray.evaluate import predictions_from_maps
+from medray.explain.gallery import COLUMNS_READ, tile_captions, with_uncertainty
 from medray.keras_setup import keras
 from medray.models.classifier import build_classifier
 from medray.models.registry import get_backbone
+from medray.report import build_report
+from medray.task import SingleLabelTask
 
 from conftest import DEMO_CONFIG, ROOT, tiny_overrides
+from test_report_build import image_sources
 
 TEST_ROWS = 24  # tiny_dataset's test split
 SAMPLE = 12  # images the faithfulness and sanity checks run on
@@ -207,3 +213,53 @@ def test_resuming_with_another_method_is_refused_rather_than_mixed(tiny_dataset,
     error = capsys.readouterr().err
     assert "other settings (method changed)" in error and "Delete that folder" in error
     assert set(pd.read_parquet(run_dir / "explain" / "maps")["method"]) == {"gradcam"}
+
+
+def test_gallery_captions_of_sampled_images_carry_their_entropy_and_map_spread(explained):
+    maps = pd.read_parquet(explained / "maps", columns=COLUMNS_READ)
+    maps = maps[maps["method"] == "gradcam"].reset_index(drop=True)
+    sample = pd.read_parquet(explained / "sample_checks.parquet")
+    sample = sample[sample["method"] == "gradcam"].set_index("row_id")
+    captions = tile_captions(with_uncertainty(maps, explained / "sample_checks.parquet"), SingleLabelTask(CLASSES))
+    assert len(captions) == TEST_ROWS
+    for row_id, (caption, _) in zip(maps["row_id"], captions):
+        if row_id in sample.index:
+            figures = sample.loc[row_id]
+            assert caption.endswith(f"\nH {figures['entropy']:.2f} bits, spread {figures['map_spread']:.3f}")
+        else:
+            assert "bits" not in caption
+    assert sum("bits" in caption for caption, _ in captions) == SAMPLE
+
+
+def test_the_report_shows_each_class_under_each_method_and_the_map_stability(explained, tiny_dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(explained.parent, run_dir)
+    task = SingleLabelTask(CLASSES)
+    predictions_from_maps(run_dir / "explain" / "maps", task).to_parquet(run_dir / "predictions.parquet")
+    maps = pd.read_parquet(run_dir / "explain" / "maps", columns=COLUMNS_READ)
+    test_counts = {name: int((maps[maps["method"] == "gradcam"]["label"] == index).sum())
+                   for index, name in enumerate(CLASSES)}
+    # data.json and config.yaml as `medray run` leaves them
+    (run_dir / "data.json").write_text(json.dumps({"kind": "parquet", "path": str(tiny_dataset / "parquet"),
+                                                   "class_names": list(CLASSES), "class_counts": {"test": test_counts}}))
+    (run_dir / "config.yaml").write_text("model:\n  backbone: baseline_cnn\n")
+    html = build_report(run_dir).read_text()
+
+    table = html[html.index('id="methods-by-class-table"'):]
+    table = table[:table.index("</table>")]
+    assert '<th class="left">gradcam</th><th class="left">hirescam</th>' in table
+    for index, name in enumerate(CLASSES):
+        first = maps[(maps["method"] == "gradcam") & (maps["label"] == index)]
+        correct = first[first["prediction"] == index]
+        chosen = (correct if len(correct) else first).sort_values("confidence", ascending=False).iloc[0]["row_id"]
+        row = table[table.index(f"<td>{name}</td>"):]
+        row = row[:row.index("</tr>")]
+        assert chosen in row
+        # the same image under each method: one overlay per method, the same file under each method's folder
+        overlays = image_sources(row)
+        files = maps[maps["row_id"] == chosen].set_index("method")["overlay_file"]
+        assert overlays == [f"explain/overlays/{files['gradcam']}", f"explain/overlays/{files['hirescam']}"]
+        assert files["gradcam"].split("/", 1)[1] == files["hirescam"].split("/", 1)[1]
+        assert all((run_dir / src).is_file() for src in overlays)
+    assert 'id="map-stability"' in html and "plots/map_spread_by_correctness.png" in image_sources(html)
+    assert (run_dir / "plots" / "map_spread_by_correctness.png").is_file()

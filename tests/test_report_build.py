@@ -22,6 +22,9 @@ from medray.report.metrics import classification_metrics, prediction_arrays
 RUN_PLOTS = {"confusion_matrix_counts.png", "confusion_matrix_normalised.png", "roc_curves.png",
              "reliability_diagram.png", "confidence_histogram.png", "recall_vs_frequency.png",
              "class_distribution.png", "training_curves.png"}
+# A real run's report also draws the reliability diagram after temperature scaling (calibration.json)
+# and, with the explain stage's sample checks, the map spread against correctness.
+CALIBRATED_RUN_PLOTS = RUN_PLOTS | {"reliability_diagram_calibrated.png", "map_spread_by_correctness.png"}
 
 
 def write_run_folder(run_dir: Path, class_names: list[str], rows: int = 60, seed: int = 0,

@@ -25,7 +25,7 @@ from PIL import Image
 
 from medray.config import load_config
 
-from test_report_build import RUN_PLOTS, image_sources
+from test_report_build import CALIBRATED_RUN_PLOTS, image_sources
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 HEADLINE = ["accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "roc_auc_ovr", "expected_calibration_error"]
@@ -42,7 +42,7 @@ def shown_metrics(html: str) -> dict[str, str]:
 
 
 def test_three_class_run_draws_every_plot(finished_run):
-    assert {path.name for path in (finished_run / "plots").glob("*.png")} == RUN_PLOTS
+    assert {path.name for path in (finished_run / "plots").glob("*.png")} == CALIBRATED_RUN_PLOTS
     for path in (finished_run / "plots").glob("*.png"):
         with Image.open(path) as image:
             assert image.width >= 300 and image.height >= 300
@@ -54,6 +54,41 @@ def test_report_numbers_equal_metrics_json(finished_run):
     assert sorted(shown) == sorted(HEADLINE)
     for name in HEADLINE:
         assert shown[name] == f"{metrics[name]:.4f}", name
+
+
+def test_temperature_is_fitted_on_the_validation_split_and_the_report_shows_ece_before_and_after(finished_run):
+    import pandas as pd
+
+    calibration = json.loads((finished_run / "calibration.json").read_text())
+    data = json.loads((finished_run / "data.json").read_text())
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    # fitted on every validation image and on nothing else
+    assert calibration["fitted_on"] == "val" and calibration["shared_by"] == "classes"
+    assert calibration["images"] == sum(data["class_counts"]["val"].values())
+    (temperature,) = calibration["temperatures"]
+    assert 0.05 < temperature < 20
+    predictions = pd.read_parquet(finished_run / "predictions.parquet")
+    calibrated = np.stack(predictions["calibrated_probabilities"].to_numpy())
+    assert (calibrated.argmax(axis=1) == predictions["prediction"]).all()  # raw predictions kept
+    assert np.allclose(calibrated.sum(axis=1), 1, atol=1e-5)
+    html = (finished_run / "report.html").read_text()
+    assert "plots/reliability_diagram_calibrated.png" in image_sources(html)
+    before, after = metrics["expected_calibration_error"], metrics["expected_calibration_error_calibrated"]
+    note = re.sub(r"\s+", " ", re.search(r'<p class="note" id="calibration">(.*?)</p>', html, re.S).group(1))
+    assert f"<b>{before:.4f}</b> before, <b>{after:.4f}</b> after" in note and f"T = {temperature:.3f}" in note
+    assert f"test ECE {before:.4f} -> {after:.4f}" in (finished_run / "summary.txt").read_text()
+
+
+def test_report_plots_map_spread_against_correctness_with_n_per_group(finished_run):
+    sample = pq.read_table(finished_run / "explain" / "sample_checks.parquet").to_pandas()
+    sample = sample[sample["labelled"]]
+    html = (finished_run / "report.html").read_text()
+    assert "plots/map_spread_by_correctness.png" in image_sources(html)
+    section = html[html.index('id="map-stability"'):]
+    for correct in (True, False):
+        spread = sample.loc[sample["correct"] == correct, "map_spread"]
+        shown = f"{np.median(spread):.3f} (n={len(spread)})" if len(spread) else "n/a (n=0)"
+        assert shown in section
 
 
 def test_summary_names_the_report(finished_run):
@@ -135,7 +170,7 @@ def test_report_renders_in_headless_chromium_with_every_image(finished_run, tmp_
     assert {"Summary", "Data", "Training", "Metrics on the test split", "Error analysis"} <= set(probe["sections"])
     broken = [image["src"] for image in probe["images"] if not (image["complete"] and image["width"] > 0)]
     assert not broken, f"images that did not load: {broken}"
-    assert {Path(image["src"]).name for image in probe["images"]} >= RUN_PLOTS
+    assert {Path(image["src"]).name for image in probe["images"]} >= CALIBRATED_RUN_PLOTS
 
     (finished_run / "report_screenshot.png").write_bytes(screenshot)
     with Image.open(io.BytesIO(screenshot)) as image:

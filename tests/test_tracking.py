@@ -19,7 +19,7 @@ from medray.errors import MedrayError
 from medray.tracking import log_run, tracking_uri
 
 from conftest import DEMO_CONFIG
-from test_report_build import RUN_PLOTS, write_run_folder
+from test_report_build import CALIBRATED_RUN_PLOTS, write_run_folder
 
 def mlflow_client(uri: str):
     from mlflow import MlflowClient
@@ -70,7 +70,7 @@ def test_tracked_run_has_the_report_and_plots_as_artifacts(finished_run):
     top = {item.path for item in client.list_artifacts(run.info.run_id)}
     assert {"report.html", "metrics.json", "config.yaml", "history.csv", "predictions.parquet", "plots"} <= top
     plots = {Path(item.path).name for item in client.list_artifacts(run.info.run_id, "plots")}
-    assert plots == RUN_PLOTS
+    assert plots == CALIBRATED_RUN_PLOTS
     stored = Path(run.info.artifact_uri.removeprefix("file://")) / "metrics.json"
     assert stored.read_text() == (finished_run / "metrics.json").read_text()
 

@@ -265,7 +265,7 @@ def explain_split(decoded: ray.data.Dataset, model_bytes: bytes, backbone_name: 
                            per_target=task.multi_label)
     write_scorecard(scores, out_dir)
     galleries = (write_galleries(maps_dir, overlay_dir, task, out_dir / "galleries",
-                                 explain_config.gallery_size)
+                                 explain_config.gallery_size, sample_path if sample_path.is_file() else None)
                  if overlay_dir is not None and explain_config.gallery_size else [])
     return ExplainOutcome(maps_dir, overlay_dir, images=max((score["images"] for score in scores.values()), default=0),
                           resumed=len(done), rows=sum(score["maps"] for score in scores.values()),

@@ -226,5 +226,20 @@ def class_prediction_table(row_ids: np.ndarray, labels: np.ndarray, probabilitie
 
 
 def class_metrics(predictions: pd.DataFrame, class_names: list[str]) -> dict:
-    """metrics.json of a single-label or binary run from its predictions table."""
-    return classification_metrics(*prediction_arrays(predictions), class_names)
+    """metrics.json of a single-label or binary run from its predictions table; with its
+    `calibrated_probabilities` (temperature scaling, medray.calibration) also
+    `expected_calibration_error_calibrated`, the same ECE of the calibrated top-class probability."""
+    labels, predicted, probabilities = prediction_arrays(predictions)
+    metrics = classification_metrics(labels, predicted, probabilities, class_names)
+    calibrated = calibrated_arrays(predictions)
+    if calibrated is not None:
+        metrics["expected_calibration_error_calibrated"] = expected_calibration_error(
+            calibrated.max(axis=1), labels == predicted)
+    return metrics
+
+
+def calibrated_arrays(predictions: pd.DataFrame) -> np.ndarray | None:
+    """The (rows, classes) calibrated probabilities of a predictions table; None where it has none."""
+    if "calibrated_probabilities" not in predictions:
+        return None
+    return np.stack(predictions["calibrated_probabilities"].to_numpy()).astype(np.float64)

@@ -19,7 +19,7 @@ from medray.errors import MedrayError
 from medray.report import plots
 from medray.report.analysis import DEFAULT_EXAMPLES_PER_CLASS, picture_galleries
 from medray.report.multilabel_analysis import errors_by_label, has_pictures
-from medray.report.explanations import explanation_verdicts
+from medray.report.explanations import explanation_verdicts, uncertainty_by_correctness
 from medray.report.multilabel_metrics import (
     DEFAULT_THRESHOLD,
     MULTI_LABEL,
@@ -112,4 +112,7 @@ def describe_multilabel_run(run_dir: Path, examples_per_class: int = DEFAULT_EXA
         "label_pictures": has_pictures(label_errors),
         "galleries": picture_galleries(run_dir),
         "explanations": explanation_verdicts(run_dir),
+        "uncertainty": uncertainty_by_correctness(run_dir, plot_dir),
+        # a multi-label image has several classes; the per-class comparison of methods is single-label's
+        "methods_by_class": None,
     }

@@ -82,7 +82,9 @@ def plot_label_roc_curves(labels: np.ndarray, probabilities: np.ndarray, label_n
     return _save(figure, path)
 
 
-def plot_reliability_diagram(bins: pd.DataFrame, ece: float, path: Path) -> Path:
+def plot_reliability_diagram(bins: pd.DataFrame, ece: float, path: Path, title: str = "") -> Path:
+    """Accuracy against mean confidence per bin (`bins`: medray.report.metrics.calibration_bins);
+    `title` follows "Reliability diagram", e.g. "after temperature scaling"."""
     figure, axes = plt.subplots(figsize=(5.5, 5))
     centres = (bins["low"] + bins["high"]) / 2
     width = float((bins["high"] - bins["low"]).iloc[0])
@@ -96,7 +98,7 @@ def plot_reliability_diagram(bins: pd.DataFrame, ece: float, path: Path) -> Path
         axes.annotate(str(rows), (centre, accuracy), textcoords="offset points", xytext=(0, 3),
                       ha="center", fontsize=7, color="#555555")
     axes.set(xlim=(0, 1), ylim=(0, 1.05), xlabel="Confidence (top class probability)", ylabel="Accuracy",
-             title=f"Reliability diagram (ECE {ece:.3f})")
+             title=f"Reliability diagram{', ' + title if title else ''} (ECE {ece:.3f})")
     axes.legend(loc="upper left", fontsize="small")
     return _save(figure, path)
 
@@ -162,4 +164,28 @@ def plot_model_comparison(table: pd.DataFrame, metric_names: list[str], path: Pa
     axes.set(ylim=(0, 1.05), ylabel="Test score", title="Models side by side")
     axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: bars reach 1.0
     axes.grid(axis="y", alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_spread_by_correctness(groups: dict[str, dict[str, np.ndarray]], path: Path) -> Path:
+    """Map stability against correctness, one panel per method: a box and every image (jittered dots)
+    of the map spread (test-time augmentation's mean per-pixel SD, medray.explain.uncertainty) on
+    correct and on misclassified predictions, with n under each group.
+    `groups`: {method: {"correct": (n,), "misclassified": (m,)}}."""
+    figure, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups) + 0.6, 4.2), squeeze=False, sharey=True)
+    rng = np.random.default_rng(0)  # the jitter only, so the same run draws the same picture
+    for axis, (method, by_group) in zip(axes[0], groups.items()):
+        names = ["correct", "misclassified"]
+        values = [np.asarray(by_group.get(name, []), float) for name in names]
+        shown = [index for index, group in enumerate(values) if group.size]
+        if shown:
+            axis.boxplot([values[i] for i in shown], positions=[i + 1 for i in shown], widths=0.5,
+                         showfliers=False, medianprops={"color": "black"})
+        for index, (group, colour) in enumerate(zip(values, (RIGHT, WRONG))):
+            axis.scatter(index + 1 + rng.uniform(-0.15, 0.15, group.size), group, s=12, color=colour, alpha=0.7)
+        axis.set_xticks([1, 2], [f"{name}\n(n={group.size})" for name, group in zip(names, values)])
+        axis.set_xlim(0.4, 2.6)
+        axis.set_title(method)
+    axes[0][0].set_ylabel("Map spread (mean per-pixel SD across passes)")
+    figure.suptitle("Does the map move more when the model is wrong?", fontsize=11)
     return _save(figure, path)

@@ -17,7 +17,9 @@ from medray.errors import MedrayError
 from medray.report import plots
 from medray.report.explanations import explanation_verdicts
 from medray.report.analysis import DEFAULT_EXAMPLES_PER_CLASS, misclassified_by_class, picture_galleries
-from medray.report.metrics import calibration_bins, classification_metrics, prediction_arrays
+from medray.calibration import CALIBRATION
+from medray.report.explanations import methods_by_class, uncertainty_by_correctness
+from medray.report.metrics import calibrated_arrays, calibration_bins, class_metrics, prediction_arrays
 
 PREDICTIONS = "predictions.parquet"
 PREDICTION_COLUMNS = {"row_id", "label", "prediction", "confidence", "probabilities"}
@@ -102,9 +104,15 @@ def describe_run(run_dir: Path, examples_per_class: int = DEFAULT_EXAMPLES_PER_C
     class_names = read_class_names(run_dir)
     predictions = read_predictions(run_dir, class_names)
     labels, predicted, probabilities = prediction_arrays(predictions)
-    metrics = classification_metrics(labels, predicted, probabilities, class_names)
+    metrics = class_metrics(predictions, class_names)
     data, config_text, config, history, plot_dir = read_run_files(run_dir)
     figures = draw_run_plots(plot_dir, metrics, labels, predicted, probabilities, class_names, data, history)
+    calibrated = calibrated_arrays(predictions)
+    if calibrated is not None:  # the same diagram after temperature scaling (medray.calibration)
+        figures["reliability_calibrated"] = plots.plot_reliability_diagram(
+            calibration_bins(calibrated.max(axis=1), labels == predicted),
+            metrics["expected_calibration_error_calibrated"], plot_dir / "reliability_diagram_calibrated.png",
+            title="after temperature scaling")
     support = np.bincount(labels, minlength=len(class_names))
     return {
         "task": SINGLE_LABEL,
@@ -121,6 +129,9 @@ def describe_run(run_dir: Path, examples_per_class: int = DEFAULT_EXAMPLES_PER_C
         "misclassified": misclassified_by_class(predictions, class_names, run_dir, examples_per_class, config),
         "galleries": picture_galleries(run_dir),
         "explanations": explanation_verdicts(run_dir),
+        "calibration": read_optional_json(run_dir / CALIBRATION) or None,
+        "uncertainty": uncertainty_by_correctness(run_dir, plot_dir),
+        "methods_by_class": methods_by_class(run_dir, class_names),
     }
 
 
