@@ -31,9 +31,12 @@ FLOAT16_HALF_STEP = 2.0**-12
 
 
 @pytest.fixture(scope="module")
-def served(finished_run, ray_cluster, tmp_path_factory):
+def served(finished_run, multilabel_run, ray_cluster, tmp_path_factory):
     """The session run served with configs/serve.yaml (a quarter CPU per replica here, and a pixel
-    limit the 32 px test images pass), its generated token captured as it is announced."""
+    limit the 32 px test images pass), its generated token captured as it is announced.
+
+    After the multi-label run exists: its training takes every CPU of the session's cluster, and a
+    replica's quarter CPU would leave Ray Data less than the one CPU it waits for (for ever)."""
     from ray import serve
 
     from medray.serve.launch import start_server
