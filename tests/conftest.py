@@ -17,6 +17,7 @@ from medray.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
+MULTILABEL_CONFIG = ROOT / "configs" / "demo_multilabel.yaml"
 PNEUMONIAMNIST = ROOT.parent / "shared" / "datasets" / "pneumoniamnist" / "pneumoniamnist.npz"
 
 
@@ -89,3 +90,33 @@ def ray_cluster(object_store):
     connect(load_config(DEMO_CONFIG).scaling)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def two_nodes(tmp_path_factory):
+    """A two-node Ray cluster on loopback with token auth (tests/ray_nodes.py), for one test."""
+    from ray_nodes import start_two_nodes
+
+    yield from start_two_nodes(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def multilabel_run(tmp_path_factory, ray_cluster) -> Path:
+    """`medray run` on the multi-label demo config, shrunk to 32 px phantoms and 2 epochs."""
+    from medray.data.synth import write_multilabel_dataset
+
+    data = tmp_path_factory.mktemp("multilabel") / "phantoms"
+    write_multilabel_dataset(data, train=64, val=24, test=24, size=32, seed=5)
+    out = tmp_path_factory.mktemp("results")
+    overrides = [f"data.path={data / 'parquet'}", f"output.dir={out}", "output.run_id=multi", "model.input_size=32",
+                 "train.epochs=2", "train.batch_size=16", "explain.batch_size=16", "explain.check_sample=16",
+                 "explain.label_randomisation_epochs=1"]
+    args = [sys.executable, "-m", "medray", "run", "--config", str(MULTILABEL_CONFIG)]
+    for override in overrides:
+        args += ["--set", override]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    finished = subprocess.run(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=1200)
+    assert finished.returncode == 0, finished.stdout[-3000:]
+    (out / "multi" / "console.txt").write_text(finished.stdout)
+    return out / "multi"

@@ -4,42 +4,13 @@ metrics, maps for every label over its threshold plus the top label, per-label c
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-import pytest
 
-from conftest import ROOT
 
-CONFIG = ROOT / "configs" / "demo_multilabel.yaml"
 LABELS = ["bright_round_lesion", "dark_irregular_lesion"]
-
-
-@pytest.fixture(scope="module")
-def multilabel_run(tmp_path_factory, ray_cluster) -> Path:
-    """`medray run` on the multi-label demo config, shrunk to 32 px phantoms and 2 epochs."""
-    from medray.data.synth import write_multilabel_dataset
-
-    data = tmp_path_factory.mktemp("multilabel") / "phantoms"
-    write_multilabel_dataset(data, train=64, val=24, test=24, size=32, seed=5)
-    out = tmp_path_factory.mktemp("results")
-    overrides = [f"data.path={data / 'parquet'}", f"output.dir={out}", "output.run_id=multi", "model.input_size=32",
-                 "train.epochs=2", "train.batch_size=16", "explain.batch_size=16", "explain.check_sample=16",
-                 "explain.label_randomisation_epochs=1"]
-    args = [sys.executable, "-m", "medray", "run", "--config", str(CONFIG)]
-    for override in overrides:
-        args += ["--set", override]
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
-    finished = subprocess.run(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              timeout=1200)
-    assert finished.returncode == 0, finished.stdout[-3000:]
-    (out / "multi" / "console.txt").write_text(finished.stdout)
-    return out / "multi"
 
 
 def test_two_workers_train_k_sigmoid_units_in_sync(multilabel_run):

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
+import json
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,31 +22,26 @@ from medray.explain.overlay import resize_map
 
 from conftest import ROOT
 from data_factory import image_bytes
+from object_store import free_port
+from serving import TIMEOUT, post, serve_config, split_images
 from test_dicom import RAMP, write_dicom
 
 # The half step of float16 in [0.5, 1): maps.parquet stores maps as float16.
 FLOAT16_HALF_STEP = 2.0**-12
-TIMEOUT = 120
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
-def served(finished_run, ray_cluster, tmp_path_factory):
+def served(finished_run, multilabel_run, ray_cluster, tmp_path_factory):
     """The session run served with configs/serve.yaml (a quarter CPU per replica here, and a pixel
-    limit the 32 px test images pass), its generated token captured as it is announced."""
+    limit the 32 px test images pass), its generated token captured as it is announced.
+
+    After the multi-label run exists: its training takes every CPU of the session's cluster, and a
+    replica's quarter CPU would leave Ray Data less than the one CPU it waits for (for ever)."""
     from ray import serve
 
     from medray.serve.launch import start_server
 
-    config = yaml.safe_load((ROOT / "configs" / "serve.yaml").read_text())
-    config["applications"][0]["deployments"][0]["ray_actor_options"]["num_cpus"] = 0.25
-    path = tmp_path_factory.mktemp("serve") / "serve.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = serve_config(tmp_path_factory.mktemp("serve") / "serve.yaml")
     announced = []
     started = start_server(str(finished_run), path, ["max_image_pixels=4096", "max_body_bytes=200000"],
                            host="127.0.0.1", port=free_port(), announce=announced.append)
@@ -53,28 +50,10 @@ def served(finished_run, ray_cluster, tmp_path_factory):
     serve.shutdown()
 
 
-def post(served, path: str, data=None, files=None, token: str | None = "session", **params) -> requests.Response:
-    headers = {"Authorization": f"Bearer {served.token if token == 'session' else token}"} if token else {}
-    return requests.post(f"{served.url}{path}", data=data, files=files, params=params, headers=headers,
-                         timeout=TIMEOUT)
-
-
-def split_images(tiny_dataset) -> dict[str, bytes]:
-    """The test split's PNG bytes by the row ids the batch job gave them (`<file>#<row>`)."""
-    root = tiny_dataset / "parquet"
-    images = {}
-    for file in sorted(root.rglob("*.parquet")):
-        column = pq.read_table(file).column("image").to_pylist()
-        name = file.relative_to(root).as_posix()
-        images.update({f"{name}#{row}": (cell["bytes"] if isinstance(cell, dict) else cell)
-                       for row, cell in enumerate(column)})
-    return images
-
-
 def test_served_probabilities_and_maps_equal_the_batch_jobs(served, finished_run, tiny_dataset):
     predictions = pd.read_parquet(finished_run / "predictions.parquet").set_index("row_id")
     maps = pq.read_table(finished_run / "explain" / "maps").to_pandas().set_index("row_id")
-    images = split_images(tiny_dataset)
+    images = split_images(tiny_dataset / "parquet")
     for row_id, recorded in predictions.iterrows():
         answer = post(served, "/predict", data=images[row_id], explain="gradcam")
         assert answer.status_code == 200, answer.text
@@ -85,6 +64,7 @@ def test_served_probabilities_and_maps_equal_the_batch_jobs(served, finished_run
         assert classes.index(body["prediction"]) == recorded["prediction"]
         [served_map] = body["explanation"]["maps"]
         stored = maps.loc[row_id]
+        assert served_map["target"] == body["prediction"] == classes[stored["target"]]  # the predicted class's map
         assert served_map["cam_layer"] == stored["layer"]
         # the answer carries the map at the CAM layer's grid; the bulk job stores it at the scan's own
         # size, resized with the same function
@@ -98,7 +78,7 @@ def test_served_probabilities_and_maps_equal_the_batch_jobs(served, finished_run
 
 def test_a_batch_request_answers_each_image_as_one_request_does(served, finished_run, tiny_dataset):
     predictions = pd.read_parquet(finished_run / "predictions.parquet")
-    images = split_images(tiny_dataset)
+    images = split_images(tiny_dataset / "parquet")
     row_ids = predictions["row_id"].tolist()[:8]
     answer = post(served, "/predict/batch", files=[("files", (f"{n}.png", images[row_id], "image/png"))
                                                    for n, row_id in enumerate(row_ids)])
@@ -110,7 +90,7 @@ def test_a_batch_request_answers_each_image_as_one_request_does(served, finished
 
 
 def test_a_multipart_upload_is_answered_like_the_raw_body(served, tiny_dataset):
-    image = next(iter(split_images(tiny_dataset).values()))
+    image = next(iter(split_images(tiny_dataset / "parquet").values()))
     raw = post(served, "/predict", data=image).json()
     form = post(served, "/predict", files={"file": ("scan.png", image, "image/png")}).json()
     assert raw["probabilities"] == pytest.approx(form["probabilities"], abs=1e-6)
@@ -128,7 +108,7 @@ def test_info_names_the_classes_input_and_methods_and_healthz_needs_no_token(ser
 
 @pytest.mark.parametrize("token, expected", [(None, "missing bearer token"), ("not-the-token", "wrong bearer token")])
 def test_a_request_without_the_right_token_is_refused(served, tiny_dataset, token, expected):
-    image = next(iter(split_images(tiny_dataset).values()))
+    image = next(iter(split_images(tiny_dataset / "parquet").values()))
     answer = post(served, "/predict", data=image, token=token)
     assert answer.status_code == 401 and expected in answer.json()["error"]
     info = requests.get(f"{served.url}/info", timeout=TIMEOUT)
@@ -185,7 +165,7 @@ def test_a_bad_input_is_refused_with_a_json_error_naming_it(served, tmp_path, ki
 
 
 def test_the_replica_keeps_serving_after_bad_requests(served, tmp_path, tiny_dataset):
-    image = next(iter(split_images(tiny_dataset).values()))
+    image = next(iter(split_images(tiny_dataset / "parquet").values()))
     before = post(served, "/predict", data=image).json()
     for make, _, _ in BAD_INPUTS.values():
         assert post(served, "/predict", data=make(tmp_path), explain="gradcam").status_code >= 400
@@ -203,14 +183,11 @@ def test_a_run_in_the_bucket_is_served_as_the_same_run_on_disk(served, finished_
     from medray.serve.launch import start_server
 
     location = object_store.upload(finished_run, "served-runs", "tiny")
-    config = yaml.safe_load((ROOT / "configs" / "serve.yaml").read_text())
-    config["applications"][0].update({"name": "medray-s3", "route_prefix": "/s3"})
-    config["applications"][0]["deployments"][0]["ray_actor_options"]["num_cpus"] = 0.25
-    (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
+    config = serve_config(tmp_path / "serve.yaml", name="medray-s3", route_prefix="/s3")
     host, port = served.url.removeprefix("http://").split(":")
-    from_bucket = start_server(location, tmp_path / "serve.yaml", host=host, port=int(port), announce=lambda token: None)
+    from_bucket = start_server(location, config, host=host, port=int(port), announce=lambda token: None)
     try:
-        image = next(iter(split_images(tiny_dataset).values()))
+        image = next(iter(split_images(tiny_dataset / "parquet").values()))
         local = post(served, "/predict", data=image, explain="gradcam").json()
         remote = requests.post(f"{from_bucket.url}/predict", data=image, params={"explain": "gradcam"},
                                headers={"Authorization": f"Bearer {from_bucket.token}"}, timeout=TIMEOUT)
@@ -218,6 +195,119 @@ def test_a_run_in_the_bucket_is_served_as_the_same_run_on_disk(served, finished_
         assert remote.json() == local
     finally:
         serve.delete("medray-s3")
+
+
+def serve_details(application: str) -> dict:
+    """What Serve's controller holds of medray's deployment in `application`: its deployment_config
+    and replicas (the same record `serve status` and the dashboard read)."""
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client().get_serve_details()["applications"][application]["deployments"]["MedrayModel"]
+
+
+def test_the_configs_replicas_and_cpus_reach_the_running_deployment(served):
+    import ray
+    from ray.util.state import list_actors
+
+    config = yaml.safe_load((ROOT / "configs" / "serve.yaml").read_text())["applications"][0]["deployments"][0]
+    running = serve_details("medray")
+    assert running["deployment_config"]["num_replicas"] == config["num_replicas"]
+    assert running["deployment_config"]["max_ongoing_requests"] == config["max_ongoing_requests"]
+    assert running["deployment_config"]["ray_actor_options"]["num_cpus"] == 0.25
+    assert [replica["state"] for replica in running["replicas"]] == ["RUNNING"] * config["num_replicas"]
+    replicas = list_actors(filters=[("class_name", "=", "ServeReplica:medray:MedrayModel"), ("state", "=", "ALIVE")],
+                           detail=True, address=ray.get_runtime_context().gcs_address)
+    assert [actor.required_resources for actor in replicas] == [{"CPU": 0.25}] * config["num_replicas"]
+
+
+def test_autoscaling_limits_from_the_config_bound_the_replicas_under_a_burst(served, finished_run, tiny_dataset,
+                                                                             tmp_path):
+    """min_replicas 1, max_replicas 2, one ongoing request per replica as the target: a steady burst
+    of explain requests from 8 clients makes Serve start the second replica, and never a third."""
+    import threading
+
+    from ray import serve
+
+    from medray.serve.launch import start_server
+
+    autoscaling = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
+                   "upscale_delay_s": 0, "downscale_delay_s": 600, "look_back_period_s": 2}
+    config = serve_config(tmp_path / "serve.yaml", name="medray-auto", route_prefix="/auto",
+                          deployment={"num_replicas": None, "autoscaling_config": autoscaling})
+    host, port = served.url.removeprefix("http://").split(":")
+    auto = start_server(str(finished_run), config, ["max_batch_size=1"], host=host, port=int(port),
+                        announce=lambda token: None)
+    try:
+        running = serve_details("medray-auto")
+        assert {key: running["deployment_config"]["autoscaling_config"][key] for key in autoscaling} == autoscaling
+        assert len(running["replicas"]) == 1
+        image = next(iter(split_images(tiny_dataset / "parquet").values()))
+        stop, answers = threading.Event(), []
+
+        def client():
+            while not stop.is_set():
+                answers.append(post(auto, "/predict", data=image, explain="gradcam").status_code)
+
+        clients = [threading.Thread(target=client) for _ in range(8)]
+        for thread in clients:
+            thread.start()
+        counts = []
+        try:
+            deadline = time.time() + 240
+            while time.time() < deadline and (not counts or counts[-1] < 2):
+                time.sleep(1)
+                deployment = serve.status().applications["medray-auto"].deployments["MedrayModel"]
+                counts.append(deployment.replica_states.get("RUNNING", 0))
+        finally:
+            stop.set()
+            for thread in clients:
+                thread.join(timeout=TIMEOUT)
+        print(f"running replicas, once a second: {counts}; {len(answers)} answers")
+        assert counts[-1] == 2 and max(counts) <= 2, counts
+        assert set(answers) == {200}
+    finally:
+        serve.delete("medray-auto")
+
+
+def test_a_multi_label_run_answers_per_label_as_the_batch_job(served, multilabel_run, tmp_path):
+    """Probabilities per label, the labels over their validation thresholds, and the maps the batch
+    job kept (each predicted label's and the top label's, each the logit of its label)."""
+    from ray import serve
+
+    from medray.config import load_config
+    from medray.serve.launch import start_server
+
+    config = serve_config(tmp_path / "serve.yaml", name="medray-multi", route_prefix="/multi")
+    host, port = served.url.removeprefix("http://").split(":")
+    multi = start_server(str(multilabel_run), config, host=host, port=int(port), announce=lambda token: None)
+    try:
+        info = requests.get(f"{multi.url}/info", headers={"Authorization": f"Bearer {multi.token}"},
+                            timeout=TIMEOUT).json()
+        thresholds = json.loads((multilabel_run / "thresholds.json").read_text())["thresholds"]
+        assert info["task"] == "multi_label" and info["cam_target"] == "logit of label k"
+        assert info["classes"] == ["bright_round_lesion", "dark_irregular_lesion"] and info["thresholds"] == thresholds
+        predictions = pd.read_parquet(multilabel_run / "predictions.parquet").set_index("row_id")
+        maps = pq.read_table(multilabel_run / "explain" / "maps").to_pandas()
+        images = split_images(Path(load_config(multilabel_run / "config.yaml").data.path))
+        labels = info["classes"]
+        assert len(predictions) == 24 and 0 < sum(predictions["prediction"].map(sum)) < 48  # not all alike
+        for row_id, recorded in predictions.iterrows():
+            answer = post(multi, "/predict", data=images[row_id], explain="gradcam")
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert list(body["probabilities"]) == labels
+            assert np.allclose(list(body["probabilities"].values()), recorded["probabilities"], atol=1e-5), row_id
+            assert body["prediction"] == [label for label, present in zip(labels, recorded["prediction"]) if present]
+            stored = maps[maps["row_id"] == row_id].set_index("target")
+            served_maps = {labels.index(item["target"]): item for item in body["explanation"]["maps"]}
+            assert set(served_maps) == set(stored.index), row_id
+            for target, item in served_maps.items():
+                cam = resize_map(np.asarray(item["map"], np.float32), stored.loc[target, "cam_height"],
+                                 stored.loc[target, "cam_width"]).ravel()
+                assert np.allclose(cam, stored.loc[target, "cam"].astype(np.float32),
+                                   atol=FLOAT16_HALF_STEP + 1e-5, rtol=0), (row_id, target)
+    finally:
+        serve.delete("medray-multi")
 
 
 @pytest.mark.parametrize("arguments, words", [

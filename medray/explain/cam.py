@@ -51,6 +51,7 @@ class CamExplainer:
             _method(name) for name in ((methods,) if isinstance(methods, str) else methods))
         self._graph = CamGraph(model, cam_layers, target)
         self.layers = self._graph.layers
+        self.target: CamTarget = self._graph.target  # what the maps differentiate, given or read from the head
         self._score_batch = score_batch
         self._input_shape = tuple(model.inputs[0].shape[1:])
         # One compiled function per number of classes explained per image (1, or K for "all"); the

@@ -50,7 +50,7 @@ def replayed(request: Request, body: bytes) -> Request:
 
 def describe_prediction(model, prediction, pixels: np.ndarray, method: str | None) -> dict:
     """One image's JSON answer: probabilities per class (or label), the prediction and, with a
-    method, per CAM layer the raw map and its overlay PNG (base64)."""
+    method, per class or label explained and CAM layer the raw map and its overlay PNG (base64)."""
     from medray.explain.overlay import overlay_png
 
     classes = list(model.task.class_names)
@@ -61,10 +61,11 @@ def describe_prediction(model, prediction, pixels: np.ndarray, method: str | Non
                              else [name for name, present in zip(classes, predicted) if present])}
     if method is not None:
         answer["explanation"] = {
-            "method": method, "target": classes[prediction.target],
-            "maps": [{"cam_layer": layer, "shape": list(cam.shape), "map": cam.astype(float).tolist(),
+            "method": method,
+            "maps": [{"target": classes[target], "cam_layer": layer, "shape": list(cam.shape),
+                      "map": cam.astype(float).tolist(),
                       "overlay_png_base64": base64.b64encode(overlay_png(pixels, cam)).decode("ascii")}
-                     for layer, cam in prediction.maps.items()]}
+                     for target, layers in prediction.maps.items() for layer, cam in layers.items()]}
     return answer
 
 

@@ -26,15 +26,18 @@ from medray.task import SingleLabelTask, Task, make_task
 
 # Characters of the model file's SHA-256 that name its version.
 VERSION_CHARS = 16
+# The maps an answer carries: those of the batch job's explain.target.
+EXPLAINED = "predicted"
 
 
 @dataclass(frozen=True)
 class Prediction:
     probabilities: np.ndarray  # (K,) per class or label
     prediction: np.ndarray  # () class index, or (K,) 0/1 per label
-    # per CAM layer: (h, w) float32 in [0, 1] at the layer's resolution; empty without explain
-    maps: dict[str, np.ndarray]
-    target: int | None  # the class the maps explain
+    # per class or label explained (the task's choice, as in the batch job: the predicted class, or
+    # each label predicted present plus the top label), per CAM layer: (h, w) float32 in [0, 1] at
+    # the layer's resolution; empty without explain
+    maps: dict[int, dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -97,26 +100,29 @@ class ServedModel:
 
     def predict(self, pixels: np.ndarray, method: str | None = None) -> list[Prediction]:
         """(N, size, size[, 3]) uint8 decoded images -> N predictions; `method` (one of the served
-        methods) adds each image's map of its predicted class, per CAM layer."""
+        methods) adds the maps the batch job keeps with explain.target=predicted: the predicted
+        class's, or for a multi-label run each label's over its threshold and the top label's."""
         images = to_model_input(pixels, self.model_input)
+        thresholds = None if self.thresholds is None else np.asarray(self.thresholds, np.float32)
+        maps: list[dict[int, dict[str, np.ndarray]]] = [{} for _ in images]
         if method is None:
             probabilities = self.explainers[self.methods[0]].probabilities(images)
-            maps, targets = {}, np.full(len(images), -1)
         else:
-            explained = self.explainers[method](images)
-            probabilities, targets = explained.probabilities, explained.targets[:, 0]
-            maps = {layer: explained.maps[(method, layer)][:, 0] for layer in self.cam_layers}
-        thresholds = None if self.thresholds is None else np.asarray(self.thresholds, np.float32)
+            unlabelled = np.full(len(images), -1)
+            explained = self.explainers[method](images, self.task.cam_slots(EXPLAINED, unlabelled))
+            probabilities, targets = explained.probabilities, explained.targets
+            keep = self.task.keep_maps(EXPLAINED, unlabelled, targets, probabilities, thresholds)
+            for index, slot in zip(*np.nonzero(keep)):
+                maps[index][int(targets[index, slot])] = {layer: explained.maps[(method, layer)][index, slot]
+                                                          for layer in self.cam_layers}
         predicted = self.task.predictions(probabilities, thresholds)
-        return [Prediction(probabilities[index], predicted[index], {layer: layer_maps[index]
-                                                                    for layer, layer_maps in maps.items()},
-                           None if method is None else int(targets[index]))
-                for index in range(len(images))]
+        return [Prediction(probabilities[index], predicted[index], maps[index]) for index in range(len(images))]
 
     def info(self) -> dict:
         return {"run_id": self.run_id, "model_version": self.version, "task": self.task.kind,
                 "classes": list(self.task.class_names), "input_size": self.image_size, "color": self.color,
                 "preprocessing": self.preprocess, "methods": list(self.methods), "cam_layers": list(self.cam_layers),
+                "cam_target": self.explainers[self.methods[0]].target.name,
                 "thresholds": self.thresholds, "max_image_pixels": self.max_pixels}
 
 
