@@ -105,7 +105,7 @@ def fold_sources(source: Source, frame: pd.DataFrame) -> list[Source]:
     """One source per fold k: train = the rows of the other folds, val = fold k's rows, test empty."""
     sources = []
     for k in range(int(frame["fold"].max()) + 1):
-        pieces = usable_pieces(frame.assign(split=np.where(frame["fold"] == k, "val", "train")))
+        pieces = usable_pieces(frame.assign(split=np.where(frame["fold"] == k, "val", "train")), source)
         counts = {split: count_labels(pieces[split], len(source.class_names)) for split in SPLITS}
         sources.append(replace(source, pieces=pieces, class_counts=counts, rejected=[], discarded_val_rows=0))
     return sources
