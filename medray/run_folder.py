@@ -160,6 +160,15 @@ def finished(location: str) -> bool:
 THRESHOLDS = "thresholds.json"
 
 
+def read_calibration(run_dir: Path) -> dict | None:
+    """The run's calibration.json (temperature scaling fitted on val, medray.calibration), or None
+    for a run without one (no validation split, or from before calibration existed)."""
+    from medray.calibration import CALIBRATION
+
+    path = Path(run_dir) / CALIBRATION
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def read_thresholds(run_dir: Path) -> list[float] | None:
     """The run's per-label thresholds, or None where the run has none (single-label, binary)."""
     path = Path(run_dir) / THRESHOLDS

@@ -60,6 +60,10 @@ def test_served_probabilities_and_maps_equal_the_batch_jobs(served, finished_run
         body = answer.json()
         served_probabilities = np.asarray(list(body["probabilities"].values()))
         assert np.allclose(served_probabilities, recorded["probabilities"], atol=1e-5), row_id
+        # The run's temperature scaling (fitted on val) reaches the answer as in predictions.parquet.
+        assert list(body["calibrated_probabilities"]) == list(body["probabilities"])
+        assert np.allclose(list(body["calibrated_probabilities"].values()), recorded["calibrated_probabilities"],
+                           atol=1e-5), row_id
         classes = list(body["probabilities"])
         assert classes.index(body["prediction"]) == recorded["prediction"]
         [served_map] = body["explanation"]["maps"]
@@ -103,6 +107,7 @@ def test_info_names_the_classes_input_and_methods_and_healthz_needs_no_token(ser
     facts = info.json()
     assert facts["classes"] == ["no_lesion", "bright_round_lesion", "dark_irregular_lesion"]
     assert facts["input_size"] == 32 and facts["methods"] == ["gradcam"] and facts["preprocessing"] == "baseline_cnn"
+    assert facts["calibration"]["fitted_on"] == "val" and facts["calibration"]["temperatures"][0] > 0
     assert requests.get(f"{served.url}/healthz", timeout=TIMEOUT).json() == {"status": "ok"}
 
 
@@ -297,6 +302,8 @@ def test_a_multi_label_run_answers_per_label_as_the_batch_job(served, multilabel
             body = answer.json()
             assert list(body["probabilities"]) == labels
             assert np.allclose(list(body["probabilities"].values()), recorded["probabilities"], atol=1e-5), row_id
+            assert np.allclose(list(body["calibrated_probabilities"].values()), recorded["calibrated_probabilities"],
+                               atol=1e-5), row_id  # one temperature per label
             assert body["prediction"] == [label for label, present in zip(labels, recorded["prediction"]) if present]
             stored = maps[maps["row_id"] == row_id].set_index("target")
             served_maps = {labels.index(item["target"]): item for item in body["explanation"]["maps"]}

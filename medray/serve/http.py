@@ -49,7 +49,9 @@ def replayed(request: Request, body: bytes) -> Request:
 
 
 def describe_prediction(model, prediction, pixels: np.ndarray, method: str | None) -> dict:
-    """One image's JSON answer: probabilities per class (or label), the prediction and, with a
+    """One image's JSON answer: probabilities per class (or label), the prediction, the
+    probabilities after the run's temperature scaling (`calibrated_probabilities`, when the run
+    has calibration.json; the prediction stays the raw one's, as in the batch job) and, with a
     method, per class or label explained and CAM layer the raw map and its overlay PNG (base64)."""
     from medray.explain.overlay import overlay_png
 
@@ -59,6 +61,8 @@ def describe_prediction(model, prediction, pixels: np.ndarray, method: str | Non
               # a class for single-label and binary tasks, the labels found for multi-label ones
               "prediction": (classes[int(predicted)] if predicted.ndim == 0
                              else [name for name, present in zip(classes, predicted) if present])}
+    if prediction.calibrated is not None:
+        answer["calibrated_probabilities"] = {name: float(value) for name, value in zip(classes, prediction.calibrated)}
     if method is not None:
         answer["explanation"] = {
             "method": method,

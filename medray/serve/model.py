@@ -38,6 +38,9 @@ class Prediction:
     # each label predicted present plus the top label), per CAM layer: (h, w) float32 in [0, 1] at
     # the layer's resolution; empty without explain
     maps: dict[int, dict[str, np.ndarray]]
+    # (K,) the probabilities after the run's temperature scaling (calibration.json), as the batch
+    # job's `calibrated_probabilities` column; None for a run without calibration or a model file
+    calibrated: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class Loaded:
     thresholds: list[float] | None
     max_pixels: int
     preprocess: str  # the name of `model_input.preprocess`, for /info
+    calibration: dict | None = None  # the run's calibration.json
 
 
 def is_model_file(location: str) -> bool:
@@ -86,7 +90,7 @@ class ServedModel:
         loaded = _load_model_file(location, settings) if is_model_file(location) else _load_run(location, settings)
         self.model, self.task, self.image_size, self.color = loaded.model, loaded.task, loaded.image_size, loaded.color
         self.model_input, self.thresholds, self.max_pixels = loaded.model_input, loaded.thresholds, loaded.max_pixels
-        self.preprocess = loaded.preprocess
+        self.preprocess, self.calibration = loaded.preprocess, loaded.calibration
         self.run_id = Path(storage.name(location)).stem if is_model_file(location) else storage.name(location)
         self.version = hashlib.sha256(loaded.model_bytes).hexdigest()[:VERSION_CHARS]
         self.methods = tuple(settings.methods)
@@ -116,21 +120,26 @@ class ServedModel:
                 maps[index][int(targets[index, slot])] = {layer: explained.maps[(method, layer)][index, slot]
                                                           for layer in self.cam_layers}
         predicted = self.task.predictions(probabilities, thresholds)
-        return [Prediction(probabilities[index], predicted[index], maps[index]) for index in range(len(images))]
+        calibrated = (None if self.calibration is None else self.task.apply_temperature(
+            probabilities.astype(np.float64), np.asarray(self.calibration["temperatures"])))
+        return [Prediction(probabilities[index], predicted[index], maps[index],
+                           None if calibrated is None else calibrated[index]) for index in range(len(images))]
 
     def info(self) -> dict:
         return {"run_id": self.run_id, "model_version": self.version, "task": self.task.kind,
                 "classes": list(self.task.class_names), "input_size": self.image_size, "color": self.color,
                 "preprocessing": self.preprocess, "methods": list(self.methods), "cam_layers": list(self.cam_layers),
                 "cam_target": self.explainers[self.methods[0]].target.name,
-                "thresholds": self.thresholds, "max_image_pixels": self.max_pixels}
+                "thresholds": self.thresholds, "max_image_pixels": self.max_pixels,
+                "calibration": None if self.calibration is None else {
+                    key: self.calibration[key] for key in ("method", "paper", "fitted_on", "shared_by", "temperatures")}}
 
 
 def _load_run(location: str, settings: ServeSettings) -> Loaded:
     from medray.config import load_config
     from medray.models.classifier import load_model_file
     from medray.models.registry import get_backbone
-    from medray.run_folder import open_run_folder, read_thresholds
+    from medray.run_folder import open_run_folder, read_calibration, read_thresholds
 
     run_dir = open_run_folder(location).local  # a bucket's run is read into a scratch copy
     config = load_config(run_dir / "config.yaml")
@@ -141,7 +150,7 @@ def _load_run(location: str, settings: ServeSettings) -> Loaded:
     return Loaded(load_model_file(run_dir / "model.keras"), model_bytes, task,
                   config.model.input_size or backbone.input_size, data.get("color", "gray"), backbone.model_input,
                   settings.cam_layer or backbone.cam_layers, task.cam_target(), read_thresholds(run_dir),
-                  settings.max_image_pixels or config.data.max_image_pixels, backbone.name)
+                  settings.max_image_pixels or config.data.max_image_pixels, backbone.name, read_calibration(run_dir))
 
 
 def _load_model_file(location: str, settings: ServeSettings) -> Loaded:
