@@ -236,7 +236,8 @@ def test_autoscaling_limits_from_the_config_bound_the_replicas_under_a_burst(ser
     from medray.serve.launch import start_server
 
     autoscaling = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
-                   "upscale_delay_s": 0, "downscale_delay_s": 600, "look_back_period_s": 2}
+                   "upscale_delay_s": 0, "downscale_delay_s": 600, "look_back_period_s": 2,
+                   "metrics_interval_s": 1}  # Serve warns unless the look-back spans several reports
     config = serve_config(tmp_path / "serve.yaml", name="medray-auto", route_prefix="/auto",
                           deployment={"num_replicas": None, "autoscaling_config": autoscaling})
     host, port = served.url.removeprefix("http://").split(":")
