@@ -28,13 +28,15 @@ channels for Score-CAM, 1 + IG_STEPS for Integrated Gradients):
   again for the random-order reference, once for all methods);
 - the re-explaining checks: every cascade step, the label-permuted model and every test-time
   augmentation but the identity (whose maps are the sample's own) explain the images again, R
-  times (R = cascade steps + 1 + 5). They get at most n x max(RE_EXPLAIN_PASSES, RE_EXPLAIN_MAPS x
+  times (R = cascade steps + 1 for the label-permuted model, where it runs, + 5). They get at most n x max(RE_EXPLAIN_PASSES, RE_EXPLAIN_MAPS x
   passes_per_map) passes: all n images for a gradient method (R passes each), a stratified
   sub-sample of m images for a method whose map costs many passes (MobileNetV2's Score-CAM: 1,281
   passes a map, 4 x 24 / 13 -> 7 of 24 images). So a method's checks cost at most about
   RE_EXPLAIN_MAPS + 1 times its own maps of the sample plus ROAD, linear in n. The figures that
   rest on the sub-sample (cascade, label permutation, test-time augmentation) count only its
-  images (NaN elsewhere), and the console and summary say "on m of n images".
+  images (NaN elsewhere: their n is m), and the cost line of the console and summary says
+  "... re-explain m of n sampled images R times (p model passes a map; a stratified sub-sample)".
+  ROAD keeps every sampled image; its sparse solves, not the model, are most of its time.
 The model is loaded once, and each method's compiled function is traced once: the cascade and
 the label-permuted model re-assign the weights of the same model in place (after every check that
 needs the trained weights has run), so no step, batch or method builds a new graph.
@@ -97,7 +99,8 @@ def sample_checks(model_bytes: bytes, backbone_name: str | UserModelSpec, task: 
 
     Returns one table row per map, the cascade's step names (the top layer of each block) and the
     cost: {method or "shared": {check: seconds}, "re_explained": {method: {"images": m,
-    "sampled": n, "passes_per_map": p, "re_explanations": R, "budget_maps": RE_EXPLAIN_MAPS}}}."""
+    "sampled": n, "passes_per_map": p, "re_explanations": R, "budget_maps": RE_EXPLAIN_MAPS,
+    "checks": the re-explaining checks that ran}}}."""
     loaded = ModelActor(model_bytes, backbone_name)  # medray's own model, or a user's (UserModelSpec)
     model = loaded.model
     images = loaded.model_input(rows["pixels"])
@@ -132,7 +135,9 @@ def sample_checks(model_bytes: bytes, backbone_name: str | UserModelSpec, task: 
               for method, explainer in explainers.items()}
     cost["re_explained"] = {method: {"images": int(len(chosen[method])), "sampled": int(count),
                                      "passes_per_map": int(explainers[method].passes_per_map),
-                                     "re_explanations": int(re_explanations), "budget_maps": RE_EXPLAIN_MAPS}
+                                     "re_explanations": int(re_explanations), "budget_maps": RE_EXPLAIN_MAPS,
+                                     "checks": ["cascade", *(["label permutation"] if permute else []),
+                                                "test-time augmentation"]}
                           for method in methods}
 
     # Every check of the trained model first (the cascade then re-assigns its weights).

@@ -301,9 +301,10 @@ def format_cost(cost: dict) -> str:
             + (f"; shared by the methods: {shared}" if shared else ""))
     again = cost.get("re_explained")
     if again:
-        line += (f"; cascade, label permutation and test-time augmentation re-explain {again['images']} of "
+        checks = again.get("checks", ["cascade", "label permutation", "test-time augmentation"])
+        line += (f"; {', '.join(checks[:-1])} and {checks[-1]} re-explain {again['images']} of "
                  f"{again['sampled']} sampled images {again['re_explanations']} times "
-                 f"({again['passes_per_map']:,} model passes a map")
+                 f"({again['passes_per_map']:,} model pass{'es' if again['passes_per_map'] != 1 else ''} a map")
         line += (f"; a stratified sub-sample: at most {again['budget_maps']} maps' passes per sampled image)"
                  if again["images"] < again["sampled"] else ")")
     return line
