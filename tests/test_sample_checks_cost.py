@@ -1,13 +1,15 @@
 """What the sample's checks cost is bounded by the images they explain, whatever a map costs, and
 the checks' randomised models are the ones their compiled functions read."""
 
+import json
+
 import numpy as np
 import pytest
 
 from medray.config import load_config
 from medray.explain.cam import CamExplainer
 from medray.explain.road import PERCENTILES
-from medray.explain.sample_checks import RE_EXPLAIN_MAPS, RE_EXPLAIN_PASSES, sample_checks
+from medray.explain.sample_checks import RE_EXPLAIN_MAPS, RE_EXPLAIN_PASSES, RE_EXPLAINED, sample_checks
 from medray.explain.scorecard import check_cost, format_cost
 from medray.keras_setup import keras, tf
 from medray.models.actor import UserModelSpec
@@ -51,33 +53,34 @@ def run_checks(tmp_path, channels: int, images: int, method: str):
     table, steps, cost = sample_checks(path.read_bytes(),
                                        UserModelSpec(".keras", ModelInput(1, DECLARED_PREPROCESSING["unit"]), None),
                                        SingleLabelTask(("a", "b")), rows, explain)
-    return table.to_pandas(), steps, cost, int(IMAGES_SEEN.numpy())
+    re_explained = json.loads(table.schema.metadata[RE_EXPLAINED.encode()])
+    return table.to_pandas(), re_explained, cost, int(IMAGES_SEEN.numpy())
 
 
 @pytest.mark.parametrize("images", [6, 12])
 def test_score_cam_checks_send_at_most_a_few_maps_worth_of_images_through_the_model(tmp_path, images):
     # 128 channels: one Score-CAM map is 129 model passes; the old checks re-explained every image
     # 4 cascade steps + 6 augmentations = 10 times (11 x 129 passes an image in all).
-    rows, steps, cost, seen = run_checks(tmp_path, 128, images, "scorecam")
+    rows, re_explained, cost, seen = run_checks(tmp_path, 128, images, "scorecam")
     passes = 1 + 128
-    assert len(steps) == 4
+    assert re_explained["scorecam"]["re_explanations"] == 4 + 5  # 4 cascade steps, 5 augmentations
     road = 2 * len(PERCENTILES) * images * 2  # the map's and the random order's curves
     bound = images * passes + images * max(RE_EXPLAIN_PASSES, RE_EXPLAIN_MAPS * passes) + road
     assert seen <= bound + 2 * images  # + the eager passes that find the CAM layer
-    re_explained = cost["re_explained"]["scorecam"]
+    re_explained = re_explained["scorecam"]
     assert re_explained["passes_per_map"] == passes and re_explained["sampled"] == images
     assert 1 <= re_explained["images"] < images
     # The figures that rest on the sub-sample count exactly its images, and the cost line says so.
     assert rows["map_spread"].notna().sum() == re_explained["images"]
     assert np.isfinite(np.stack(rows["cascade_rank_corr"].to_numpy())).all(axis=1).sum() == re_explained["images"]
     assert rows["road"].notna().sum() == images  # ROAD keeps every sampled image
-    line = format_cost(check_cost(cost, "scorecam", len(rows)))
+    line = format_cost(check_cost(cost, "scorecam", len(rows), re_explained))
     assert f"re-explain {re_explained['images']} of {images} sampled images" in line
 
 
 def test_a_gradient_method_re_explains_every_sampled_image(tmp_path):
-    rows, steps, cost, seen = run_checks(tmp_path, 8, 6, "gradcam")
-    assert cost["re_explained"]["gradcam"]["images"] == 6
+    rows, re_explained, cost, seen = run_checks(tmp_path, 8, 6, "gradcam")
+    assert re_explained["gradcam"]["images"] == 6
     assert rows["map_spread"].notna().all()
     assert np.isfinite(np.stack(rows["cascade_rank_corr"].to_numpy())).all()
 

@@ -44,6 +44,7 @@ needs the trained weights has run), so no step, batch or method builds a new gra
 
 from __future__ import annotations
 
+import json
 import time
 from contextlib import contextmanager
 
@@ -68,6 +69,8 @@ RANDOM_ORDER_SEED, ROAD_SEED = 29, 2022
 RE_EXPLAIN_PASSES = 256
 RE_EXPLAIN_MAPS = 4
 SUBSAMPLE_SEED = 33
+# The schema metadata key of what each method's re-explaining checks ran on.
+RE_EXPLAINED = "re_explained"
 
 
 @contextmanager
@@ -98,9 +101,9 @@ def sample_checks(model_bytes: bytes, backbone_name: str | UserModelSpec, task: 
     """rows: the sample's decoded rows (row_id, pixels (N, H, W) uint8, label: (N,) or (N, K)).
 
     Returns one table row per map, the cascade's step names (the top layer of each block) and the
-    cost: {method or "shared": {check: seconds}, "re_explained": {method: {"images": m,
-    "sampled": n, "passes_per_map": p, "re_explanations": R, "budget_maps": RE_EXPLAIN_MAPS,
-    "checks": the re-explaining checks that ran}}}."""
+    cost: {method or "shared": {check: seconds}}. The table's schema metadata RE_EXPLAINED holds,
+    as JSON, {method: {"images": m, "sampled": n, "passes_per_map": p, "re_explanations": R,
+    "budget_maps": RE_EXPLAIN_MAPS, "checks": the re-explaining checks that ran}}."""
     loaded = ModelActor(model_bytes, backbone_name)  # medray's own model, or a user's (UserModelSpec)
     model = loaded.model
     images = loaded.model_input(rows["pixels"])
@@ -133,7 +136,7 @@ def sample_checks(model_bytes: bytes, backbone_name: str | UserModelSpec, task: 
     re_explanations = len(blocks) + permute + len(uncertainty.augmentations(size)) - 1
     chosen = {method: re_explained_images(explainer.passes_per_map, re_explanations, row_ids, groups, predictions)
               for method, explainer in explainers.items()}
-    cost["re_explained"] = {method: {"images": int(len(chosen[method])), "sampled": int(count),
+    re_explained = {method: {"images": int(len(chosen[method])), "sampled": int(count),
                                      "passes_per_map": int(explainers[method].passes_per_map),
                                      "re_explanations": int(re_explanations), "budget_maps": RE_EXPLAIN_MAPS,
                                      "checks": ["cascade", *(["label permutation"] if permute else []),
@@ -213,7 +216,8 @@ def sample_checks(model_bytes: bytes, backbone_name: str | UserModelSpec, task: 
                     columns[f"label_random_{name}"] = _spread_out(random_labels[name], subset, count)
                     columns[f"shared_{name}"] = shared[name]
                 parts.append(pa.table(columns))
-    return pa.concat_tables(parts), sanity.block_names(model, blocks), cost
+    table = pa.concat_tables(parts).replace_schema_metadata({RE_EXPLAINED: json.dumps(re_explained)})
+    return table, sanity.block_names(model, blocks), cost
 
 
 def _spread_out(values: np.ndarray, subset: np.ndarray, count: int) -> np.ndarray:

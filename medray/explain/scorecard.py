@@ -80,6 +80,7 @@ def score_methods(maps_dir: Path, sample_checks: Path | None = None, class_names
     metadata = (sample.schema.metadata or {}) if sample is not None else {}
     steps = json.loads(metadata[b"cascade_steps"]) if sample is not None else []
     cost = json.loads(metadata.get(b"cost_seconds", b"{}"))
+    re_explained = json.loads(metadata.get(b"re_explained", b"{}"))  # medray.explain.sample_checks.RE_EXPLAINED
     sample = sample.to_pandas() if sample is not None else None  # a few hundred maps
     scores = {}
     for method, store in columns.items():
@@ -94,7 +95,7 @@ def score_methods(maps_dir: Path, sample_checks: Path | None = None, class_names
         if sample is not None:
             rows = sample[sample["method"] == method]
             scores[method].update(sample_figures(rows, steps, class_names))
-            scores[method]["cost"] = check_cost(cost, method, len(rows))
+            scores[method]["cost"] = check_cost(cost, method, len(rows), re_explained.get(method))
     return scores
 
 
@@ -121,17 +122,17 @@ def _target_localisation(values: dict[str, np.ndarray]) -> dict:
             "localisation_chance": figure(values["lesion_share"][with_lesion])}
 
 
-def check_cost(cost: dict, method: str, maps: int) -> dict | None:
+def check_cost(cost: dict, method: str, maps: int, re_explained: dict | None = None) -> dict | None:
     """{"seconds": {check: s}, "shared": {check: s}, "per_map": s, "re_explained": {"images",
     "sampled", "passes_per_map", "re_explanations"} or None}: what the sample's checks of `method`
     took (shared: the random-order reference, the randomised copy and the label-permuted model,
-    paid once) and how many sampled images its re-explaining checks ran on
+    paid once) and, from `re_explained`, how many sampled images its re-explaining checks ran on
     (medray.explain.sample_checks)."""
     if method not in cost or not maps:
         return None
     own = cost[method]
     return {"seconds": own, "shared": cost.get("shared", {}), "per_map": sum(own.values()) / maps,
-            "re_explained": cost.get("re_explained", {}).get(method)}
+            "re_explained": re_explained}
 
 
 def _road_figures(group) -> dict:
