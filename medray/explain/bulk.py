@@ -351,7 +351,8 @@ def check_sample(decoded: ray.data.Dataset, maps_dir: Path, model_bytes: bytes, 
     rows = {name: values[order] for name, values in rows.items()}
     checks_task = ray.remote(sample_checks).options(num_gpus=explain_config.gpus_per_actor or None)
     table, steps, cost = ray.get(checks_task.remote(model_bytes, backbone_name, task, rows, explain_config))
-    table = table.replace_schema_metadata({"cascade_steps": json.dumps(steps), "cost_seconds": json.dumps(cost)})
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"cascade_steps": json.dumps(steps).encode(),
+                                           b"cost_seconds": json.dumps(cost).encode()})
     partial = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, partial)
     os.replace(partial, path)

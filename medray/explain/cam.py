@@ -57,12 +57,27 @@ class CamExplainer:
         # One compiled function per number of classes explained per image (1, or K for "all"); the
         # batch axis stays unknown so a short last batch does not retrace.
         self._compiled: dict[int, Callable] = {}
-        self._compiled_probabilities = tf.function(lambda images: self._graph.forward(images)[1],
-                                                   reduce_retracing=True)
+        self._compiled_probabilities = tf.function(
+            lambda images: self._graph.forward(images)[1],
+            input_signature=[tf.TensorSpec((None, *self._input_shape), tf.float32)])
 
     @property
     def keys(self) -> list[tuple[str, str]]:
         return [(method.name, layer) for method in self.methods for layer in self.layers]
+
+    @property
+    def passes_per_map(self) -> int:
+        """What one image's maps cost, in model passes (one image through the model, forward):
+        1 for the gradient methods (each with one backward pass), plus the CAM layers' channels
+        for Score-CAM (one masked input per channel), plus IG_STEPS (each with a backward pass)
+        for Integrated Gradients."""
+        passes = 1
+        for method in self.methods:
+            if method.evidence == "masked_scores":
+                passes += sum(self._graph.channels)
+            elif method.evidence == "integrated_gradients":
+                passes += IG_STEPS
+        return passes
 
     def __call__(self, images: np.ndarray, targets: np.ndarray | None = None) -> CamBatch:
         """`targets`: None explains each image's predicted class; (N,) one class per image;

@@ -199,7 +199,8 @@ class CamGraph:
     the CAM target (medray.explain.targets): a softmax class's logit, +-logit of a single sigmoid,
     the logit of label k. `target` None infers it from the head (a model trained elsewhere).
     Shapes: images (N, H, W, C) float32; maps (N, h, w, channels) each; scores, probabilities (N, K).
-    `warnings`: lines saying why a CAM layer's maps may mean little (`cam_layer_warnings`).
+    `warnings`: lines saying why a CAM layer's maps may mean little (`cam_layer_warnings`);
+    `channels`: each CAM layer's number of channels.
     """
 
     def __init__(self, model, cam_layers: str | Sequence[str] | None = None, target: CamTarget | None = None):
@@ -214,10 +215,11 @@ class CamGraph:
             if name not in known or len(known[name].outputs[0].shape) not in FEATURE_RANKS:
                 raise MedrayError(f"model {model.name} has no layer {name!r} with a 4-D feature map; name one by "
                                   f"its path, nested layers as outer/inner ({_candidates(calls)})")
+        self.channels = tuple(int(known[name].outputs[0].shape[-1]) for name in self.layers)
         # Spoken by the job that chose the layers (medray.explain.model_job), not by every actor.
         self.warnings = cam_layer_warnings(calls, self.layers)
         head = _head_call(calls)
-        self.head_activation, self._replace = _pre_activation(head.layer, head.inputs[0].shape)
+        self.head_activation, self._replace = _pre_activation(head.layer)
         self.num_outputs = int(calls[-1].outputs[0].shape[-1])
         self.target = target or target_for_head(self.head_activation, self.num_outputs)
 
@@ -250,7 +252,7 @@ def _head_call(calls: list[Call]) -> Call:
     return next(call for call in calls if any(id(tensor) == output for tensor in call.outputs))
 
 
-def _pre_activation(head, input_shape) -> tuple[str, dict[int, Callable]]:
+def _pre_activation(head) -> tuple[str, dict[int, Callable]]:
     """The head's squashing activation and the replacement that yields its input score instead."""
     config = head.get_config()
     activation = config.get("activation")
@@ -261,9 +263,12 @@ def _pre_activation(head, input_shape) -> tuple[str, dict[int, Callable]]:
     if kind == "Activation" and activation in SQUASHING:
         return activation, {id(head): lambda inputs, **kwargs: inputs}
     if kind == "Dense" and activation in SQUASHING:
-        clone = type(head).from_config({**config, "activation": "linear", "name": f"{head.name}_score"})
-        clone.build(input_shape)
-        clone.set_weights(head.get_weights())
-        return activation, {id(head): lambda inputs, **kwargs: clone(inputs)}
+        # The head's own variables, read at every call: weights re-assigned after this (the
+        # sanity checks' cascade re-initialises the head in place) change the score too.
+        def score(inputs, **kwargs):
+            outputs = tf.tensordot(inputs, head.kernel, [[len(inputs.shape) - 1], [0]])
+            return outputs + head.bias if head.use_bias else outputs
+
+        return activation, {id(head): score}
     # A linear output is read as scores already (logits).
     return "sigmoid" if int(head.get_config().get("units", 0) or 0) == 1 else "softmax", {}

@@ -15,11 +15,12 @@ to the image, as they are shown, since its 11-pixel windows need an image-sized 
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 
 import numpy as np
 
 from medray.config import TrainConfig
-from medray.explain.cam import CamExplainer, explain_in_batches
+from medray.explain.cam import explain_in_batches
 from medray.explain.checks import is_empty, rank_correlation, upsample_maps
 from medray.keras_setup import keras, tf
 from medray.models.user_model import keras_of
@@ -82,28 +83,36 @@ def block_names(model: keras.Model, blocks: list[list[int]]) -> list[str]:
             for block in blocks]
 
 
-def cascade_maps(model: keras.Model, cam_layers, methods, images: np.ndarray, targets: np.ndarray,
-                 blocks: list[list[int]], batch_size: int = 64) -> list[dict]:
-    """Maps ((method, layer) -> (N, T, h, w)) after each cumulative re-initialisation step,
-    `batch_size` images at a time."""
-    cascaded = keras.models.clone_model(model)
-    cascaded.set_weights(model.get_weights())
-    random_layers = weighted_layers(randomised_copy(model))
-    layers = weighted_layers(cascaded)
-    # One explainer: its compiled function reads the variables, so re-assigned weights take effect.
-    explainer = CamExplainer(cascaded, cam_layers, methods)
-    steps = []
+def cascade_maps(model: keras.Model, random_model: keras.Model, explainers: dict, images: dict[str, np.ndarray],
+                 targets: dict[str, np.ndarray], blocks: list[list[int]], batch_size: int = 64, timed=None
+                 ) -> dict[str, list[dict]]:
+    """Per method, maps ((method, layer) -> (n, T, h, w)) after each cumulative re-initialisation
+    step, `batch_size` images at a time; `random_model`: `randomised_copy(model)`, whose weights
+    each step copies.
+
+    `explainers`: method -> CamExplainer of `model` itself; `images`, `targets`: method -> the
+    (n, H, W, C) images and (n, T) classes that method re-explains. The weights are re-assigned in
+    `model` (its compiled functions read the variables, so nothing is cloned or traced again per
+    step or per method) and left re-initialised: restore them with `model.set_weights` if the
+    trained model is needed afterwards. `timed(method)`: a context manager the method's maps of
+    every step are timed in (medray.explain.sample_checks), or None."""
+    random_layers = weighted_layers(random_model)
+    layers = weighted_layers(model)
+    steps: dict[str, list[dict]] = {method: [] for method in explainers}
     for block in blocks:
         for index in block:
             layers[index].set_weights(random_layers[index].get_weights())
-        steps.append(explain_in_batches(explainer, images, targets, batch_size).maps)
+        for method, explainer in explainers.items():
+            with (timed(method) if timed is not None else nullcontext()):
+                steps[method].append(explain_in_batches(explainer, images[method], targets[method], batch_size).maps)
     return steps
 
 
 def label_randomised_model(model: keras.Model, images: np.ndarray, labels: np.ndarray, epochs: int,
                            batch_size: int, task) -> keras.Model:
     """The same architecture, re-initialised and trained with the task's loss (medray.task) on a
-    seeded permutation of `labels` ((N,) class indices or (N, K) label vectors)."""
+    seeded permutation of `labels` ((N,) class indices or (N, K) label vectors): `epochs` x
+    ceil(N / batch_size) optimizer steps, N being the sample (at most explain.check_sample)."""
     permuted = np.random.default_rng(RANDOMISATION_SEED).permutation(labels)
     targets, _ = task.keras_targets(tf.constant(permuted, tf.int32), [])
     trained = randomised_copy(model)

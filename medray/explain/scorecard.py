@@ -80,6 +80,7 @@ def score_methods(maps_dir: Path, sample_checks: Path | None = None, class_names
     metadata = (sample.schema.metadata or {}) if sample is not None else {}
     steps = json.loads(metadata[b"cascade_steps"]) if sample is not None else []
     cost = json.loads(metadata.get(b"cost_seconds", b"{}"))
+    re_explained = json.loads(metadata.get(b"re_explained", b"{}"))  # medray.explain.sample_checks.RE_EXPLAINED
     sample = sample.to_pandas() if sample is not None else None  # a few hundred maps
     scores = {}
     for method, store in columns.items():
@@ -94,7 +95,7 @@ def score_methods(maps_dir: Path, sample_checks: Path | None = None, class_names
         if sample is not None:
             rows = sample[sample["method"] == method]
             scores[method].update(sample_figures(rows, steps, class_names))
-            scores[method]["cost"] = check_cost(cost, method, len(rows))
+            scores[method]["cost"] = check_cost(cost, method, len(rows), re_explained.get(method))
     return scores
 
 
@@ -121,13 +122,17 @@ def _target_localisation(values: dict[str, np.ndarray]) -> dict:
             "localisation_chance": figure(values["lesion_share"][with_lesion])}
 
 
-def check_cost(cost: dict, method: str, maps: int) -> dict | None:
-    """{"seconds": {check: s}, "shared": {check: s}, "per_map": s}: what the sample's checks of
-    `method` took (shared: the random-order reference and the label-permuted model, paid once)."""
+def check_cost(cost: dict, method: str, maps: int, re_explained: dict | None = None) -> dict | None:
+    """{"seconds": {check: s}, "shared": {check: s}, "per_map": s, "re_explained": {"images",
+    "sampled", "passes_per_map", "re_explanations"} or None}: what the sample's checks of `method`
+    took (shared: the random-order reference, the randomised copy and the label-permuted model,
+    paid once) and, from `re_explained`, how many sampled images its re-explaining checks ran on
+    (medray.explain.sample_checks)."""
     if method not in cost or not maps:
         return None
     own = cost[method]
-    return {"seconds": own, "shared": cost.get("shared", {}), "per_map": sum(own.values()) / maps}
+    return {"seconds": own, "shared": cost.get("shared", {}), "per_map": sum(own.values()) / maps,
+            "re_explained": re_explained}
 
 
 def _road_figures(group) -> dict:
@@ -257,7 +262,7 @@ def format_scorecard(scores: dict) -> str:
             lines.append(f"  uncertainty, test-time augmentation (flip, shifts): map spread (per-pixel SD) "
                          f"{cell(score['map_spread'])}, on correct predictions {_with_n(score['map_spread_correct'])}, "
                          f"on misclassified {_with_n(score['map_spread_misclassified'])}; predictive entropy "
-                         f"{cell(score['entropy'])} bits")
+                         f"{cell(score['entropy'])} bits{_maps_n(score['map_spread'])}")
         reference = score["shared_structure_reference"]
         lines.append("  sanity checks (Adebayo et al. 2018), sample, median Spearman / SSIM with the trained "
                      f"model's map; two images' maps of one class: {cell(reference['rank_corr'])} / "
@@ -266,7 +271,7 @@ def format_scorecard(scores: dict) -> str:
                             ("data_randomisation", "labels permuted")):
             figures = score[test]
             lines.append(f"    {label:<24} {cell(figures['rank_corr'])} / {cell(figures['ssim'])}  "
-                         f"{score['verdicts'][test] or 'not run'}")
+                         f"{score['verdicts'][test] or 'not run'}{_maps_n(figures['rank_corr'])}")
         lines.append(f"    randomisation: {score['randomisation_verdict'] or 'not run'}  ({score['randomisation_rule']})")
         lines.append(f"  verdict: {score['verdict']}  ({score['verdict_rule']})")
         if score.get("cost"):
@@ -279,13 +284,28 @@ def _tolerance(score: dict) -> str:
     return f" (within {tolerance:g} px of the lesion)" if tolerance else ""
 
 
+def _maps_n(fig: dict | None) -> str:
+    """" (n=7 maps)": how many sampled maps a figure of the re-explaining checks rests on."""
+    return "" if fig is None else f" (n={fig['n']} maps)"
+
+
 def _with_n(fig: dict | None) -> str:
     return "n/a (n=0)" if fig is None else f"{cell(fig)} (n={fig['n']})"
 
 
 def format_cost(cost: dict) -> str:
-    """"cost of the checks: 0.123 s per sampled map (maps 1.2 s, ROAD 10.3 s, ...; shared ...)"."""
+    """"cost of the checks: 0.123 s per sampled map (maps 1.2 s, ROAD 10.3 s, ...; shared ...);
+    cascade, label permutation and test-time augmentation on 7 of 24 sampled images (...)"."""
     own = ", ".join(f"{check} {seconds:.1f} s" for check, seconds in cost["seconds"].items())
     shared = ", ".join(f"{check} {seconds:.1f} s" for check, seconds in cost["shared"].items())
-    return (f"cost of the checks: {cost['per_map']:.3f} s per sampled map ({own})"
+    line = (f"cost of the checks: {cost['per_map']:.3f} s per sampled map ({own})"
             + (f"; shared by the methods: {shared}" if shared else ""))
+    again = cost.get("re_explained")
+    if again:
+        checks = again.get("checks", ["cascade", "label permutation", "test-time augmentation"])
+        line += (f"; {', '.join(checks[:-1])} and {checks[-1]} re-explain {again['images']} of "
+                 f"{again['sampled']} sampled images {again['re_explanations']} times "
+                 f"({again['passes_per_map']:,} model pass{'es' if again['passes_per_map'] != 1 else ''} a map")
+        line += (f"; a stratified sub-sample: at most {again['budget_maps']} maps' passes per sampled image)"
+                 if again["images"] < again["sampled"] else ")")
+    return line

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from medray.explain.cam import CamExplainer, explain_in_batches
+from medray.explain.cam import CamBatch, CamExplainer, explain_in_batches
 from medray.explain.checks import upsample_maps
 
 
@@ -38,15 +38,20 @@ def _apply(images: np.ndarray, spec: dict, inverse: bool = False) -> np.ndarray:
     return images
 
 
-def tta_uncertainty(explainer: CamExplainer, images: np.ndarray, targets: np.ndarray, batch_size: int
-                    ) -> dict[tuple[str, str], dict[str, np.ndarray]]:
+def tta_uncertainty(explainer: CamExplainer, images: np.ndarray, targets: np.ndarray, batch_size: int,
+                    identity: CamBatch | None = None) -> dict[tuple[str, str], dict[str, np.ndarray]]:
     """{(method, layer): {"entropy": (N,), "map_spread": (N,), "spread_map": (N, H, W)}} for the
-    (N,) target classes, each pass `batch_size` images at a time."""
+    (N,) target classes, each pass `batch_size` images at a time. `identity`: the maps the
+    explainer already made of these images and targets (maps (N, 1, h, w), probabilities (N, K)),
+    which then stand for the un-augmented pass instead of computing it again."""
     size = images.shape[1:-1]  # (H, W), or a volume's (D, H, W)
     maps: dict[tuple[str, str], list[np.ndarray]] = {}
     probabilities = []
-    for _, spec in augmentations(size):
-        explained = explain_in_batches(explainer, _apply(images, spec), targets[:, np.newaxis], batch_size)
+    for name, spec in augmentations(size):
+        if name == "identity" and identity is not None:
+            explained = identity
+        else:
+            explained = explain_in_batches(explainer, _apply(images, spec), targets[:, np.newaxis], batch_size)
         probabilities.append(explained.probabilities[np.arange(len(images)), targets])
         for key, key_maps in explained.maps.items():
             maps.setdefault(key, []).append(_apply(upsample_maps(key_maps[:, 0], size), spec, inverse=True))

@@ -57,7 +57,8 @@ def uncertainty_by_correctness(run_dir: Path, plot_dir: Path) -> dict | None:
     rows = pq.read_table(path).to_pandas()
     if "map_spread" not in rows or "labelled" not in rows:
         return None
-    rows = rows[rows["labelled"]]
+    # A method whose maps cost many passes re-explains a sub-sample (NaN spread elsewhere).
+    rows = rows[rows["labelled"] & rows["map_spread"].notna()]
     rows = rows[rows["layer"] == rows.groupby("method")["layer"].transform("first")]
     if rows.empty:
         return None
