@@ -44,10 +44,15 @@ def worker_env() -> dict[str, str]:
     return {name: value for name, value in env.items() if name not in from_job}
 
 
-def connect(scaling) -> None:
-    # medray draws one bar per long stage itself (medray.console); Ray Data's bars, redrawn for
-    # every epoch and split, would only fill the run's log.
+def quiet_ray_data() -> None:
+    """Ray Data's progress bars off in this process (the driver, or a Tune trial, whose datasets'
+    actors copy its DataContext): medray draws one bar per long stage itself (medray.console);
+    Ray Data's bars, redrawn for every epoch and split, would only fill the console and the log."""
     DataContext.get_current().enable_progress_bars = False
+
+
+def connect(scaling) -> None:
+    quiet_ray_data()
     if not ray.is_initialized():
         if not os.environ.get("RAY_ADDRESS"):
             # Ray starts its workers at niceness 15 (its `worker_niceness`), below every ordinary

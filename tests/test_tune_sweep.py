@@ -153,9 +153,10 @@ def test_a_sweep_killed_after_its_first_trial_resumes_without_rerunning_it(tiny_
            "TUNE_GLOBAL_CHECKPOINT_S": "0"}
     driver = subprocess.Popen([sys.executable, "-m", "medray.cli", "tune", "--config", str(path)], cwd=ROOT,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    finished = ""
+    finished, printed = "", []
     deadline = time.monotonic() + 240
     for line in driver.stdout:
+        printed.append(line)
         if line.startswith("trial ") and "completed" in line:
             finished = line.split()[1]
             break
@@ -167,6 +168,8 @@ def test_a_sweep_killed_after_its_first_trial_resumes_without_rerunning_it(tiny_
     done = sweep_dir / finished
     # The kill came after one trial had trained to its end, and before the sweep finished.
     assert finished and (done / "outcome.json").is_file()
+    # A trial's Ray Data progress bars stay out of the console (they go to the sweep's log).
+    assert not [line for line in printed if "row/s" in line or "Queued blocks" in line], printed
     assert not (sweep_dir / "leaderboard.csv").exists()
     before = {name: (done / name).read_bytes() for name in ("result.json", "outcome.json")}
     # The trial function writes these two; Tune may rewrite result.json (same content) on restore.

@@ -38,9 +38,11 @@ def run_trial(params: dict, base: dict, source: Source, sweep_dir: str, folds: l
     """`sweep_dir`: the sweep's folder, a local path or a URI; a trial in object storage writes a
     scratch copy on its own node, uploaded as it goes, and checkpoints straight to the bucket.
     `folds`: one source per fold (medray.tune.folds.fold_sources) to cross-validate on instead."""
+    from medray.cluster import quiet_ray_data
     from medray.run import pretrained_model
     from medray.train.trainer import train_model
 
+    quiet_ray_data()  # a trial runs in its own Ray actor, with Ray Data's default context
     trial_id = tune.get_context().get_trial_id()
     folder = scratch_folder(storage.join(sweep_dir, trial_id))
     trial_dir = folder.local
